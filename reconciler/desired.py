@@ -1,0 +1,147 @@
+"""The desired state: a loaded spec resolved into what the host must run.
+
+Pure: given a `LoadedSpec` and the per-host key, resolves update orders, full network and
+volume names, env values and fingerprints. The planner compares this with a snapshot; the
+executor turns a `DesiredService` into a container through `blueprint`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler import labels
+from reconciler.envfiles import SECRET_KEY, Secret
+from reconciler.loading import LoadedSpec
+from reconciler.specs import (
+    Network,
+    Service,
+    UpdateOrder,
+    Volume,
+    active_services,
+    parse_mount,
+    resolved_order,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredService:
+    project: str
+    name: str
+    tier: str
+    service: Service
+    order: UpdateOrder
+    fingerprint: str
+    public_config: Mapping[str, Any]
+    env: tuple[tuple[str, Secret | str], ...]  # final container env, env files first
+    networks: tuple[str, ...]  # full engine names, in spec order
+    binds: tuple[str, ...]  # Docker `Binds` entries
+    edge: bool = False
+    env_unknown: bool = False  # an env file was not readable (preview only)
+
+    @property
+    def replicas(self) -> int:
+        return self.service.replicas
+
+    def container_name(self, replica: int) -> str:
+        return labels.container_name(self.project, self.name, replica, self.fingerprint)
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    project: str
+    tiers: tuple[str, ...]
+    services: Mapping[str, DesiredService]
+    networks: Mapping[str, Network]  # full name -> definition
+    volumes: Mapping[str, Volume]  # full name -> definition
+    edge_service: str | None
+    revision: str | None
+    spec_fingerprint: str
+
+    def in_tier(self, tier: str) -> list[DesiredService]:
+        return sorted((s for s in self.services.values() if s.tier == tier),
+                      key=lambda s: s.name)
+
+
+def _mask(key: str, value: str, hkey: bytes) -> str:
+    return f"(sensitive:{labels.keyed_digest(hkey, value, length=8)})" if SECRET_KEY.search(
+        key) else value
+
+
+def build(loaded: LoadedSpec, key: bytes) -> Desired:
+    spec = loaded.spec
+    services: dict[str, DesiredService] = {}
+    for name, svc in sorted(active_services(spec, loaded.profiles).items()):
+        envs = loaded.env_files.get(name, ())
+        env: dict[str, Secret | str] = {}
+        env_digests: dict[str, str] = {}
+        for env_file in envs:
+            if env_file.readable:
+                env.update(env_file.values)
+                content = "\n".join(f"{k}={v.value}" for k, v in sorted(env_file.values.items()))
+                env_digests[env_file.declared] = labels.keyed_digest(key, content)
+            else:
+                env_digests[env_file.declared] = labels.UNKNOWN
+        env.update(svc.environment)
+        networks = tuple(spec.network_name(n) for n in svc.networks)
+        binds = []
+        for i, entry in enumerate(svc.volumes):
+            mount = parse_mount(entry)
+            mode = ":ro" if mount.read_only else ""
+            if not mount.source:
+                continue
+            source = (spec.volume_name(mount.source) if mount.named
+                      else loaded.bind_sources[(name, i)])
+            binds.append(f"{source}:{mount.target}{mode}")
+        mounted = {m.host_path: labels.keyed_digest(key, m.digest)
+                   for m in loaded.mounted.get(name, ())}
+        public: dict[str, Any] = {
+            "project": spec.project,
+            "image": svc.image,
+            "command": list(svc.command) if svc.command is not None else None,
+            "entrypoint": list(svc.entrypoint) if svc.entrypoint is not None else None,
+            "environment": {k: _mask(k, v, key) for k, v in sorted(svc.environment.items())},
+            "env_file": env_digests,
+            "volumes": binds,
+            "mounted_files": mounted,
+            "networks": list(networks),
+            "ports": list(svc.ports),
+            "healthcheck": svc.healthcheck.model_dump(mode="json")
+            if svc.healthcheck is not None and svc.healthcheck.active else None,
+            "resources": svc.resources.model_dump(mode="json", exclude_none=True),
+            "restart": svc.restart.value,
+            "labels": dict(sorted(svc.labels.items())),
+            "stop_grace_period": svc.stop_grace_period,
+            "stop_signal": svc.stop_signal,
+            "user": svc.user,
+            "working_dir": svc.working_dir,
+            "hostname": svc.hostname,
+            "privileged": svc.privileged,
+            "network_mode": svc.network_mode,
+            "pid": svc.pid,
+            "ipc": svc.ipc,
+            "cap_add": sorted(svc.cap_add),
+            "shm_size": svc.shm_size,
+            "pull_policy": svc.pull_policy.value,
+        }
+        public = {k: v for k, v in public.items() if v not in (None, [], {}, False)}
+        assert svc.tier is not None  # validated
+        services[name] = DesiredService(
+            project=spec.project, name=name, tier=svc.tier, service=svc,
+            order=resolved_order(spec, svc),
+            fingerprint=labels.fingerprint(key, public), public_config=public,
+            env=tuple(env.items()), networks=networks, binds=tuple(binds),
+            edge=spec.edge is not None and spec.edge.service == name,
+            env_unknown=any(not e.readable for e in envs),
+        )
+    return Desired(
+        project=spec.project,
+        tiers=spec.tiers,
+        services=services,
+        networks={spec.network_name(n): spec.network(n) for n in sorted(spec.networks)},
+        volumes={spec.volume_name(v): spec.volume(v) for v in sorted(spec.volumes)},
+        edge_service=spec.edge.service if spec.edge else None,
+        revision=loaded.revision,
+        spec_fingerprint=loaded.fingerprint,
+    )

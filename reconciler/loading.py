@@ -1,0 +1,538 @@
+"""Read a spec directory into a validated `LoadedSpec`, mapping every error to file:line.
+
+Reads files only (spec YAML, env files, bind-mounted config files, the git HEAD); never
+touches Docker, never writes. YAML is parsed as 1.2 by ruamel.yaml with duplicate keys
+rejected and caps on size, nesting depth and aliases. No value from an env file ever
+appears in an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import (
+    AliasEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+)
+
+from reconciler.envfiles import EnvFile, EnvFinding, check_env_files, parse_dotenv
+from reconciler.specs import Finding, HostPolicy, Spec, merge_defaults, parse_mount, validate
+
+MAX_FILE_BYTES = 1024 * 1024
+MAX_DEPTH = 32
+MAX_ALIASES = 256
+MAX_NODES = 200_000
+MAX_BOUND_TREE_FILES = 2000
+
+KeyPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    file: str
+    line: int | None
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}" if self.line else self.file
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A located finding: `file:line: key.path: message`."""
+
+    location: Location
+    path: KeyPath
+    message: str
+    warning: bool = False
+
+    def __str__(self) -> str:
+        key = format_path(self.path)
+        prefix = "warning: " if self.warning else ""
+        return f"{self.location}: {prefix}{key + ': ' if key else ''}{self.message}"
+
+
+class SpecError(Exception):
+    """The spec cannot be used. `problems` holds every error (and warning) found."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@dataclass(frozen=True, slots=True)
+class MountedFile:
+    host_path: str
+    digest: str  # sha256 of the content (a directory: of its tree); "" when missing
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedSpec:
+    directory: str
+    spec: Spec  # defaults merged into every service
+    profiles: tuple[str, ...]
+    files: Mapping[str, str]  # file path -> sha256 of its bytes
+    service_files: Mapping[str, str]  # service -> file that defines it
+    env_files: Mapping[str, tuple[EnvFile, ...]]
+    mounted: Mapping[str, tuple[MountedFile, ...]]  # service -> bind-mounted spec files
+    bind_sources: Mapping[tuple[str, int], str]  # (service, volume index) -> absolute host path
+    warnings: tuple[Problem, ...] = ()
+    revision: str | None = None
+    locations: Mapping[KeyPath, Location] = field(default_factory=dict)
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for name in sorted(self.files):
+            h.update(f"{os.path.basename(name)}\0{self.files[name]}\n".encode())
+        return h.hexdigest()
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the whole desired state: spec files + env files + mounted files."""
+        h = hashlib.sha256(self.digest.encode())
+        for service in sorted(self.env_files):
+            for env in self.env_files[service]:
+                content = "\n".join(f"{k}={v.value}" for k, v in sorted(env.values.items()))
+                h.update(f"{env.path}\0{env.readable}\0{content}".encode())
+        for service in sorted(self.mounted):
+            for mounted in self.mounted[service]:
+                h.update(f"{mounted.host_path}\0{mounted.digest}".encode())
+        h.update(",".join(self.profiles).encode())
+        return h.hexdigest()[:12]
+
+    @property
+    def unknown_env(self) -> bool:
+        return any(not e.readable for envs in self.env_files.values() for e in envs)
+
+
+def format_path(path: KeyPath) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+# --- YAML -----------------------------------------------------------------------------------
+
+
+def _check_events(yaml: YAML, text: str, name: str) -> None:
+    depth = aliases = 0
+    for event in yaml.parse(text):
+        if isinstance(event, MappingStartEvent | SequenceStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = event.start_mark.line + 1 if event.start_mark else None
+                raise SpecError([Problem(Location(name, line), (),
+                                         f"nesting deeper than {MAX_DEPTH} levels")])
+        elif isinstance(event, MappingEndEvent | SequenceEndEvent):
+            depth -= 1
+        elif isinstance(event, AliasEvent):
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                line = event.start_mark.line + 1 if event.start_mark else None
+                raise SpecError([Problem(Location(name, line), (),
+                                         f"more than {MAX_ALIASES} aliases (YAML bomb?)")])
+
+
+class _Plain:
+    """Converts ruamel round-trip nodes to plain data, recording each key's line."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.nodes = 0
+        self.locations: dict[KeyPath, Location] = {}
+
+    def convert(self, node: Any, path: KeyPath, line: int | None) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise SpecError([Problem(Location(self.name, line), path,
+                                     f"more than {MAX_NODES} values after alias expansion "
+                                     "(YAML bomb?)")])
+        self.locations.setdefault(path, Location(self.name, line))
+        if isinstance(node, CommentedMap):
+            out: dict[str, Any] = {}
+            for key, value in node.items():
+                if not isinstance(key, str | int | float | bool) or key is None:
+                    raise SpecError([Problem(Location(self.name, line), path,
+                                             "mapping keys must be strings")])
+                skey = str(key) if not isinstance(key, bool) else str(key).lower()
+                try:
+                    kline = node.lc.key(key)[0] + 1
+                except (KeyError, TypeError, AttributeError):
+                    kline = line
+                out[skey] = self.convert(value, (*path, skey), kline)
+            return out
+        if isinstance(node, CommentedSeq):
+            items = []
+            for i, value in enumerate(node):
+                try:
+                    iline = node.lc.item(i)[0] + 1
+                except (KeyError, TypeError, AttributeError, IndexError):
+                    iline = line
+                items.append(self.convert(value, (*path, i), iline))
+            return items
+        if isinstance(node, str):
+            return str(node)
+        if node is None or isinstance(node, bool | int | float):
+            return node
+        return str(node)  # timestamps and other scalars: keep the text
+
+
+def read_yaml(path: Path, display: str) -> tuple[dict[str, Any], dict[KeyPath, Location]]:
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise SpecError([Problem(Location(display, None), (),
+                                     f"file is larger than {MAX_FILE_BYTES} bytes")])
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError([Problem(Location(display, None), (),
+                                 f"cannot read: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise SpecError([Problem(Location(display, None), (), "not UTF-8 text")]) from None
+    yaml = YAML(typ="rt")
+    yaml.allow_duplicate_keys = False
+    try:
+        _check_events(yaml, text, display)
+        docs = list(yaml.load_all(text))
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        message = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
+        if "duplicate key" in message:
+            message = message.split(" with value")[0]
+        raise SpecError([Problem(Location(display, line), (), message)]) from None
+    except YAMLError as exc:
+        raise SpecError([Problem(Location(display, None), (),
+                                 " ".join(str(exc).split())[:200])]) from None
+    docs = [d for d in docs if d is not None]
+    if not docs:
+        return {}, {}
+    if len(docs) > 1:
+        raise SpecError([Problem(Location(display, None), (), "one YAML document per file")])
+    plain = _Plain(display)
+    data = plain.convert(docs[0], (), 1)
+    if not isinstance(data, dict):
+        raise SpecError([Problem(Location(display, 1), (), "the file must be a mapping")])
+    return data, plain.locations
+
+
+# --- loading --------------------------------------------------------------------------------
+
+_MERGED = ("services", "networks", "volumes")
+_SINGLE = ("project", "tiers", "defaults", "edge")
+
+
+def _display(path: Path) -> str:
+    """Paths are shown as the user gave them (relative stays relative)."""
+    return os.path.normpath(path)
+
+
+def load(
+    directory: str | os.PathLike[str],
+    *,
+    strict: bool = True,
+    profiles: Iterable[str] = (),
+    policy: HostPolicy | None = None,
+) -> LoadedSpec:
+    """Load, merge and validate a spec directory. Raises `SpecError` with every problem."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise SpecError([Problem(Location(_display(root), None), (),
+                                 "spec directory not found")])
+    files = sorted(root / p.name for p in root.iterdir()
+                   if p.suffix in (".yaml", ".yml") and p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise SpecError([Problem(Location(_display(root), None), (),
+                                 "no *.yaml or *.yml files in the spec directory")])
+    raw: dict[str, Any] = {}
+    origin: dict[KeyPath, str] = {}  # top-level key / (section, name) -> file
+    locations: dict[KeyPath, Location] = {}
+    problems: list[Problem] = []
+    digests: dict[str, str] = {}
+    for path in files:
+        display = _display(path)
+        digests[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+        try:
+            data, locs = read_yaml(path, display)
+        except SpecError as exc:
+            problems.extend(exc.problems)
+            continue
+        for key, value in data.items():
+            here = locs.get((key,), Location(display, None))
+            if key in _MERGED and isinstance(value, dict):
+                section = raw.setdefault(key, {})
+                if not isinstance(section, dict):
+                    continue
+                for name, item in value.items():
+                    if name in section:
+                        first = origin[(key, name)]
+                        problems.append(Problem(locs.get((key, name), here), (key, name),
+                                                f"already defined in {first}"))
+                        continue
+                    section[name] = item
+                    origin[(key, name)] = display
+            elif key in raw and key in _SINGLE:
+                if raw[key] != value:
+                    problems.append(Problem(here, (key,), f"defined differently in "
+                                                          f"{origin[(key,)]}"))
+                continue
+            elif key in raw:
+                problems.append(Problem(here, (key,), f"already defined in {origin[(key,)]}"))
+                continue
+            else:
+                raw[key] = value
+                origin[(key,)] = display
+        for kpath, loc in locs.items():
+            locations.setdefault(kpath, loc)
+    if problems:
+        raise SpecError(problems)
+
+    defaults = raw.get("defaults") if isinstance(raw.get("defaults"), dict) else {}
+    services = raw.get("services")
+    merged = dict(raw)
+    if isinstance(services, dict) and isinstance(defaults, dict):
+        merged["services"] = {
+            name: merge_defaults(defaults, svc) if isinstance(svc, dict) else svc
+            for name, svc in services.items()
+        }
+    dummy = Location(_display(files[0]), None)
+    try:
+        spec = Spec.model_validate(merged)
+    except ValidationError as exc:
+        raise SpecError(_pydantic_problems(exc, merged, locations, dummy)) from None
+
+    service_files = {name: origin[("services", name)] for name in spec.services}
+    profile_list = tuple(sorted(set(profiles)))
+    spec_dir = root.resolve()
+    repo = _git_root(spec_dir)
+    allowed_roots = [str(spec_dir)] + ([str(repo)] if repo else [])
+
+    bind_sources: dict[tuple[str, int], str] = {}
+    env_files: dict[str, tuple[EnvFile, ...]] = {}
+    mounted: dict[str, tuple[MountedFile, ...]] = {}
+    for name, svc in spec.services.items():
+        base = Path(service_files[name]).resolve().parent
+        for i, entry in enumerate(svc.volumes):
+            mount = parse_mount(entry)
+            if mount.source and not mount.named:
+                source = os.path.expanduser(mount.source)
+                bind_sources[(name, i)] = os.path.normpath(base / source)
+        env_files[name] = tuple(_read_env_file(base, declared) for declared in svc.env_file)
+
+    findings = validate(spec, profiles=profile_list, policy=policy,
+                        allowed_roots=allowed_roots, resolve_path=bind_sources)
+    for (name, i), host in sorted(bind_sources.items()):
+        if any(_inside(host, r) for r in allowed_roots):
+            digest = _digest_tree(Path(host))
+            if digest == "":
+                findings.append(Finding(("services", name, "volumes", i),
+                                        f"bind source {host} does not exist"))
+            mounted.setdefault(name, ())
+            mounted[name] = (*mounted[name], MountedFile(host, digest))
+
+    problems = [_locate(f, locations, dummy) for f in findings]
+    env_problems = [_env_problem(f, warning=not strict)
+                    for f in check_env_files({n: env_files[n] for n in env_files})]
+    errors = [p for p in problems + env_problems if not p.warning]
+    warnings = [p for p in problems + env_problems if p.warning]
+    if errors:
+        raise SpecError(errors + warnings)
+    return LoadedSpec(
+        directory=str(root), spec=spec, profiles=profile_list, files=digests,
+        service_files=service_files, env_files=env_files, mounted=mounted,
+        bind_sources=bind_sources, warnings=tuple(warnings), revision=_git_revision(spec_dir),
+        locations=locations,
+    )
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _read_env_file(base: Path, declared: str) -> EnvFile:
+    path = Path(os.path.expanduser(declared))
+    path = path if path.is_absolute() else base / path
+    shown = os.path.normpath(path)
+    try:
+        lst = os.lstat(path)
+    except FileNotFoundError:
+        return EnvFile(shown, declared, readable=False, problem="file not found")
+    except OSError as exc:
+        return EnvFile(shown, declared, readable=False, problem=exc.strerror or "unreadable")
+    is_link = stat.S_ISLNK(lst.st_mode)
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return EnvFile(shown, declared, readable=False, problem="not a regular file",
+                           is_symlink=is_link)
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "unreadable"
+        return EnvFile(shown, declared, readable=False, problem=reason, is_symlink=is_link)
+    values, lines, _errors = parse_dotenv(text)
+    return EnvFile(shown, declared, readable=True, is_symlink=is_link,
+                   mode=stat.S_IMODE(st.st_mode), values=values, lines=lines)
+
+
+def _env_problem(finding: EnvFinding, *, warning: bool) -> Problem:
+    path: KeyPath = (finding.key,) if finding.key else ()
+    return Problem(Location(_display(Path(finding.path)), finding.line), path, finding.message,
+                   warning=warning)
+
+
+def _digest_tree(path: Path) -> str:
+    """sha256 of a file, or of a directory's files (names + contents); "" when missing."""
+    h = hashlib.sha256()
+    if path.is_file():
+        h.update(path.read_bytes())
+        return h.hexdigest()
+    if path.is_dir():
+        count = 0
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames[:] = sorted(d for d in dirnames if d != ".git")
+            for name in sorted(filenames):
+                count += 1
+                if count > MAX_BOUND_TREE_FILES:
+                    return h.hexdigest()
+                full = Path(dirpath) / name
+                h.update(str(full.relative_to(path)).encode() + b"\0")
+                try:
+                    h.update(full.read_bytes())
+                except OSError:
+                    h.update(b"(unreadable)")
+        return h.hexdigest()
+    return ""
+
+
+def _git_root(start: Path) -> Path | None:
+    for candidate in (start, *start.parents):
+        if (candidate / ".git").exists():
+            return candidate
+    return None
+
+
+def _git_revision(start: Path) -> str | None:
+    """The commit id of HEAD when the spec dir is in a git checkout (read, no subprocess)."""
+    root = _git_root(start)
+    if root is None:
+        return None
+    git = root / ".git"
+    try:
+        if git.is_file():  # worktree: "gitdir: <path>"
+            git = (root / git.read_text().split(":", 1)[1].strip()).resolve()
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref:"):
+            return head[:40] or None
+        ref = head.split(":", 1)[1].strip()
+        ref_file = git / ref
+        if ref_file.exists():
+            return ref_file.read_text().strip()[:40] or None
+        packed = git / "packed-refs"
+        if packed.exists():
+            for line in packed.read_text().splitlines():
+                if line.endswith(" " + ref):
+                    return line.split(" ", 1)[0]
+    except OSError:
+        return None
+    return None
+
+
+def _pydantic_problems(
+    exc: ValidationError, data: Mapping[str, Any], locations: Mapping[KeyPath, Location],
+    fallback: Location,
+) -> list[Problem]:
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        path = _data_path(error["loc"], data)
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = f"unknown key {path[-1]!r}" if path else "unknown key"
+        elif error["type"] == "missing":
+            message = f"missing required key {error['loc'][-1]!r}"
+        problems.append(Problem(lookup(path, locations, fallback), path, message))
+    # keep one problem per (path, message); drop union-branch noise on the same path
+    seen: set[tuple[KeyPath, str]] = set()
+    out = []
+    for p in problems:
+        if (p.path, p.message) not in seen:
+            seen.add((p.path, p.message))
+            out.append(p)
+    return out
+
+
+def _data_path(loc: tuple[str | int, ...], data: Any) -> KeyPath:
+    """Keep only the parts of a pydantic `loc` that exist in the data (union tags and
+    validator names are skipped); a missing key, always last in `loc`, is kept."""
+    out: list[str | int] = []
+    node = data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and str(part) in node:
+            out.append(str(part))
+            node = node[str(part)]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, dict) and i == len(loc) - 1 and isinstance(part, str):
+            out.append(part)
+    return tuple(out)
+
+
+def lookup(path: KeyPath, locations: Mapping[KeyPath, Location], fallback: Location) -> Location:
+    """The line of the most specific known key on `path`. A service key that came from
+    `defaults` (deep-merged) points at the key under `defaults` when that is more specific."""
+    best, depth = fallback, -1
+    candidates: list[tuple[KeyPath, int]] = [(path, 2 if path[:1] == ("services",) else 0)]
+    if len(path) > 2 and path[0] == "services":
+        candidates.append((("defaults", *path[2:]), 1))
+    for cand, prefix in candidates:
+        for n in range(len(cand), 0, -1):
+            if cand[:n] in locations:
+                if n - prefix > depth:
+                    best, depth = locations[cand[:n]], n - prefix
+                break
+    return best
+
+
+def _locate(finding: Finding, locations: Mapping[KeyPath, Location],
+            fallback: Location) -> Problem:
+    return Problem(lookup(finding.path, locations, fallback), finding.path, finding.message,
+                   warning=finding.warning)
+
+
+POLICY_PATH = "/etc/reconciler/policy.yaml"
+
+
+def load_policy(path: str | None = None) -> HostPolicy:
+    """The host's own allow-list (never from the spec repo): `$RECONCILER_POLICY` or
+    /etc/reconciler/policy.yaml. Absent file: nothing dangerous is allowed."""
+    where = Path(path or os.environ.get("RECONCILER_POLICY") or POLICY_PATH)
+    if not where.exists():
+        return HostPolicy()
+    data, locations = read_yaml(where, str(where))
+    allowed = {"allow_privileged", "allow_host_namespaces", "allow_capabilities",
+               "allow_docker_socket", "allow_bind_mounts"}
+    problems = [Problem(locations.get((k,), Location(str(where), None)), (k,), "unknown key")
+                for k in data if k not in allowed]
+    if problems:
+        raise SpecError(problems)
+    return HostPolicy(
+        allow_privileged=bool(data.get("allow_privileged", False)),
+        allow_host_namespaces=bool(data.get("allow_host_namespaces", False)),
+        allow_capabilities=frozenset(str(c).upper() for c in data.get("allow_capabilities", [])),
+        allow_docker_socket=bool(data.get("allow_docker_socket", False)),
+        allow_bind_mounts=tuple(str(p) for p in data.get("allow_bind_mounts", [])),
+    )

@@ -1,0 +1,262 @@
+"""The state dir: host key, last-good spec, history, quarantine and the host lock.
+
+Every write is atomic (temp file in the same dir, fsync, rename, fsync of the dir); a torn or
+empty state file is detected (`StateCorrupt`) and never taken for an empty state. Nothing
+here decides what to deploy: `rollback` and `controller` do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+KEY_FILE = "host.key"
+LAST_GOOD = "last-good.json"
+HISTORY = "history.jsonl"
+QUARANTINE = "quarantine.json"
+REVISIONS = "revisions"
+LOCK = "lock"
+KEY_BYTES = 32
+HISTORY_KEEP = 500
+REVISIONS_KEEP = 20
+
+
+class StateError(Exception):
+    """The state dir cannot be used (permissions, disk full, held lock)."""
+
+
+class StateCorrupt(StateError):
+    """A state file exists but is torn, empty or not what we wrote."""
+
+
+def default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/reconciler")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
+    return Path(base) / "reconciler"
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Write `data` to `path` so that readers see the old or the new content, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise StateError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateError(f"cannot read {path}: {exc.strerror}") from None
+    if not raw.strip():
+        raise StateCorrupt(f"{path} is empty (torn write?)")
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise StateCorrupt(f"{path} is not valid JSON (torn write?)") from None
+
+
+def read_key(state_dir: Path) -> bytes | None:
+    """The per-host HMAC key, or None when this host never applied anything."""
+    try:
+        raw = (state_dir / KEY_FILE).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateError(f"cannot read the host key: {exc.strerror}") from None
+    if len(raw) != KEY_BYTES:
+        raise StateCorrupt(f"{state_dir / KEY_FILE} is {len(raw)} bytes, expected {KEY_BYTES}")
+    return raw
+
+
+def ensure_key(state_dir: Path) -> bytes:
+    key = read_key(state_dir)
+    if key is None:
+        key = secrets.token_bytes(KEY_BYTES)
+        atomic_write(state_dir / KEY_FILE, key)
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class GoodRevision:
+    """A spec that converged: its files are kept so the host can go back to it."""
+
+    fingerprint: str  # LoadedSpec.fingerprint
+    revision: str | None  # git commit when known
+    directory: str  # snapshot of the spec files in the state dir
+    recorded_at: float
+    source: str = ""  # the spec dir it came from
+
+    @property
+    def label(self) -> str:
+        return (self.revision or self.fingerprint)[:12]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    at: float
+    kind: str  # apply | revert | rollback
+    result: str  # converged | rolled_back | failed | noop | quarantined | invalid_spec
+    fingerprint: str
+    revision: str | None
+    duration_s: float
+    steps: int = 0
+    message: str = ""
+    failed_steps: list[str] = field(default_factory=list)
+
+
+class State:
+    """Access to one state dir. Use `lock()` around anything that acts on the host."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    # lock --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+                raise StateError(f"another reconciler holds {self.root / LOCK}"
+                                 + (f" (pid {holder})" if holder else "")) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    # key ---------------------------------------------------------------------------------
+    def key(self, *, create: bool) -> bytes | None:
+        return ensure_key(self.root) if create else read_key(self.root)
+
+    # last-good ---------------------------------------------------------------------------
+    def last_good(self) -> GoodRevision | None:
+        data = _read_json(self.root / LAST_GOOD)
+        if data is None:
+            return None
+        try:
+            good = GoodRevision(**data)
+        except TypeError:
+            raise StateCorrupt(f"{self.root / LAST_GOOD} has unexpected content") from None
+        if not Path(good.directory).is_dir():
+            raise StateCorrupt(f"last-good spec copy {good.directory} is missing")
+        return good
+
+    def record_good(self, *, spec_dir: Path, files: Mapping[str, str], fingerprint: str,
+                    revision: str | None, now: float) -> GoodRevision:
+        """Keep a copy of the spec files that converged and point last-good at it."""
+        target = self.root / REVISIONS / fingerprint
+        if not target.is_dir():
+            tmp = Path(tempfile.mkdtemp(dir=self._ensure(self.root / REVISIONS),
+                                        prefix=f".{fingerprint}."))
+            try:
+                for name in files:
+                    shutil.copy2(name, tmp / Path(name).name)
+                os.replace(tmp, target)
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise StateError(f"cannot keep the spec copy: {exc.strerror}") from None
+        good = GoodRevision(fingerprint=fingerprint, revision=revision, directory=str(target),
+                            recorded_at=now, source=str(spec_dir))
+        atomic_write(self.root / LAST_GOOD, json.dumps(asdict(good)).encode())
+        self._prune_revisions(keep=good)
+        return good
+
+    def good_revisions(self) -> list[GoodRevision]:
+        """Every recorded good revision still kept, newest first (from the history)."""
+        seen: dict[str, GoodRevision] = {}
+        for entry in reversed(self.history()):
+            if entry.result == "converged" and entry.fingerprint not in seen:
+                directory = self.root / REVISIONS / entry.fingerprint
+                if directory.is_dir():
+                    seen[entry.fingerprint] = GoodRevision(
+                        fingerprint=entry.fingerprint, revision=entry.revision,
+                        directory=str(directory), recorded_at=entry.at)
+        return list(seen.values())
+
+    def _prune_revisions(self, *, keep: GoodRevision) -> None:
+        base = self.root / REVISIONS
+        dirs = sorted((p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                      key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in dirs[REVISIONS_KEEP:]:
+            if str(old) != keep.directory:
+                shutil.rmtree(old, ignore_errors=True)
+
+    @staticmethod
+    def _ensure(path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return path
+
+    # quarantine --------------------------------------------------------------------------
+    def quarantined(self) -> dict[str, dict[str, Any]]:
+        data = _read_json(self.root / QUARANTINE)
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise StateCorrupt(f"{self.root / QUARANTINE} has unexpected content")
+        return data
+
+    def quarantine(self, fingerprint: str, *, revision: str | None, reason: str,
+                   now: float) -> None:
+        data = self.quarantined()
+        data[fingerprint] = {"revision": revision, "reason": reason, "at": now}
+        atomic_write(self.root / QUARANTINE, json.dumps(data, sort_keys=True).encode())
+
+    # history -----------------------------------------------------------------------------
+    def append_history(self, entry: HistoryEntry) -> None:
+        entries = self.history()[-(HISTORY_KEEP - 1):]
+        entries.append(entry)
+        data = "".join(json.dumps(asdict(e), sort_keys=True) + "\n" for e in entries)
+        atomic_write(self.root / HISTORY, data.encode())
+
+    def history(self) -> list[HistoryEntry]:
+        try:
+            text = (self.root / HISTORY).read_text()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StateError(f"cannot read history: {exc.strerror}") from None
+        out = []
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            try:
+                out.append(HistoryEntry(**json.loads(line)))
+            except (ValueError, TypeError):
+                raise StateCorrupt(f"{self.root / HISTORY} has a torn line") from None
+        return out
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,255 @@
+"""The planner: `compute(desired, snapshot) -> Plan`. Pure, total and deterministic.
+
+Every container of ours in the snapshot and every desired replica ends up in exactly one
+decision; every step carries a reason for humans (the executor never branches on it). Steps
+are ordered: networks and volumes, then tier by tier in spec order (services by name,
+replicas ascending), then removal of services gone from the spec, last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from reconciler.desired import Desired, DesiredService
+from reconciler.snapshots import Health, Observed, Snapshot, State
+from reconciler.specs import Restart, UpdateOrder
+
+
+class Action(StrEnum):
+    CREATE_NETWORK = "create-network"
+    CREATE_VOLUME = "create-volume"
+    CREATE = "create"
+    REPLACE = "replace"  # new generation (order: start-first or stop-first)
+    RECREATE = "recreate"  # same generation, broken container: remove, then create
+    START = "start"
+    REMOVE = "remove"
+
+
+class Reason(StrEnum):
+    NETWORK_MISSING = "network missing"
+    VOLUME_MISSING = "volume missing"
+    NEW_SERVICE = "new service"
+    REPLICA_MISSING = "replica missing"
+    SCALED_UP = "scaled up"
+    CONFIG_CHANGED = "config changed"
+    STOPPED = "container stopped"
+    CREATED_NOT_STARTED = "container created but never started"
+    UNHEALTHY = "container unhealthy"
+    DEAD = "container dead"
+    PAUSED = "container paused"
+    RESTARTING = "container restarting"
+    INTERRUPTED = "finish an interrupted update"
+    SCALED_DOWN = "scaled down"
+    ORPHAN = "service no longer in the spec"
+    DUPLICATE = "duplicate container for one replica"
+    UNLABELLED = "container of ours without a service or replica label"
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerRef:
+    id: str
+    name: str
+    state: State
+
+    @classmethod
+    def of(cls, c: Observed) -> ContainerRef:
+        return cls(id=c.id, name=c.name, state=c.state)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldChange:
+    field: str
+    old: Any
+    new: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    action: Action
+    reason: Reason
+    tier: str = ""
+    service: str = ""
+    replica: int | None = None
+    order: UpdateOrder | None = None  # REPLACE only
+    new_name: str | None = None  # CREATE / REPLACE / RECREATE
+    old: tuple[ContainerRef, ...] = ()  # containers this step stops and removes
+    adopt: ContainerRef | None = None  # an existing new-generation container to finish with
+    target: ContainerRef | None = None  # START: the container to start
+    object_name: str = ""  # CREATE_NETWORK / CREATE_VOLUME
+    changes: tuple[FieldChange, ...] = ()
+
+    @property
+    def id(self) -> str:
+        """Readable, unique within a plan: `replace api-gateway[1] start-first`."""
+        if self.object_name:
+            return f"{self.action} {self.object_name}"
+        who = self.service + (f"[{self.replica}]" if self.replica is not None else "")
+        if self.action is Action.REMOVE and self.old:
+            who += " " + self.old[0].name
+        extra = f" {self.order}" if self.order else ""
+        return f"{self.action} {who}{extra}"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    project: str
+    tiers: tuple[str, ...]
+    steps: tuple[Step, ...] = ()
+    images: tuple[str, ...] = ()  # every image a create/replace/recreate needs, sorted
+    engine_available: bool = True
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def empty(self) -> bool:
+        return not self.steps
+
+    def in_tier(self, tier: str) -> list[Step]:
+        return [s for s in self.steps
+                if s.tier == tier and not s.object_name and s.reason not in _LAST]
+
+    def orphans(self) -> list[Step]:
+        return [s for s in self.steps if s.reason in _LAST]
+
+    def objects(self) -> list[Step]:
+        return [s for s in self.steps if s.object_name]
+
+    def counts(self) -> dict[str, int]:
+        counts = {"create": 0, "replace": 0, "start": 0, "remove": 0}
+        for s in self.steps:
+            if s.action in (Action.CREATE, Action.CREATE_NETWORK, Action.CREATE_VOLUME):
+                counts["create"] += 1
+            elif s.action in (Action.REPLACE, Action.RECREATE):
+                counts["replace"] += 1
+            elif s.action is Action.START:
+                counts["start"] += 1
+            else:
+                counts["remove"] += 1
+        return counts
+
+
+_LAST = frozenset({Reason.ORPHAN, Reason.UNLABELLED})
+
+
+def field_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[FieldChange, ...]:
+    """Field-level differences between two public configs (the `reconciler.config` label)."""
+    out: list[FieldChange] = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, Mapping) or isinstance(b, Mapping):
+            a_map: Mapping[str, Any] = a if isinstance(a, Mapping) else {}
+            b_map: Mapping[str, Any] = b if isinstance(b, Mapping) else {}
+            for sub in sorted(set(a_map) | set(b_map)):
+                if a_map.get(sub) != b_map.get(sub):
+                    out.append(FieldChange(f"{key}.{sub}", a_map.get(sub), b_map.get(sub)))
+        else:
+            out.append(FieldChange(key, a, b))
+    return tuple(out)
+
+
+def _replica_steps(
+    svc: DesiredService, replica: int, found: list[Observed], *, service_exists: bool,
+) -> list[Step]:
+    base = {"tier": svc.tier, "service": svc.name, "replica": replica}
+    current = [c for c in found if c.fingerprint == svc.fingerprint]
+    stale = [c for c in found if c.fingerprint != svc.fingerprint]
+    # more than one container with the desired fingerprint cannot share a name; keep the first
+    keep = current[0] if current else None
+    extra = [ContainerRef.of(c) for c in current[1:]]
+    steps: list[Step] = []
+    if keep is None:
+        if stale:
+            newest = max(stale, key=lambda c: (c.created, c.name))
+            steps.append(Step(Action.REPLACE, Reason.CONFIG_CHANGED, order=svc.order,
+                              new_name=svc.container_name(replica),
+                              old=tuple(ContainerRef.of(c) for c in stale),
+                              changes=field_changes(newest.config, svc.public_config), **base))
+        else:
+            reason = Reason.REPLICA_MISSING if service_exists else Reason.NEW_SERVICE
+            shown = (FieldChange("image", None, svc.service.image),
+                     FieldChange("update.order", None, svc.order.value))
+            steps.append(Step(Action.CREATE, reason, new_name=svc.container_name(replica),
+                              changes=shown, **base))
+    elif stale:
+        # a rollout was interrupted: the new generation exists next to the old one
+        steps.append(Step(Action.REPLACE, Reason.INTERRUPTED, order=svc.order,
+                          new_name=keep.name, old=tuple(ContainerRef.of(c) for c in stale),
+                          adopt=ContainerRef.of(keep), **base))
+    else:
+        steps.extend(_repair(svc, keep, base))
+    for ref in extra:
+        steps.append(Step(Action.REMOVE, Reason.DUPLICATE, old=(ref,), **base))
+    return steps
+
+
+def _repair(svc: DesiredService, c: Observed, base: Mapping[str, Any]) -> list[Step]:
+    """A container of the desired generation: in sync, or drift with a defined action."""
+    ref = ContainerRef.of(c)
+    recreate = {"new_name": c.name, "old": (ref,)}
+    if c.state is State.RUNNING:
+        if c.health is Health.UNHEALTHY:
+            return [Step(Action.RECREATE, Reason.UNHEALTHY, **recreate, **base)]
+        return []
+    if c.state is State.EXITED:
+        if svc.service.restart is Restart.NO and c.exit_code == 0:
+            return []  # a one-shot job that finished
+        return [Step(Action.START, Reason.STOPPED, target=ref, **base)]
+    if c.state is State.CREATED:
+        return [Step(Action.START, Reason.CREATED_NOT_STARTED, target=ref, **base)]
+    reason = {State.PAUSED: Reason.PAUSED, State.RESTARTING: Reason.RESTARTING}.get(
+        c.state, Reason.DEAD)
+    if c.state is State.REMOVING:
+        return [Step(Action.CREATE, Reason.REPLICA_MISSING, new_name=c.name, old=(ref,),
+                     **base)]
+    return [Step(Action.RECREATE, reason, **recreate, **base)]
+
+
+def compute(desired: Desired, snapshot: Snapshot) -> Plan:
+    """The steps that take `snapshot` to `desired`. Total: never raises for any snapshot."""
+    steps: list[Step] = []
+    for name in sorted(set(desired.networks) - snapshot.networks):
+        if not desired.networks[name].external:
+            steps.append(Step(Action.CREATE_NETWORK, Reason.NETWORK_MISSING, object_name=name))
+    for name in sorted(set(desired.volumes) - snapshot.volumes):
+        if not desired.volumes[name].external:
+            steps.append(Step(Action.CREATE_VOLUME, Reason.VOLUME_MISSING, object_name=name))
+
+    by_service: dict[str, list[Observed]] = {}
+    for c in snapshot.containers:
+        by_service.setdefault(c.service, []).append(c)
+
+    for tier in desired.tiers:
+        for svc in desired.in_tier(tier):
+            found = by_service.get(svc.name, [])
+            service_exists = bool(found)
+            for replica in range(1, svc.replicas + 1):
+                mine = [c for c in found if c.replica == replica]
+                steps.extend(_replica_steps(svc, replica, mine, service_exists=service_exists))
+            for c in sorted(found, key=lambda c: (c.replica or 0, c.name)):
+                if c.replica is None or c.replica < 1:
+                    steps.append(Step(Action.REMOVE, Reason.UNLABELLED, tier=svc.tier,
+                                      service=svc.name, old=(ContainerRef.of(c),)))
+                elif c.replica > svc.replicas:
+                    steps.append(Step(Action.REMOVE, Reason.SCALED_DOWN, tier=svc.tier,
+                                      service=svc.name, replica=c.replica,
+                                      old=(ContainerRef.of(c),)))
+
+    orphans = [c for c in snapshot.containers if c.service not in desired.services]
+    for c in sorted(orphans, key=lambda c: (c.service, c.replica or 0, c.name)):
+        reason = Reason.ORPHAN if c.service else Reason.UNLABELLED
+        steps.append(Step(Action.REMOVE, reason, tier=c.tier, service=c.service,
+                          replica=c.replica, old=(ContainerRef.of(c),)))
+
+    images = sorted({desired.services[s.service].service.image for s in steps
+                     if s.action in (Action.CREATE, Action.REPLACE, Action.RECREATE)
+                     and s.service in desired.services})
+    return Plan(project=desired.project, tiers=desired.tiers, steps=tuple(steps),
+                images=tuple(images), engine_available=snapshot.engine_available)
+
+
+def services_touched(steps: Iterable[Step]) -> list[str]:
+    return sorted({s.service for s in steps if s.service})

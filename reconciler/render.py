@@ -1,0 +1,160 @@
+"""Render a plan as Terraform-style text or as JSON. Pure; never prints a secret.
+
+Values from env files appear only as `(sensitive)`; plain `environment` values whose key
+looks secret were already masked when the desired state was built.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from reconciler.labels import UNKNOWN
+from reconciler.plans import Action, FieldChange, Plan, Step
+from reconciler.specs import UpdateOrder
+
+SYMBOLS = {
+    Action.CREATE_NETWORK: "+",
+    Action.CREATE_VOLUME: "+",
+    Action.CREATE: "+",
+    Action.START: "~",
+    Action.REMOVE: "-",
+    Action.RECREATE: "-/+",
+}
+COLORS = {"+": "32", "-": "31", "-/+": "33", "+/-": "33", "~": "36"}
+LEGEND = ("  + create    -/+ replace (stop-first)    +/- replace (start-first)    "
+          "~ start    - remove")
+
+
+def symbol(step: Step) -> str:
+    if step.action is Action.REPLACE:
+        return "+/-" if step.order is UpdateOrder.START_FIRST else "-/+"
+    return SYMBOLS[step.action]
+
+
+def _value(field: str, value: Any) -> str:
+    if field.startswith("env_file"):
+        if value is None:
+            return "(none)"
+        return "(unknown: not readable here)" if value == UNKNOWN else "(sensitive)"
+    if field.startswith("mounted_files"):
+        return "(absent)" if value is None else "(content)"
+    if value is None:
+        return "(none)"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return json.dumps(value, sort_keys=True, separators=(", ", ": "))
+
+
+def _change_line(change: FieldChange) -> str:
+    if change.old is None and not change.field.startswith(("env_file", "mounted_files")):
+        return f"{change.field}: {_value(change.field, change.new)}"
+    if change.field.startswith("env_file") and change.old is not None and change.new is not None:
+        return f"{change.field}: {_value(change.field, change.new)} changed" + (
+            " (unknown: not readable here)" if change.new == UNKNOWN else "")
+    if change.field.startswith("mounted_files"):
+        state = "added" if change.old is None else "removed" if change.new is None else "changed"
+        return f"{change.field}: content {state}"
+    old, new = _value(change.field, change.old), _value(change.field, change.new)
+    return f"{change.field}: {old} -> {new}"
+
+
+def _step_line(step: Step) -> str:
+    who = step.service + (f"[{step.replica}]" if step.replica is not None else "")
+    parts = [f"{symbol(step)} {who}"]
+    if step.action is Action.REPLACE:
+        parts.append(f"({step.order})")
+    if step.action is Action.REMOVE and step.old:
+        parts.append(step.old[0].name)
+    elif step.new_name and step.action is not Action.START:
+        parts.append(step.new_name)
+    if step.action is Action.REPLACE and step.old:
+        parts.append("replaces " + ", ".join(o.name for o in step.old))
+    if step.target:
+        parts.append(step.target.name)
+    return "  ".join(parts) + f"    # {step.reason}"
+
+
+def _paint(text: str, sym: str, color: bool) -> str:
+    if not color or sym not in COLORS:
+        return text
+    return f"\x1b[{COLORS[sym]}m{text}\x1b[0m"
+
+
+def text(plan: Plan, *, color: bool = False, revision: str | None = None) -> str:
+    lines = [f'Plan for project "{plan.project}"'
+             + (f" at revision {revision[:12]}" if revision else "")]
+    if not plan.engine_available:
+        lines.append("(no Docker engine reachable: planned against an empty host)")
+    for note in plan.notes:
+        lines.append(f"note: {note}")
+    if plan.empty:
+        lines.append("")
+        lines.append("No changes. The host matches the spec.")
+        return "\n".join(lines) + "\n"
+    lines += ["", LEGEND]
+    objects = plan.objects()
+    if objects:
+        lines += ["", "Networks and volumes"]
+        for step in objects:
+            kind = "network" if step.action is Action.CREATE_NETWORK else "volume"
+            lines.append(_paint(f"  + {kind} {step.object_name}", "+", color))
+    for n, tier in enumerate(plan.tiers, start=1):
+        steps = plan.in_tier(tier)
+        lines += ["", f"Tier {n}/{len(plan.tiers)}: {tier}"]
+        if not steps:
+            lines.append("  (no changes)")
+            continue
+        for step in steps:
+            lines.append(_paint("  " + _step_line(step), symbol(step), color))
+            for change in step.changes:
+                lines.append("        " + _change_line(change))
+    orphans = plan.orphans()
+    if orphans:
+        lines += ["", "Removed from the spec (after every tier passed)"]
+        for step in orphans:
+            lines.append(_paint("  " + _step_line(step), "-", color))
+    c = plan.counts()
+    lines += ["", f"Plan: {c['create']} to create, {c['replace']} to replace, "
+                  f"{c['start']} to start, {c['remove']} to remove."]
+    return "\n".join(lines) + "\n"
+
+
+def step_dict(step: Step) -> dict[str, Any]:
+    return {
+        "id": step.id,
+        "action": step.action.value,
+        "reason": step.reason.value,
+        "tier": step.tier or None,
+        "service": step.service or None,
+        "replica": step.replica,
+        "order": step.order.value if step.order else None,
+        "new_name": step.new_name,
+        "old": [{"id": o.id, "name": o.name, "state": o.state.value} for o in step.old],
+        "adopt": step.adopt.name if step.adopt else None,
+        "target": step.target.name if step.target else None,
+        "object": step.object_name or None,
+        "changes": [{"field": c.field, "old": _json_value(c.field, c.old),
+                     "new": _json_value(c.field, c.new)} for c in step.changes],
+    }
+
+
+def _json_value(field: str, value: Any) -> Any:
+    if field.startswith(("env_file", "mounted_files")):
+        return None if value is None else _value(field, value)
+    return value
+
+
+def as_json(plan: Plan, *, revision: str | None = None) -> str:
+    data = {
+        "project": plan.project,
+        "revision": revision,
+        "engine_available": plan.engine_available,
+        "in_sync": plan.empty,
+        "tiers": list(plan.tiers),
+        "images": list(plan.images),
+        "summary": plan.counts(),
+        "notes": list(plan.notes),
+        "steps": [step_dict(s) for s in plan.steps],
+    }
+    return json.dumps(data, indent=2, sort_keys=False) + "\n"

@@ -1,0 +1,110 @@
+"""The `Runtime` protocol: everything the shell asks of a container engine, and its errors.
+
+Implemented by `dockerd.DockerRuntime` (the real engine, through aiodocker) and by
+`tests/component/fakes.FakeRuntime`; a contract suite runs against both so the fake cannot
+drift. Payloads are the Docker Engine API's own JSON (API 1.41), so the pure
+`snapshots` parser reads the output of either. This module must not import aiodocker and
+must not decide anything: it only names the operations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+JSON = dict[str, Any]
+
+
+class RuntimeError_(Exception):
+    """Base of every engine error the shell handles. Messages never contain secrets."""
+
+
+class EngineUnavailable(RuntimeError_):
+    """The engine does not answer (socket missing, connection refused, timeout)."""
+
+
+class NotFound(RuntimeError_):
+    """The object (container, image, network, volume) does not exist."""
+
+
+class Conflict(RuntimeError_):
+    """The name is taken (HTTP 409, or 400 "already in use" on some engine versions)."""
+
+
+class ImageUnavailable(RuntimeError_):
+    """An image is neither present nor pullable."""
+
+
+class EngineError(RuntimeError_):
+    """Any other engine failure (HTTP 5xx, unexpected answer)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    exit_code: int
+    output: str
+
+
+@dataclass(frozen=True, slots=True)
+class EngineEvent:
+    """One container event, already reduced to what the controller needs."""
+
+    action: str  # "start", "die", "destroy", "stop", "kill", "oom", "health_status: healthy"...
+    container_id: str
+    attributes: Mapping[str, str]
+    time_nano: int
+
+
+class EventStream(Protocol):
+    """An async iterator of `EngineEvent` from one engine connection.
+
+    `async for ev in runtime.events(label=...)` just works (the first `__anext__` connects).
+    To resync without a gap, `await stream.connect()` first (returns once the engine has
+    registered the subscription; raises `EngineUnavailable`/`EngineError` if it cannot),
+    then list, then iterate. The iterator ends when the connection drops or after
+    `aclose()`; it never reconnects by itself. Cancelling the consumer closes it.
+    """
+
+    def __aiter__(self) -> EventStream: ...
+    async def __anext__(self) -> EngineEvent: ...
+    async def connect(self) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+class Runtime(Protocol):
+    """What the reconciler needs from a container engine. Every call has a timeout."""
+
+    async def ping(self) -> None: ...
+
+    # observation: one list call each, filtered by label (key or key=value)
+    async def list_containers(self, *, label: str) -> list[JSON]: ...
+    async def list_networks(self, *, label: str) -> list[JSON]: ...
+    async def list_volumes(self, *, label: str) -> list[JSON]: ...
+    async def inspect_container(self, container_id: str) -> JSON: ...
+
+    # images
+    async def image_present(self, ref: str) -> bool: ...
+    async def pull_image(self, ref: str) -> None: ...
+
+    # networks and volumes (create is idempotent for an existing name with our labels)
+    async def create_network(self, name: str, *, labels: Mapping[str, str],
+                             internal: bool = False) -> None: ...
+    async def create_volume(self, name: str, *, labels: Mapping[str, str]) -> None: ...
+
+    # containers
+    async def create_container(self, name: str, config: JSON) -> str: ...
+    async def connect_network(self, container_id: str, network: str, *,
+                              aliases: Sequence[str]) -> None: ...
+    async def start_container(self, container_id: str) -> None: ...
+    async def stop_container(self, container_id: str, *, timeout_s: float) -> None: ...
+    async def remove_container(self, container_id: str) -> None: ...
+    async def kill_container(self, container_id: str, *, signal: str) -> None: ...
+    async def exec_in_container(self, container_id: str, cmd: Sequence[str]) -> ExecResult: ...
+    async def container_logs(self, container_id: str, *, tail: int) -> str: ...
+
+    # events for containers carrying `label` (create, start, die, stop, kill, oom, destroy,
+    # "health_status: ..."); the stream ends when the connection drops (see EventStream)
+    def events(self, *, label: str) -> EventStream: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,137 @@
+"""The observed model: what runs on the host, parsed purely from the engine's list JSON.
+
+Pure: the shell makes one list call per object kind filtered by our project label and hands
+the raw JSON here. Containers without our project label never enter a snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from reconciler import labels
+
+_EXIT = re.compile(r"^Exited \((-?\d+)\)")
+
+
+class State(StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    RESTARTING = "restarting"
+    REMOVING = "removing"
+    EXITED = "exited"
+    DEAD = "dead"
+
+
+class Health(StrEnum):
+    NONE = "none"
+    STARTING = "starting"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    id: str
+    name: str
+    service: str
+    tier: str
+    replica: int | None
+    fingerprint: str
+    state: State
+    health: Health
+    image: str
+    created: int = 0
+    config: Mapping[str, Any] = field(default_factory=dict)  # the reconciler.config label
+    edge: bool = False
+    exit_code: int | None = None  # from "Exited (N) ..." in the list Status
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    project: str
+    containers: tuple[Observed, ...] = ()
+    networks: frozenset[str] = frozenset()
+    volumes: frozenset[str] = frozenset()
+    engine_available: bool = True
+
+    def of_service(self, service: str) -> list[Observed]:
+        return [c for c in self.containers if c.service == service]
+
+
+def parse_health(status: str) -> Health:
+    """Docker's list `Status` text carries health: "Up 3s (healthy)", "(health: starting)"."""
+    if "(healthy)" in status:
+        return Health.HEALTHY
+    if "(unhealthy)" in status:
+        return Health.UNHEALTHY
+    if "(health: starting)" in status:
+        return Health.STARTING
+    return Health.NONE
+
+
+def parse_state(value: str) -> State:
+    try:
+        return State(value)
+    except ValueError:
+        return State.DEAD
+
+
+def parse_container(item: Mapping[str, Any]) -> Observed | None:
+    lbl: Mapping[str, str] = item.get("Labels") or {}
+    names = item.get("Names") or []
+    name = str(names[0]).lstrip("/") if names else str(item.get("Id", ""))[:12]
+    replica_text = lbl.get(labels.REPLICA, "")
+    try:
+        config = json.loads(lbl.get(labels.CONFIG, "{}"))
+    except ValueError:
+        config = {}
+    return Observed(
+        id=str(item.get("Id", "")),
+        name=name,
+        service=lbl.get(labels.SERVICE, ""),
+        tier=lbl.get(labels.TIER, ""),
+        replica=int(replica_text) if replica_text.isdigit() else None,
+        fingerprint=lbl.get(labels.FINGERPRINT, ""),
+        state=parse_state(str(item.get("State", ""))),
+        health=parse_health(str(item.get("Status", ""))),
+        image=str(item.get("Image", "")),
+        created=int(item.get("Created") or 0),
+        config=config if isinstance(config, dict) else {},
+        edge=lbl.get(labels.EDGE) == "true",
+        exit_code=int(m.group(1)) if (m := _EXIT.match(str(item.get("Status", "")))) else None,
+    )
+
+
+def parse(
+    project: str,
+    containers: Iterable[Mapping[str, Any]],
+    networks: Iterable[Mapping[str, Any]] = (),
+    volumes: Iterable[Mapping[str, Any]] = (),
+) -> Snapshot:
+    """Build a snapshot; anything without `reconciler.project=<project>` is dropped."""
+
+    def ours(item: Mapping[str, Any]) -> bool:
+        return bool((item.get("Labels") or {}).get(labels.PROJECT) == project)
+
+    parsed = [parse_container(c) for c in containers if ours(c)]
+    return Snapshot(
+        project=project,
+        containers=tuple(sorted((c for c in parsed if c is not None),
+                                key=lambda c: (c.service, c.replica or 0, c.name))),
+        networks=frozenset(str(n.get("Name")) for n in networks if ours(n)),
+        volumes=frozenset(str(v.get("Name")) for v in volumes if ours(v)),
+    )
+
+
+def empty(project: str, *, engine_available: bool = True) -> Snapshot:
+    return Snapshot(project=project, engine_available=engine_available)

@@ -1,0 +1,581 @@
+"""Spec models (pydantic v2, strict, frozen) and the semantic rules of DESIGN.md §2.
+
+Pure: no I/O, no clock, no Docker. `loading` turns files into the raw mapping validated here
+and maps every finding back to file:line. Findings carry a key path, never a secret value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from reconciler.envfiles import SECRET_KEY
+
+DEFAULT_TIERS: tuple[str, ...] = ("infrastructure", "core", "business", "external")
+
+_NAME = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
+_SERVICE_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)")
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 0.000001}
+
+
+def parse_duration(value: object) -> float:
+    """Compose-style duration (`1m30s`, `45s`, `300ms`, or a number of seconds) -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 45s, 1m30s or 300ms")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        pos, total = 0, 0.0
+        for match in _DURATION.finditer(text):
+            if match.start() != pos:
+                break
+            total += float(match.group(1)) * _UNITS[match.group(2)]
+            pos = match.end()
+        if text and pos == len(text):
+            return total
+    raise ValueError(f"invalid duration {value!r} (use e.g. 45s, 1m30s or 300ms)")
+
+
+def _duration(value: object) -> float:
+    return parse_duration(value)
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([bkmgt]?)b?$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(value: object) -> int:
+    """Compose-style byte size (`512m`, `1g`, `1024`) -> bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        match = _SIZE.match(value.strip())
+        if match:
+            return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    raise ValueError(f"invalid size {value!r} (use e.g. 512m or 1g)")
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+def _str_list(value: object) -> object:
+    return [value] if isinstance(value, str) else value
+
+
+StrList = Annotated[tuple[str, ...], BeforeValidator(_str_list)]
+
+
+def _env_map(value: object) -> object:
+    """Compose allows `environment` as a mapping or a list of `KEY=VALUE`."""
+    if isinstance(value, list):
+        out: dict[str, object] = {}
+        for item in value:
+            if not isinstance(item, str):
+                raise ValueError("environment list items must be KEY=VALUE strings")
+            key, sep, val = item.partition("=")
+            out[key] = val if sep else ""
+        return out
+    if isinstance(value, dict):
+        return {k: ("" if v is None else v) for k, v in value.items()}
+    return value
+
+
+def _scalar_str(value: object) -> object:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+EnvMap = Annotated[
+    dict[str, Annotated[str, BeforeValidator(_scalar_str)]], BeforeValidator(_env_map)
+]
+
+
+class UpdateOrder(StrEnum):
+    AUTO = "auto"
+    START_FIRST = "start-first"
+    STOP_FIRST = "stop-first"
+
+
+class PullPolicy(StrEnum):
+    MISSING = "missing"
+    ALWAYS = "always"
+    NEVER = "never"
+
+
+class Restart(StrEnum):
+    NO = "no"
+    ALWAYS = "always"
+    ON_FAILURE = "on-failure"
+    UNLESS_STOPPED = "unless-stopped"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Healthcheck(_Model):
+    test: StrList | None = None
+    interval: Duration = 30.0
+    timeout: Duration = 30.0
+    retries: int = Field(default=3, ge=1)
+    start_period: Duration = 0.0
+    disable: bool = False
+
+    @field_validator("test")
+    @classmethod
+    def _check_test(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if len(value) == 1:  # compose: a plain string is run by the shell
+            return ("CMD-SHELL", value[0])
+        if value[0] not in ("CMD", "CMD-SHELL", "NONE"):
+            raise ValueError("healthcheck test must start with CMD, CMD-SHELL or NONE")
+        return value
+
+    @property
+    def active(self) -> bool:
+        return not self.disable and self.test is not None and self.test[0] != "NONE"
+
+
+class Update(_Model):
+    order: UpdateOrder = UpdateOrder.AUTO
+    parallelism: int = Field(default=1, ge=1)
+    min_ready: Duration = 5.0
+    deadline: Duration = 300.0
+    drain: Duration = 3.0
+
+
+class Resources(_Model):
+    memory: Size | None = None
+    cpus: float | None = Field(default=None, gt=0)
+
+
+class Expose(_Model):
+    port: int = Field(ge=1, le=65535)
+    path: str = "/"
+
+
+class DependsOn(_Model):
+    condition: Literal["service_healthy", "service_started", "service_completed_successfully"] = (
+        "service_healthy"
+    )
+
+
+def _depends(value: object) -> object:
+    if isinstance(value, list):
+        return {name: {} for name in value}
+    return value
+
+
+class Service(_Model):
+    tier: str | None = None
+    image: str
+    pull_policy: PullPolicy = PullPolicy.MISSING
+    command: StrList | None = None
+    entrypoint: StrList | None = None
+    environment: EnvMap = Field(default_factory=dict)
+    env_file: StrList = ()
+    volumes: tuple[str, ...] = ()
+    networks: tuple[str, ...] = ()
+    ports: tuple[Annotated[str, BeforeValidator(_scalar_str)], ...] = ()
+    expose: Expose | None = None
+    healthcheck: Healthcheck | None = None
+    update: Update = Update()
+    resources: Resources = Resources()
+    replicas: int = Field(default=1, ge=0)
+    depends_on: Annotated[dict[str, DependsOn], BeforeValidator(_depends)] = Field(
+        default_factory=dict
+    )
+    restart: Restart = Restart.UNLESS_STOPPED
+    labels: dict[str, Annotated[str, BeforeValidator(_scalar_str)]] = Field(default_factory=dict)
+    stop_grace_period: Duration = 10.0
+    stop_signal: str | None = None
+    user: Annotated[str, BeforeValidator(_scalar_str)] | None = None
+    working_dir: str | None = None
+    hostname: str | None = None
+    profiles: tuple[str, ...] = ()
+    privileged: bool = False
+    network_mode: str | None = None
+    pid: str | None = None
+    ipc: str | None = None
+    cap_add: tuple[str, ...] = ()
+    shm_size: Size | None = None
+
+    @field_validator("labels")
+    @classmethod
+    def _no_reserved_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if key.startswith("reconciler."):
+                raise ValueError(f"label {key!r} uses the reserved prefix 'reconciler.'")
+        return value
+
+
+class Network(_Model):
+    internal: bool = False
+    driver: str = "bridge"
+    external: bool = False
+    name: str | None = None
+
+
+class Volume(_Model):
+    external: bool = False
+    name: str | None = None
+    driver: str = "local"
+
+
+class Edge(_Model):
+    service: str
+    upstreams_file: str = "/etc/nginx/conf.d/upstreams.conf"
+
+
+class Spec(_Model):
+    project: Annotated[str, Field(pattern=_NAME, max_length=40)]
+    tiers: tuple[str, ...] = DEFAULT_TIERS
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    networks: dict[str, Network | None] = Field(default_factory=dict)
+    volumes: dict[str, Volume | None] = Field(default_factory=dict)
+    edge: Edge | None = None
+    services: dict[Annotated[str, Field(pattern=_SERVICE_NAME)], Service] = Field(
+        default_factory=dict
+    )
+
+    def network(self, name: str) -> Network:
+        return self.networks.get(name) or Network()
+
+    def volume(self, name: str) -> Volume:
+        return self.volumes.get(name) or Volume()
+
+    def network_name(self, name: str) -> str:
+        net = self.network(name)
+        return net.name or (name if net.external else f"{self.project}_{name}")
+
+    def volume_name(self, name: str) -> str:
+        vol = self.volume(name)
+        return vol.name or (name if vol.external else f"{self.project}_{name}")
+
+
+# --- semantic rules --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A problem with a spec, addressed by key path. `warning` findings never block a preview."""
+
+    path: tuple[str | int, ...]
+    message: str
+    warning: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HostPolicy:
+    """What the host (never the spec repo) allows. Default: nothing dangerous."""
+
+    allow_privileged: bool = False
+    allow_host_namespaces: bool = False
+    allow_capabilities: frozenset[str] = frozenset()
+    allow_docker_socket: bool = False
+    allow_bind_mounts: tuple[str, ...] = ()  # absolute path prefixes
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    source: str
+    target: str
+    read_only: bool
+    named: bool  # True for a named volume, False for a bind mount
+
+
+def parse_mount(entry: str) -> Mount:
+    """Compose short syntax `SRC:DST[:MODE]` (or an anonymous `DST`)."""
+    parts = entry.split(":")
+    if len(parts) == 1:
+        return Mount(source="", target=parts[0], read_only=False, named=False)
+    source, target = parts[0], parts[1]
+    modes = set(parts[2].split(",")) if len(parts) > 2 else set()
+    named = not (source.startswith(("/", ".", "~")))
+    return Mount(source=source, target=target, read_only="ro" in modes, named=named)
+
+
+@dataclass(frozen=True, slots=True)
+class PortBinding:
+    host_ip: str
+    host_port: str  # "" when only the container port is given (random host port)
+    container_port: str
+    protocol: str
+
+
+def parse_port(entry: str) -> PortBinding:
+    """Compose short syntax: `80`, `8080:80`, `127.0.0.1:8080:80`, `8080:80/udp`."""
+    spec, _, proto = entry.partition("/")
+    parts = spec.rsplit(":", 2)
+    if len(parts) == 1:
+        ip, host, cont = "", "", parts[0]
+    elif len(parts) == 2:
+        ip, (host, cont) = "", parts
+    else:
+        ip, host, cont = parts
+    for part in (host, cont):
+        if part and not re.fullmatch(r"\d+(-\d+)?", part):
+            raise ValueError(f"invalid port {entry!r}")
+    if not cont:
+        raise ValueError(f"invalid port {entry!r}")
+    return PortBinding(host_ip=ip, host_port=host, container_port=cont, protocol=proto or "tcp")
+
+
+def merge_defaults(defaults: Mapping[str, Any], service: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge `defaults` under a service's raw mapping; the service's keys win."""
+    out: dict[str, Any] = dict(defaults)
+    for key, value in service.items():
+        base = out.get(key)
+        if isinstance(base, Mapping) and isinstance(value, Mapping):
+            out[key] = merge_defaults(base, value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolved_order(spec: Spec, service: Service) -> UpdateOrder:
+    """`auto` -> stop-first with published host ports or named volumes, else start-first."""
+    if service.update.order is not UpdateOrder.AUTO:
+        return service.update.order
+    if any(parse_port(p).host_port for p in service.ports if _port_ok(p)):
+        return UpdateOrder.STOP_FIRST
+    if any(parse_mount(v).named and parse_mount(v).source for v in service.volumes):
+        return UpdateOrder.STOP_FIRST
+    return UpdateOrder.START_FIRST
+
+
+def _port_ok(entry: str) -> bool:
+    try:
+        parse_port(entry)
+    except ValueError:
+        return False
+    return True
+
+
+def active_services(spec: Spec, profiles: Iterable[str] = ()) -> dict[str, Service]:
+    """Services enabled for the given compose-style profiles (no profiles = always on)."""
+    wanted = set(profiles)
+    return {
+        name: svc
+        for name, svc in spec.services.items()
+        if not svc.profiles or wanted.intersection(svc.profiles)
+    }
+
+
+def find_cycles(graph: Mapping[str, Sequence[str]]) -> list[list[str]]:
+    """Every elementary cycle reachable by DFS, each once, as `a -> b -> a` paths (sorted)."""
+    cycles: list[list[str]] = []
+    seen: set[tuple[str, ...]] = set()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if dep not in graph:
+                continue
+            if state.get(dep) == 1:
+                cycle = stack[stack.index(dep):]
+                pivot = cycle.index(min(cycle))
+                canon = tuple(cycle[pivot:] + cycle[:pivot])
+                if canon not in seen:
+                    seen.add(canon)
+                    cycles.append([*canon, canon[0]])
+            elif state.get(dep) is None:
+                visit(dep)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if state.get(node) is None:
+            visit(node)
+    return cycles
+
+
+_DANGEROUS_CAPS_OK: frozenset[str] = frozenset({"NET_BIND_SERVICE", "CHOWN", "SETUID", "SETGID"})
+DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
+
+
+def validate(
+    spec: Spec,
+    *,
+    profiles: Iterable[str] = (),
+    policy: HostPolicy | None = None,
+    allowed_roots: Sequence[str] = (),
+    resolve_path: Mapping[tuple[str, int], str] | None = None,
+) -> list[Finding]:
+    """Semantic rules over a structurally valid spec. Returns findings in key-path order.
+
+    `allowed_roots`: absolute directories bind mounts may come from (the spec dir, its repo).
+    `resolve_path`: (service, volume index) -> absolute host path of a relative bind source,
+    computed by the loader (which knows which file defined the service).
+    """
+    policy = policy or HostPolicy()
+    findings: list[Finding] = []
+    services = active_services(spec, profiles)
+    tier_index = {tier: i for i, tier in enumerate(spec.tiers)}
+
+    if len(set(spec.tiers)) != len(spec.tiers):
+        findings.append(Finding(("tiers",), "tiers must be unique"))
+    for name, svc in sorted(services.items()):
+        base: tuple[str | int, ...] = ("services", name)
+        if svc.tier is None:
+            findings.append(Finding((*base, "tier"), f"service {name!r} has no tier"))
+        elif svc.tier not in tier_index:
+            findings.append(Finding(
+                (*base, "tier"),
+                f"unknown tier {svc.tier!r} (tiers: {', '.join(spec.tiers)})",
+            ))
+        for dep in svc.depends_on:
+            path = (*base, "depends_on", dep)
+            if dep not in spec.services:
+                findings.append(Finding(path, f"{name} depends on unknown service {dep!r}"))
+            elif dep not in services:
+                findings.append(Finding(path, f"{name} depends on {dep!r}, which is not enabled "
+                                              "by the active profiles"))
+            elif dep == name:
+                findings.append(Finding(path, f"{name} depends on itself"))
+            else:
+                dep_tier = services[dep].tier
+                if (svc.tier in tier_index and dep_tier in tier_index
+                        and tier_index[dep_tier] > tier_index[svc.tier]):
+                    findings.append(Finding(
+                        path,
+                        f"{name} ({svc.tier}) depends on {dep} ({dep_tier}): depends_on may "
+                        "point only to the same or an earlier tier",
+                    ))
+        for i, net in enumerate(svc.networks):
+            if net not in spec.networks:
+                findings.append(Finding((*base, "networks", i), f"undefined network {net!r}"))
+        for i, entry in enumerate(svc.ports):
+            if not _port_ok(entry):
+                findings.append(Finding((*base, "ports", i), f"invalid port {entry!r}"))
+        for i, entry in enumerate(svc.volumes):
+            findings.extend(_check_mount(spec, name, i, entry, policy, allowed_roots,
+                                         resolve_path or {}))
+        if svc.expose is not None and spec.edge is None:
+            findings.append(Finding((*base, "expose"), "expose needs a top-level `edge`"))
+        order = resolved_order(spec, svc)
+        if order is UpdateOrder.START_FIRST:
+            if any(_port_ok(p) and parse_port(p).host_port for p in svc.ports):
+                findings.append(Finding((*base, "update", "order"), "start-first cannot publish a "
+                                        "fixed host port (two containers would need it)"))
+            if any(parse_mount(v).named and parse_mount(v).source for v in svc.volumes):
+                findings.append(Finding((*base, "update", "order"), "start-first cannot mount a "
+                                        "named volume (two writers on one volume)"))
+        if svc.replicas > 1 and any(_port_ok(p) and parse_port(p).host_port for p in svc.ports):
+            findings.append(Finding((*base, "replicas"), "more than one replica cannot publish a "
+                                    "fixed host port"))
+        findings.extend(_check_security(name, svc, policy))
+        for key in sorted(svc.environment):
+            if SECRET_KEY.search(key) and svc.environment[key]:
+                findings.append(Finding((*base, "environment", key), "looks like a secret in "
+                                        "plain environment: move it to an env_file",
+                                        warning=True))
+
+    # host-port conflicts
+    owners: dict[tuple[str, str, str], str] = {}
+    for name, svc in sorted(services.items()):
+        for i, entry in enumerate(svc.ports):
+            if not _port_ok(entry):
+                continue
+            port = parse_port(entry)
+            if not port.host_port:
+                continue
+            key = (port.host_ip or "0.0.0.0", port.host_port, port.protocol)
+            clash = [k for k in owners if (k[1:] == key[1:] and
+                     "0.0.0.0" in (k[0], key[0])) or k == key]
+            if clash:
+                findings.append(Finding(
+                    ("services", name, "ports", i),
+                    f"host port {port.host_port}/{port.protocol} is already published by "
+                    f"{owners[clash[0]]}",
+                ))
+            else:
+                owners[key] = name
+
+    # cycles (within enabled services)
+    graph = {name: list(svc.depends_on) for name, svc in services.items()}
+    for cycle in find_cycles(graph):
+        findings.append(Finding(("services", cycle[0], "depends_on"),
+                                "dependency cycle: " + " -> ".join(cycle)))
+
+    if spec.edge is not None:
+        edge_svc = services.get(spec.edge.service)
+        if edge_svc is None:
+            findings.append(Finding(("edge", "service"),
+                                    f"edge service {spec.edge.service!r} is not defined"))
+        elif not spec.edge.upstreams_file.startswith("/"):
+            findings.append(Finding(("edge", "upstreams_file"), "must be an absolute path"))
+    for key, mapping in (("networks", spec.networks), ("volumes", spec.volumes)):
+        for obj in mapping:
+            if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", obj):
+                findings.append(Finding((key, obj), f"invalid name {obj!r}"))
+    return sorted(findings, key=lambda f: tuple(str(p) for p in f.path))
+
+
+def _check_mount(
+    spec: Spec, service: str, index: int, entry: str, policy: HostPolicy,
+    allowed_roots: Sequence[str], resolve_path: Mapping[tuple[str, int], str],
+) -> list[Finding]:
+    path: tuple[str | int, ...] = ("services", service, "volumes", index)
+    mount = parse_mount(entry)
+    if not mount.target.startswith("/"):
+        return [Finding(path, f"mount target must be an absolute path in {entry!r}")]
+    if not mount.source:
+        return []
+    if mount.named:
+        if mount.source not in spec.volumes:
+            return [Finding(path, f"undefined volume {mount.source!r}")]
+        return []
+    host = resolve_path.get((service, index), mount.source)
+    if host in DOCKER_SOCKETS or host.endswith("/docker.sock"):
+        if policy.allow_docker_socket:
+            return []
+        return [Finding(path, "mounting the Docker socket is refused (host policy: "
+                              "allow_docker_socket)")]
+    roots = [*allowed_roots, *policy.allow_bind_mounts]
+    if any(_inside(host, root) for root in roots):
+        return []
+    return [Finding(path, f"bind mount of {host} is outside the spec directory and the host's "
+                          "allow-list (host policy: allow_bind_mounts)")]
+
+
+def _inside(path: str, root: str) -> bool:
+    root = root.rstrip("/") or "/"
+    return path == root or path.startswith(root + "/") or root == "/"
+
+
+def _check_security(name: str, svc: Service, policy: HostPolicy) -> list[Finding]:
+    base: tuple[str | int, ...] = ("services", name)
+    out: list[Finding] = []
+    if svc.privileged and not policy.allow_privileged:
+        out.append(Finding((*base, "privileged"),
+                           "privileged containers are refused (host policy: allow_privileged)"))
+    for key in ("network_mode", "pid", "ipc"):
+        value = getattr(svc, key)
+        if value == "host" and not policy.allow_host_namespaces:
+            out.append(Finding((*base, key), f"{key}: host is refused "
+                                             "(host policy: allow_host_namespaces)"))
+    for i, cap in enumerate(svc.cap_add):
+        cap_name = cap.upper().removeprefix("CAP_")
+        if cap_name not in _DANGEROUS_CAPS_OK and cap_name not in policy.allow_capabilities:
+            out.append(Finding((*base, "cap_add", i), f"capability {cap_name} is refused "
+                                                      "(host policy: allow_capabilities)"))
+    return out
