@@ -239,7 +239,7 @@ def compute(desired: Desired, snapshot: Snapshot) -> Plan:
                                       old=(ContainerRef.of(c),)))
 
     orphans = [c for c in snapshot.containers if c.service not in desired.services]
-    for c in sorted(orphans, key=lambda c: (c.service, c.replica or 0, c.name)):
+    for c in sorted(orphans, key=lambda c: (c.service, c.replica or 0, c.name, c.id)):
         reason = Reason.ORPHAN if c.service else Reason.UNLABELLED
         steps.append(Step(Action.REMOVE, reason, tier=c.tier, service=c.service,
                           replica=c.replica, old=(ContainerRef.of(c),)))

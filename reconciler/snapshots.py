@@ -127,7 +127,7 @@ def parse(
     return Snapshot(
         project=project,
         containers=tuple(sorted((c for c in parsed if c is not None),
-                                key=lambda c: (c.service, c.replica or 0, c.name))),
+                                key=lambda c: (c.service, c.replica or 0, c.name, c.id))),
         networks=frozenset(str(n.get("Name")) for n in networks if ours(n)),
         volumes=frozenset(str(v.get("Name")) for v in volumes if ours(v)),
     )

@@ -1,0 +1,49 @@
+"""Build specs, desired states and engine list JSON for tests, with readable defaults."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from reconciler import labels
+from reconciler.desired import Desired, build
+from reconciler.loading import LoadedSpec, load
+
+KEY = b"k" * 32
+
+
+def write_spec(directory: Path, text: str, name: str = "spec.yaml") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / name).write_text(textwrap.dedent(text))
+    return directory
+
+
+def load_text(tmp: Path, text: str, *, strict: bool = False, **kw: Any) -> LoadedSpec:
+    return load(write_spec(tmp, text), strict=strict, **kw)
+
+
+def desired_from(tmp: Path, text: str, **kw: Any) -> Desired:
+    return build(load_text(tmp, text, **kw), KEY)
+
+
+def container_json(
+    desired: Desired, service: str, replica: int, *, state: str = "running",
+    status: str = "Up 1 minute (healthy)", fingerprint: str | None = None,
+    cid: str | None = None, config: dict[str, Any] | None = None, created: int = 1,
+) -> dict[str, Any]:
+    """The engine's list JSON for one of our containers, as `GET /containers/json` gives it."""
+    svc = desired.services.get(service)
+    fp = fingerprint if fingerprint is not None else (svc.fingerprint if svc else "0" * 16)
+    public = config if config is not None else (dict(svc.public_config) if svc else {})
+    tier = svc.tier if svc else "core"
+    lbl = labels.container_labels(project=desired.project, service=service, tier=tier,
+                                  replica=replica, fp=fp, public_config=public, user_labels={})
+    name = labels.container_name(desired.project, service, replica, fp)
+    return {"Id": cid or f"id-{name}", "Names": [f"/{name}"], "Image": "img",
+            "Labels": lbl, "State": state, "Status": status, "Created": created}
+
+
+def foreign_json(name: str = "someone-elses") -> dict[str, Any]:
+    return {"Id": f"id-{name}", "Names": [f"/{name}"], "Image": "nginx", "Labels": {},
+            "State": "running", "Status": "Up 2 hours", "Created": 1}

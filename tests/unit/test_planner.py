@@ -1,0 +1,213 @@
+"""The planner table: desired + observed in, step lines out (one readable id per case)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler import snapshots
+from reconciler.desired import Desired
+from reconciler.plans import Plan, compute
+from tests.specfactory import container_json, desired_from, foreign_json
+
+BASE = """
+project: shop
+defaults:
+  update: {min_ready: 1s}
+networks: {backend: {}}
+volumes: {db-data: {}}
+services:
+  db:
+    tier: infrastructure
+    image: db:1
+    volumes: ["db-data:/data"]
+    networks: [backend]
+  api:
+    tier: business
+    image: api:1
+    replicas: 2
+    networks: [backend]
+    depends_on: [db]
+"""
+
+
+def lines(plan: Plan) -> list[str]:
+    return [f"{s.id} ({s.reason})" for s in plan.steps]
+
+
+def observed(desired: Desired, *items: dict[str, Any]) -> snapshots.Snapshot:
+    return snapshots.parse(
+        desired.project, items,
+        networks=[{"Name": n, "Labels": {"reconciler.project": desired.project}}
+                  for n in desired.networks],
+        volumes=[{"Name": v, "Labels": {"reconciler.project": desired.project}}
+                 for v in desired.volumes],
+    )
+
+
+def in_sync(d: Desired) -> list[dict[str, Any]]:
+    return [container_json(d, "db", 1), container_json(d, "api", 1), container_json(d, "api", 2)]
+
+
+def variant(tmp_path: Path, old: str, new: str) -> Desired:
+    text = BASE.replace(old, new)
+    assert text != BASE
+    return desired_from(tmp_path / "v", text)
+
+
+CASES: dict[str, Any] = {}
+
+
+def case(fn: Any) -> Any:
+    CASES[fn.__name__.removeprefix("case_")] = fn
+    return fn
+
+
+@case
+def case_empty_host(tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, list[str]]:
+    d = desired_from(tmp_path, BASE)
+    return d, snapshots.empty("shop"), [
+        "create-network shop_backend (network missing)",
+        "create-volume shop_db-data (volume missing)",
+        "create db[1] (new service)",
+        "create api[1] (new service)",
+        "create api[2] (new service)",
+    ]
+
+
+@case
+def case_in_sync(tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, list[str]]:
+    d = desired_from(tmp_path, BASE)
+    return d, observed(d, *in_sync(d)), []
+
+
+@case
+def case_changed_image(tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, list[str]]:
+    old = desired_from(tmp_path, BASE)
+    new = variant(tmp_path, "image: api:1", "image: api:2")
+    return new, observed(new, *in_sync(old)), [
+        "replace api[1] start-first (config changed)",
+        "replace api[2] start-first (config changed)",
+    ]
+
+
+@case
+def case_changed_env_file_content(tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, list[str]]:
+    env = tmp_path / "db.env"
+    env.write_text("DB_PASSWORD=first-strong-secret-value\n")
+    env.chmod(0o600)
+    text = BASE.replace("    image: db:1\n", f"    image: db:1\n    env_file: [{env}]\n")
+    old = desired_from(tmp_path / "a", text)
+    env.write_text("DB_PASSWORD=second-strong-secret-value\n")
+    new = desired_from(tmp_path / "b", text)
+    plan = compute(new, observed(new, *in_sync(old)))
+    assert [c.field for c in plan.steps[0].changes] == ["env_file." + str(env)]
+    return new, observed(new, *in_sync(old)), ["replace db[1] stop-first (config changed)"]
+
+
+@case
+def case_scaled_up(tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, list[str]]:
+    d = variant(tmp_path, "replicas: 2", "replicas: 3")
+    return d, observed(d, *in_sync(d)), ["create api[3] (replica missing)"]
+
+
+@case
+def case_scaled_down(tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, list[str]]:
+    d = variant(tmp_path, "replicas: 2", "replicas: 1")
+    cur = [container_json(d, "db", 1), container_json(d, "api", 1), container_json(d, "api", 2)]
+    return d, observed(d, *cur), [
+        f"remove api[2] {cur[2]['Names'][0][1:]} (scaled down)",
+    ]
+
+
+@case
+def case_orphan(tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, list[str]]:
+    d = desired_from(tmp_path, BASE)
+    gone = container_json(d, "legacy", 1)
+    return d, observed(d, *in_sync(d), gone), [
+        f"remove legacy[1] {gone['Names'][0][1:]} (service no longer in the spec)",
+    ]
+
+
+@case
+def case_stopped_container(tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, list[str]]:
+    d = desired_from(tmp_path, BASE)
+    items = in_sync(d)
+    items[1] = container_json(d, "api", 1, state="exited", status="Exited (137) 3 seconds ago")
+    return d, observed(d, *items), ["start api[1] (container stopped)"]
+
+
+@case
+def case_unhealthy_container(tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, list[str]]:
+    d = desired_from(tmp_path, BASE)
+    items = in_sync(d)
+    items[0] = container_json(d, "db", 1, status="Up 5 minutes (unhealthy)")
+    return d, observed(d, *items), ["recreate db[1] (container unhealthy)"]
+
+
+@case
+def case_foreign_container_ignored(tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, list[str]]:
+    d = desired_from(tmp_path, BASE)
+    return d, observed(d, *in_sync(d), foreign_json()), []
+
+
+@case
+def case_start_first_vs_stop_first(tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, list[str]]:
+    old = desired_from(tmp_path, BASE)
+    new = desired_from(tmp_path / "both", BASE.replace("image: db:1", "image: db:2")
+                       .replace("image: api:1", "image: api:2"))
+    return new, observed(new, *in_sync(old)), [
+        "replace db[1] stop-first (config changed)",
+        "replace api[1] start-first (config changed)",
+        "replace api[2] start-first (config changed)",
+    ]
+
+
+@case
+def case_interrupted_start_first(tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, list[str]]:
+    old = desired_from(tmp_path, BASE)
+    new = variant(tmp_path, "image: api:1", "image: api:2")
+    items = [*in_sync(old), container_json(new, "api", 1, status="Up 1 second (health: starting)")]
+    return new, observed(new, *items), [
+        "replace api[1] start-first (finish an interrupted update)",
+        "replace api[2] start-first (config changed)",
+    ]
+
+
+@case
+def case_created_not_started(tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, list[str]]:
+    d = desired_from(tmp_path, BASE)
+    items = in_sync(d)
+    items[2] = container_json(d, "api", 2, state="created", status="Created")
+    return d, observed(d, *items), ["start api[2] (container created but never started)"]
+
+
+@case
+def case_dead_and_paused(tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, list[str]]:
+    d = desired_from(tmp_path, BASE)
+    items = in_sync(d)
+    items[1] = container_json(d, "api", 1, state="dead", status="Dead")
+    items[2] = container_json(d, "api", 2, state="paused", status="Up 1 minute (Paused)")
+    return d, observed(d, *items), [
+        "recreate api[1] (container dead)", "recreate api[2] (container paused)",
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_planner_table(name: str, tmp_path: Path) -> None:
+    desired, snapshot, expected = CASES[name](tmp_path)
+    assert lines(compute(desired, snapshot)) == expected
+
+
+def test_tiers_are_planned_in_spec_order(tmp_path: Path) -> None:
+    d = desired_from(tmp_path, BASE.replace("tier: business", "tier: core"))
+    plan = compute(d, snapshots.empty("shop"))
+    tiers = [s.tier for s in plan.steps if s.service]
+    assert tiers == ["infrastructure", "core", "core"]
+
+
+def test_images_needed_are_listed_once(tmp_path: Path) -> None:
+    d = desired_from(tmp_path, BASE)
+    assert compute(d, snapshots.empty("shop")).images == ("api:1", "db:1")
