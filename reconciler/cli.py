@@ -11,15 +11,17 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from reconciler import render
+from reconciler.controller import PassResult, Reconciler, Result
 from reconciler.desired import Desired, build
+from reconciler.execute import Progress
 from reconciler.loading import LoadedSpec, SpecError, load, load_policy
 from reconciler.persistence import State, StateError, default_state_dir
 from reconciler.plans import Plan, compute
-from reconciler.runtimes import EngineUnavailable, RuntimeError_
+from reconciler.runtimes import EngineUnavailable, Runtime, RuntimeError_
 from reconciler.snapshots import Snapshot, empty
 
 EXIT_OK, EXIT_FAILED, EXIT_CHANGES = 0, 1, 2
@@ -61,6 +63,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the spec format")
     _common(schema, suppress=True)
+
+    apply = sub.add_parser("apply", help="converge once: exit 0 converged, 1 failed/reverted")
+    _common(apply, suppress=True)
+
+    status = sub.add_parser("status", help="desired vs running vs healthy, per tier and service")
+    _common(status, suppress=True)
+
+    history = sub.add_parser("history", help="every apply, revert and rollback")
+    _common(history, suppress=True)
+
+    rollback = sub.add_parser("rollback", help="converge to a recorded good revision")
+    _common(rollback, suppress=True)
+    rollback.add_argument("--to", metavar="REV",
+                          help="revision (git commit or fingerprint prefix); default: the good "
+                               "revision before last-good")
     return parser
 
 
@@ -74,6 +91,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_validate(args)
         if command == "schema":
             return cmd_schema()
+        if command == "apply":
+            return asyncio.run(cmd_apply(args))
+        if command == "status":
+            return asyncio.run(cmd_status(args))
+        if command == "history":
+            return cmd_history(args)
+        if command == "rollback":
+            return asyncio.run(cmd_rollback(args))
         print(f"reconciler: '{command}' is not available in this build", file=sys.stderr)
         return EXIT_FAILED
     except SpecError as exc:
@@ -81,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except StateError as exc:
         print(f"reconciler: state: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except RuntimeError_ as exc:
+        print(f"reconciler: engine: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
@@ -201,3 +229,153 @@ def cmd_schema() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --- acting commands -------------------------------------------------------------------------
+
+
+def progress_printer(stream: object = None) -> Callable[[Progress], None]:
+    """Plain progress lines (one per tier/step event); colour only on a TTY without NO_COLOR."""
+    out = stream or sys.stdout
+    color = color_enabled(out)
+
+    def show(p: Progress) -> None:
+        if p.kind == "tier-start":
+            line = f"==> tier {p.tier}: {p.message}"
+        elif p.kind == "tier-done":
+            line = f"==> tier {p.tier}: healthy after {p.seconds:.1f}s"
+        elif p.kind == "step-done":
+            line = f"    ok   {p.step} ({p.seconds:.1f}s)"
+        elif p.kind == "step-failed":
+            line = f"    FAIL {p.step}: {p.message}"
+            if color:
+                line = f"\x1b[31m{line}\x1b[0m"
+        elif p.kind in ("images", "note"):
+            line = f"--> {p.message}"
+        else:
+            return
+        print(line, file=out, flush=True)  # type: ignore[call-overload]
+
+    return show
+
+
+async def _runtime() -> Runtime:
+    from reconciler.dockerd import DockerRuntime
+
+    return await DockerRuntime.connect()
+
+
+async def cmd_apply(args: argparse.Namespace) -> int:
+    state = State(state_dir(args))
+    with state.lock():
+        runtime = await _runtime()
+        try:
+            rec = Reconciler(spec_dir=spec_dir(args), state=state, runtime=runtime,
+                             profiles=tuple(args.profile), policy=load_policy(),
+                             report=progress_printer())
+            res = await rec.reconcile()
+        finally:
+            await runtime.close()
+    return report_pass(res)
+
+
+def report_pass(res: PassResult) -> int:
+    for problem in res.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    head = {
+        Result.NOOP: "No changes: the host matches the spec.",
+        Result.CONVERGED: "Converged.",
+        Result.ROLLED_BACK: "Rollout FAILED and was reverted to last-good.",
+        Result.FAILED: "FAILED.",
+        Result.INVALID_SPEC: "Invalid spec: nothing was changed.",
+    }[res.result]
+    if res.held_last_good:
+        head = "Spec is quarantined: not applied."
+    stream = sys.stdout if res.ok else sys.stderr
+    print(head, file=stream)
+    if res.message and res.result is not Result.INVALID_SPEC:
+        print(res.message, file=stream)
+    print(f"revision {(res.revision or res.fingerprint or '-')[:12]}, "
+          f"{res.seconds:.1f}s", file=stream)
+    return EXIT_OK if res.ok else EXIT_FAILED
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    from reconciler.controller import observe as observe_host
+
+    loaded = load_spec(args, strict=False)
+    state = State(state_dir(args))
+    key = preview_key(args)
+    desired = build(loaded, key)
+    runtime = await _runtime()
+    try:
+        snapshot = await observe_host(runtime, desired.project)
+    finally:
+        await runtime.close()
+    good = state.last_good()
+    quarantined = state.quarantined()
+    print(f'project "{desired.project}"  spec {loaded.fingerprint}'
+          + (f" (revision {loaded.revision[:12]})" if loaded.revision else ""))
+    print(f"last-good: {good.label if good else '(none)'}"
+          + ("   candidate QUARANTINED" if loaded.fingerprint in quarantined else ""))
+    if quarantined:
+        print("quarantined: " + ", ".join(
+            f"{fp} ({(q.get('revision') or '')[:12]})" for fp, q in sorted(quarantined.items())))
+    all_ok = True
+    for tier in desired.tiers:
+        print(f"\n{tier}")
+        for svc in desired.in_tier(tier):
+            mine = snapshot.of_service(svc.name)
+            running = [c for c in mine if c.state.value == "running"]
+            healthy = [c for c in running if c.health.value in ("healthy", "none")]
+            current = [c for c in mine if c.fingerprint == svc.fingerprint]
+            match = "yes" if len(current) == svc.replicas == len(mine) else "no"
+            ok = len(healthy) >= svc.replicas and match == "yes"
+            all_ok = all_ok and ok
+            print(f"  {'ok ' if ok else '!! '}{svc.name:<24} desired {svc.replicas}  running "
+                  f"{len(running)}  healthy {len(healthy)}  image {svc.service.image}  "
+                  f"fingerprint match {match}")
+    return EXIT_OK if all_ok else EXIT_FAILED
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    entries = State(state_dir(args)).history()
+    if not entries:
+        print("no history yet")
+    for e in entries:
+        when = dt.datetime.fromtimestamp(e.at, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{when}  {e.kind:<8} {e.result:<12} {(e.revision or e.fingerprint)[:12]:<12} "
+              f"{e.duration_s:>7.1f}s  {e.steps:>3} steps  {e.message}")
+    return EXIT_OK
+
+
+async def cmd_rollback(args: argparse.Namespace) -> int:
+    state = State(state_dir(args))
+    with state.lock():
+        goods = state.good_revisions()
+        current = state.last_good()
+        if args.to:
+            matches = [g for g in goods if (g.revision or "").startswith(args.to)
+                       or g.fingerprint.startswith(args.to)]
+            if not matches:
+                print(f"reconciler: {args.to} is not a recorded good revision "
+                      "(see `reconciler history`)", file=sys.stderr)
+                return EXIT_FAILED
+            target = matches[0]
+        else:
+            older = [g for g in goods if not current or g.fingerprint != current.fingerprint]
+            if not older:
+                print("reconciler: no earlier good revision to roll back to", file=sys.stderr)
+                return EXIT_FAILED
+            target = older[0]
+        runtime = await _runtime()
+        try:
+            rec = Reconciler(spec_dir=spec_dir(args), state=state, runtime=runtime,
+                             profiles=tuple(args.profile), policy=load_policy(),
+                             report=progress_printer())
+            res = await rec.converge_to(target)
+        finally:
+            await runtime.close()
+    return report_pass(res)

@@ -7,6 +7,7 @@ executor turns a `DesiredService` into a container through `blueprint`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -69,7 +70,17 @@ def _mask(key: str, value: str, hkey: bytes) -> str:
         key) else value
 
 
-def build(loaded: LoadedSpec, key: bytes) -> Desired:
+def _relative(path: str, root: str) -> str:
+    """Bind sources inside the spec's repo enter fingerprints relative to it, so a kept
+    last-good copy of the same files fingerprints the same as the original checkout."""
+    if root and (path == root or path.startswith(root.rstrip("/") + "/")):
+        return "./" + os.path.relpath(path, root)
+    return path
+
+
+def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None) -> Desired:
+    """`edge_dir`: host directory holding the rendered upstreams; the edge container gets it
+    bind-mounted at the upstreams file's directory (not part of the fingerprint)."""
     spec = loaded.spec
     services: dict[str, DesiredService] = {}
     for name, svc in sorted(active_services(spec, loaded.profiles).items()):
@@ -85,7 +96,7 @@ def build(loaded: LoadedSpec, key: bytes) -> Desired:
                 env_digests[env_file.declared] = labels.UNKNOWN
         env.update(svc.environment)
         networks = tuple(spec.network_name(n) for n in svc.networks)
-        binds = []
+        binds, shown_binds = [], []
         for i, entry in enumerate(svc.volumes):
             mount = parse_mount(entry)
             mode = ":ro" if mount.read_only else ""
@@ -94,7 +105,8 @@ def build(loaded: LoadedSpec, key: bytes) -> Desired:
             source = (spec.volume_name(mount.source) if mount.named
                       else loaded.bind_sources[(name, i)])
             binds.append(f"{source}:{mount.target}{mode}")
-        mounted = {m.host_path: labels.keyed_digest(key, m.digest)
+            shown_binds.append(f"{_relative(source, loaded.root)}:{mount.target}{mode}")
+        mounted = {_relative(m.host_path, loaded.root): labels.keyed_digest(key, m.digest)
                    for m in loaded.mounted.get(name, ())}
         public: dict[str, Any] = {
             "project": spec.project,
@@ -103,7 +115,7 @@ def build(loaded: LoadedSpec, key: bytes) -> Desired:
             "entrypoint": list(svc.entrypoint) if svc.entrypoint is not None else None,
             "environment": {k: _mask(k, v, key) for k, v in sorted(svc.environment.items())},
             "env_file": env_digests,
-            "volumes": binds,
+            "volumes": shown_binds,
             "mounted_files": mounted,
             "networks": list(networks),
             "ports": list(svc.ports),
@@ -127,12 +139,15 @@ def build(loaded: LoadedSpec, key: bytes) -> Desired:
         }
         public = {k: v for k, v in public.items() if v not in (None, [], {}, False)}
         assert svc.tier is not None  # validated
+        is_edge = spec.edge is not None and spec.edge.service == name
+        if is_edge and edge_dir is not None and spec.edge is not None:
+            binds.append(f"{edge_dir}:{os.path.dirname(spec.edge.upstreams_file)}:ro")
         services[name] = DesiredService(
             project=spec.project, name=name, tier=svc.tier, service=svc,
             order=resolved_order(spec, svc),
             fingerprint=labels.fingerprint(key, public), public_config=public,
             env=tuple(env.items()), networks=networks, binds=tuple(binds),
-            edge=spec.edge is not None and spec.edge.service == name,
+            edge=is_edge,
             env_unknown=any(not e.readable for e in envs),
         )
     return Desired(

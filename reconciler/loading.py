@@ -91,6 +91,7 @@ class LoadedSpec:
     warnings: tuple[Problem, ...] = ()
     revision: str | None = None
     locations: Mapping[KeyPath, Location] = field(default_factory=dict)
+    root: str = ""  # the repo (or spec dir) bind sources are relative to in fingerprints
 
     @property
     def digest(self) -> str:
@@ -247,8 +248,12 @@ def load(
     strict: bool = True,
     profiles: Iterable[str] = (),
     policy: HostPolicy | None = None,
+    bind_root: str | os.PathLike[str] | None = None,
 ) -> LoadedSpec:
-    """Load, merge and validate a spec directory. Raises `SpecError` with every problem."""
+    """Load, merge and validate a spec directory. Raises `SpecError` with every problem.
+
+    `bind_root`: the tree bind mounts may come from (default: the git checkout holding the spec
+    dir, else the spec dir); a kept last-good copy passes its own copy root."""
     root = Path(directory)
     if not root.is_dir():
         raise SpecError([Problem(Location(_display(root), None), (),
@@ -318,8 +323,9 @@ def load(
     service_files = {name: origin[("services", name)] for name in spec.services}
     profile_list = tuple(sorted(set(profiles)))
     spec_dir = root.resolve()
-    repo = _git_root(spec_dir)
-    allowed_roots = [str(spec_dir)] + ([str(repo)] if repo else [])
+    repo = (Path(bind_root).resolve() if bind_root is not None
+            else (_git_root(spec_dir) or spec_dir))
+    allowed_roots = [str(spec_dir), str(repo)]
 
     bind_sources: dict[tuple[str, int], str] = {}
     env_files: dict[str, tuple[EnvFile, ...]] = {}
@@ -354,8 +360,9 @@ def load(
     return LoadedSpec(
         directory=str(root), spec=spec, profiles=profile_list, files=digests,
         service_files=service_files, env_files=env_files, mounted=mounted,
-        bind_sources=bind_sources, warnings=tuple(warnings), revision=_git_revision(spec_dir),
-        locations=locations,
+        bind_sources=bind_sources, warnings=tuple(warnings),
+        revision=None if bind_root is not None else _git_revision(spec_dir),
+        locations=locations, root=str(repo),
     )
 
 

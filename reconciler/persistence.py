@@ -15,7 +15,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +113,7 @@ class GoodRevision:
     directory: str  # snapshot of the spec files in the state dir
     recorded_at: float
     source: str = ""  # the spec dir it came from
+    root: str = ""  # the copy's root (bind sources resolve inside it)
 
     @property
     def label(self) -> str:
@@ -173,22 +174,33 @@ class State:
             raise StateCorrupt(f"last-good spec copy {good.directory} is missing")
         return good
 
-    def record_good(self, *, spec_dir: Path, files: Mapping[str, str], fingerprint: str,
+    def record_good(self, *, root: Path, spec_dir: Path, paths: list[str], fingerprint: str,
                     revision: str | None, now: float) -> GoodRevision:
-        """Keep a copy of the spec files that converged and point last-good at it."""
+        """Keep a copy of the spec files and the files they bind-mount (at the same places
+        relative to `root`) and point last-good at it."""
         target = self.root / REVISIONS / fingerprint
         if not target.is_dir():
             tmp = Path(tempfile.mkdtemp(dir=self._ensure(self.root / REVISIONS),
                                         prefix=f".{fingerprint}."))
             try:
-                for name in files:
-                    shutil.copy2(name, tmp / Path(name).name)
+                for name in paths:
+                    rel = os.path.relpath(name, root)
+                    if rel.startswith(".."):
+                        continue
+                    dest = tmp / "root" / rel
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    if Path(name).is_dir():
+                        shutil.copytree(name, dest, symlinks=True, dirs_exist_ok=True)
+                    elif Path(name).exists():
+                        shutil.copy2(name, dest)
                 os.replace(tmp, target)
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise StateError(f"cannot keep the spec copy: {exc.strerror}") from None
-        good = GoodRevision(fingerprint=fingerprint, revision=revision, directory=str(target),
-                            recorded_at=now, source=str(spec_dir))
+        good = GoodRevision(fingerprint=fingerprint, revision=revision,
+                            directory=str(target / "root" / os.path.relpath(spec_dir, root)),
+                            recorded_at=now, source=str(spec_dir), root=str(target / "root"))
+        atomic_write(target / "good.json", json.dumps(asdict(good)).encode())
         atomic_write(self.root / LAST_GOOD, json.dumps(asdict(good)).encode())
         self._prune_revisions(keep=good)
         return good
@@ -198,11 +210,9 @@ class State:
         seen: dict[str, GoodRevision] = {}
         for entry in reversed(self.history()):
             if entry.result == "converged" and entry.fingerprint not in seen:
-                directory = self.root / REVISIONS / entry.fingerprint
-                if directory.is_dir():
-                    seen[entry.fingerprint] = GoodRevision(
-                        fingerprint=entry.fingerprint, revision=entry.revision,
-                        directory=str(directory), recorded_at=entry.at)
+                kept = self.root / REVISIONS / entry.fingerprint / "good.json"
+                if kept.is_file():
+                    seen[entry.fingerprint] = GoodRevision(**json.loads(kept.read_text()))
         return list(seen.values())
 
     def _prune_revisions(self, *, keep: GoodRevision) -> None:
@@ -210,7 +220,7 @@ class State:
         dirs = sorted((p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")),
                       key=lambda p: p.stat().st_mtime, reverse=True)
         for old in dirs[REVISIONS_KEEP:]:
-            if str(old) != keep.directory:
+            if not keep.directory.startswith(str(old) + "/"):
                 shutil.rmtree(old, ignore_errors=True)
 
     @staticmethod

@@ -15,7 +15,7 @@ from typing import Any
 
 from reconciler.desired import Desired, DesiredService
 from reconciler.snapshots import Health, Observed, Snapshot, State
-from reconciler.specs import Restart, UpdateOrder
+from reconciler.specs import PullPolicy, Restart, UpdateOrder
 
 
 class Action(StrEnum):
@@ -94,11 +94,17 @@ class Step:
 
 
 @dataclass(frozen=True, slots=True)
+class ImageNeed:
+    ref: str
+    policy: PullPolicy
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     project: str
     tiers: tuple[str, ...]
     steps: tuple[Step, ...] = ()
-    images: tuple[str, ...] = ()  # every image a create/replace/recreate needs, sorted
+    images: tuple[ImageNeed, ...] = ()  # what create/replace/recreate steps need, sorted
     engine_available: bool = True
     notes: tuple[str, ...] = field(default=())
 
@@ -244,9 +250,13 @@ def compute(desired: Desired, snapshot: Snapshot) -> Plan:
         steps.append(Step(Action.REMOVE, reason, tier=c.tier, service=c.service,
                           replica=c.replica, old=(ContainerRef.of(c),)))
 
-    images = sorted({desired.services[s.service].service.image for s in steps
-                     if s.action in (Action.CREATE, Action.REPLACE, Action.RECREATE)
-                     and s.service in desired.services})
+    needs: dict[str, PullPolicy] = {}
+    for s in steps:
+        if s.action in (Action.CREATE, Action.REPLACE, Action.RECREATE):
+            svc = desired.services[s.service].service
+            if needs.get(svc.image) is not PullPolicy.ALWAYS:
+                needs[svc.image] = svc.pull_policy
+    images = [ImageNeed(ref, needs[ref]) for ref in sorted(needs)]
     return Plan(project=desired.project, tiers=desired.tiers, steps=tuple(steps),
                 images=tuple(images), engine_available=snapshot.engine_available)
 

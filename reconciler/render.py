@@ -152,7 +152,7 @@ def as_json(plan: Plan, *, revision: str | None = None) -> str:
         "engine_available": plan.engine_available,
         "in_sync": plan.empty,
         "tiers": list(plan.tiers),
-        "images": list(plan.images),
+        "images": [{"ref": i.ref, "pull_policy": i.policy.value} for i in plan.images],
         "summary": plan.counts(),
         "notes": list(plan.notes),
         "steps": [step_dict(s) for s in plan.steps],

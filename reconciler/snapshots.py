@@ -50,6 +50,7 @@ class Observed:
     config: Mapping[str, Any] = field(default_factory=dict)  # the reconciler.config label
     edge: bool = False
     exit_code: int | None = None  # from "Exited (N) ..." in the list Status
+    addresses: Mapping[str, str] = field(default_factory=dict)  # network -> IPv4 address
 
     @property
     def short_id(self) -> str:
@@ -109,6 +110,9 @@ def parse_container(item: Mapping[str, Any]) -> Observed | None:
         config=config if isinstance(config, dict) else {},
         edge=lbl.get(labels.EDGE) == "true",
         exit_code=int(m.group(1)) if (m := _EXIT.match(str(item.get("Status", "")))) else None,
+        addresses={str(net): str(ep.get("IPAddress")) for net, ep in (
+            (item.get("NetworkSettings") or {}).get("Networks") or {}).items()
+            if isinstance(ep, dict) and ep.get("IPAddress")},
     )
 
 

@@ -1,0 +1,360 @@
+"""The executor: applies a `Plan` to the engine with health gates. It decides nothing.
+
+Order of work, all from the plan: images first (nothing is stopped before every image is
+present), then networks and volumes, then tier by tier (services of a tier in parallel,
+replicas of one service `update.parallelism` at a time, each step gated on health), then
+removal of services gone from the spec. The first failed step cancels the tier's other
+steps at their next await and fails the run; every state that can leave behind is one the
+planner has a defined step for, so the next plan (forward or revert) finishes the job.
+Time and sleep are injected: component tests run it on a fake clock without real sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler import labels
+from reconciler.blueprint import container_config
+from reconciler.desired import Desired, DesiredService
+from reconciler.envfiles import Secret
+from reconciler.health import Gate, Probe, Verdict, judge
+from reconciler.plans import Action, ContainerRef, Plan, Step
+from reconciler.runtimes import Conflict, ImageUnavailable, NotFound, Runtime, RuntimeError_
+from reconciler.specs import PullPolicy, UpdateOrder
+
+LOG_TAIL = 15
+
+
+class StepFailed(Exception):
+    """A step could not complete; the message is for humans and carries no secret."""
+
+    def __init__(self, step_id: str, message: str) -> None:
+        self.step_id = step_id
+        self.message = message
+        super().__init__(f"{step_id}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    kind: str  # images | tier-start | tier-done | step-start | step-done | step-failed
+    tier: str = ""
+    step: str = ""
+    message: str = ""
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    step: Step
+    ok: bool
+    seconds: float
+    message: str = ""
+
+
+@dataclass(slots=True)
+class Outcome:
+    ok: bool = True
+    results: list[StepResult] = field(default_factory=list)
+    failure: StepFailed | None = None
+    tier_seconds: dict[str, float] = field(default_factory=dict)
+    health_waits: dict[str, float] = field(default_factory=dict)  # service -> longest wait
+    images_ok: bool = True
+
+    @property
+    def touched(self) -> bool:
+        return any(r.step.action not in (Action.CREATE_NETWORK, Action.CREATE_VOLUME)
+                   for r in self.results)
+
+
+Reporter = Callable[[Progress], None]
+Sleeper = Callable[[float], Awaitable[None]]
+
+
+def _ignore(_: Progress) -> None:
+    return None
+
+
+class Executor:
+    def __init__(
+        self, runtime: Runtime, *, clock: Callable[[], float] = time.monotonic,
+        sleep: Sleeper = asyncio.sleep, report: Reporter = _ignore, poll_s: float = 0.25,
+        edge: EdgeHook | None = None,
+    ) -> None:
+        self.rt = runtime
+        self.clock = clock
+        self.sleep = sleep
+        self.report = report
+        self.poll_s = poll_s
+        self.edge = edge
+
+    async def run(self, plan: Plan, desired: Desired, *,
+                  edge: EdgeHook | None = None) -> Outcome:
+        if edge is not None:
+            self.edge = edge
+        outcome = Outcome()
+        try:
+            await self._images(plan, desired)
+        except StepFailed as exc:
+            outcome.ok, outcome.failure, outcome.images_ok = False, exc, False
+            self.report(Progress("step-failed", step=exc.step_id, message=exc.message))
+            return outcome
+        try:
+            if self.edge is not None:
+                await self.edge.prepare(desired)
+            for step in plan.objects():
+                await self._timed(step, desired, outcome)
+            for tier in plan.tiers:
+                steps = plan.in_tier(tier)
+                if not steps:
+                    continue
+                started = self.clock()
+                self.report(Progress("tier-start", tier=tier, message=f"{len(steps)} step(s)"))
+                await self._tier(steps, desired, outcome)
+                outcome.tier_seconds[tier] = self.clock() - started
+                self.report(Progress("tier-done", tier=tier, seconds=outcome.tier_seconds[tier]))
+            for step in plan.orphans():
+                await self._timed(step, desired, outcome)
+            if self.edge is not None:
+                await self.edge.settle(desired)
+        except StepFailed as exc:
+            outcome.ok, outcome.failure = False, exc
+        return outcome
+
+    # --- images ----------------------------------------------------------------------------
+
+    async def _images(self, plan: Plan, desired: Desired) -> None:
+        for need in plan.images:
+            present = await self._call("image", self.rt.image_present(need.ref))
+            if present and need.policy is not PullPolicy.ALWAYS:
+                continue
+            if need.policy is PullPolicy.NEVER:
+                raise StepFailed(f"image {need.ref}", "not present and pull_policy is never")
+            self.report(Progress("images", message=f"pulling {need.ref}"))
+            try:
+                await self.rt.pull_image(need.ref)
+            except ImageUnavailable as exc:
+                raise StepFailed(f"image {need.ref}", f"cannot pull: {exc}") from None
+            except RuntimeError_ as exc:
+                raise StepFailed(f"image {need.ref}", f"engine error: {exc}") from None
+
+    # --- tiers and services ----------------------------------------------------------------
+
+    async def _tier(self, steps: list[Step], desired: Desired, outcome: Outcome) -> None:
+        by_service: dict[str, list[Step]] = {}
+        for step in steps:
+            by_service.setdefault(step.service, []).append(step)
+        await _gather_first_failure([
+            self._service(desired.services[service], service_steps, desired, outcome)
+            for service, service_steps in by_service.items()
+        ])
+
+    async def _service(self, svc: DesiredService, steps: list[Step], desired: Desired,
+                       outcome: Outcome) -> None:
+        gate = asyncio.Semaphore(svc.service.update.parallelism)
+
+        async def one(step: Step) -> None:
+            async with gate:
+                await self._timed(step, desired, outcome)
+
+        await _gather_first_failure([one(s) for s in steps if s.action is not Action.REMOVE])
+        for step in steps:
+            if step.action is Action.REMOVE:
+                await self._timed(step, desired, outcome)
+
+    async def _timed(self, step: Step, desired: Desired, outcome: Outcome) -> None:
+        started = self.clock()
+        self.report(Progress("step-start", tier=step.tier, step=step.id))
+        try:
+            await self._step(step, desired, outcome)
+        except StepFailed as exc:
+            seconds = self.clock() - started
+            outcome.results.append(StepResult(step, False, seconds, exc.message))
+            self.report(Progress("step-failed", tier=step.tier, step=step.id,
+                                 message=exc.message, seconds=seconds))
+            raise
+        seconds = self.clock() - started
+        outcome.results.append(StepResult(step, True, seconds))
+        self.report(Progress("step-done", tier=step.tier, step=step.id, seconds=seconds))
+
+    # --- one step --------------------------------------------------------------------------
+
+    async def _step(self, step: Step, desired: Desired, outcome: Outcome) -> None:
+        if step.action is Action.CREATE_NETWORK:
+            net = desired.networks[step.object_name]
+            await self._call(step.id, self.rt.create_network(
+                step.object_name, labels=labels.object_labels(desired.project),
+                internal=net.internal))
+            return
+        if step.action is Action.CREATE_VOLUME:
+            await self._call(step.id, self.rt.create_volume(
+                step.object_name, labels=labels.object_labels(desired.project)))
+            return
+        if step.action is Action.REMOVE:
+            svc = desired.services.get(step.service)
+            grace = svc.service.stop_grace_period if svc else 10.0
+            for old in step.old:
+                await self._retire(step, old, grace)
+            return
+        svc = desired.services[step.service]
+        replica = step.replica or 1
+        grace = svc.service.stop_grace_period
+        if step.action is Action.START:
+            assert step.target is not None
+            await self._start(step, step.target.id)
+            await self._ready(step, svc, step.target.id, outcome)
+            return
+        stop_first = step.action is Action.RECREATE or (
+            step.action is Action.CREATE and bool(step.old)) or (
+            step.action is Action.REPLACE and step.order is UpdateOrder.STOP_FIRST)
+        if stop_first:
+            for old in step.old:
+                if step.adopt is None or old.id != step.adopt.id:
+                    await self._retire(step, old, grace)
+        if step.adopt is not None:
+            cid = step.adopt.id
+        else:
+            assert step.new_name is not None
+            cid = await self._create(step, svc, replica, step.new_name)
+        await self._start(step, cid)
+        await self._ready(step, svc, cid, outcome)
+        exposed = self.edge is not None and svc.service.expose is not None
+        if not stop_first and step.old:
+            if exposed and self.edge is not None:
+                await self.edge.cutover(desired, svc, new_id=cid,
+                                        old_ids=[o.id for o in step.old])
+            for old in step.old:
+                await self._retire(step, old, grace)
+        elif exposed and self.edge is not None:
+            await self.edge.after_step(desired, svc)
+
+    async def _create(self, step: Step, svc: DesiredService, replica: int, name: str) -> str:
+        body = container_config(svc, replica)
+        try:
+            return await self.rt.create_container(name, body)
+        except Conflict:
+            # a crash between create and start left the name behind: adopt it only when our
+            # labels prove it is exactly this replica of this generation
+            try:
+                info = await self.rt.inspect_container(name)
+            except RuntimeError_ as exc:
+                raise StepFailed(step.id, f"name {name} is taken and cannot be inspected: "
+                                          f"{exc}") from None
+            found = (info.get("Config") or {}).get("Labels") or {}
+            if (found.get(labels.PROJECT) == svc.project
+                    and found.get(labels.SERVICE) == svc.name
+                    and found.get(labels.REPLICA) == str(replica)
+                    and found.get(labels.FINGERPRINT) == svc.fingerprint):
+                return str(info["Id"])
+            raise StepFailed(step.id, f"name {name} is taken by a container that is not ours; "
+                                      "it was left untouched") from None
+        except RuntimeError_ as exc:
+            raise StepFailed(step.id, f"create failed: {exc}") from None
+
+    async def _start(self, step: Step, cid: str) -> None:
+        await self._call(step.id, self.rt.start_container(cid))
+
+    async def _retire(self, step: Step, old: ContainerRef, grace: float) -> None:
+        """Stop (with the grace period) and remove one old container; gone is fine."""
+        try:
+            await self.rt.stop_container(old.id, timeout_s=grace)
+        except NotFound:
+            return
+        except RuntimeError_ as exc:
+            raise StepFailed(step.id, f"stop {old.name} failed: {exc}") from None
+        try:
+            await self.rt.remove_container(old.id)
+        except NotFound:
+            return
+        except RuntimeError_ as exc:
+            raise StepFailed(step.id, f"remove {old.name} failed: {exc}") from None
+
+    async def _ready(self, step: Step, svc: DesiredService, cid: str, outcome: Outcome) -> None:
+        """Wait on the health gate; fail early on exit, OOM, restarts or `unhealthy`."""
+        update = svc.service.update
+        started = self.clock()
+        info = await self._call(step.id, self.rt.inspect_container(cid))
+        probe = Probe.from_inspect(info)
+        gate = Gate(started_at=started, min_ready=update.min_ready, deadline=update.deadline,
+                    baseline_restarts=probe.restart_count)
+        while True:
+            verdict, gate, why = judge(gate, probe, self.clock())
+            if verdict is Verdict.READY:
+                waited = self.clock() - started
+                outcome.health_waits[svc.name] = max(outcome.health_waits.get(svc.name, 0.0),
+                                                     waited)
+                return
+            if verdict is Verdict.FAILED:
+                raise StepFailed(step.id, f"{why}{await self._log_tail(cid, svc)}")
+            await self.sleep(self.poll_s)
+            info = await self._call(step.id, self.rt.inspect_container(cid))
+            probe = Probe.from_inspect(info)
+
+    async def _log_tail(self, cid: str, svc: DesiredService) -> str:
+        try:
+            text = await self.rt.container_logs(cid, tail=LOG_TAIL)
+        except RuntimeError_:
+            return ""
+        text = redact(text, svc.env)
+        lines = [ln for ln in text.splitlines() if ln.strip()][-LOG_TAIL:]
+        if not lines:
+            return ""
+        return "\n    last log lines:\n" + "\n".join(f"      | {ln}" for ln in lines)
+
+    async def _call(self, step_id: str, call: Awaitable[Any]) -> Any:
+        try:
+            return await call
+        except RuntimeError_ as exc:
+            raise StepFailed(step_id, f"engine error: {exc}") from None
+
+
+async def _gather_first_failure(coros: list[Awaitable[None]]) -> None:
+    """Run concurrently; the first `StepFailed` cancels the rest and is raised as itself."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for coro in coros:
+                group.create_task(coro)  # type: ignore[arg-type]
+    except BaseExceptionGroup as eg:
+        raise _first_leaf(eg) from None
+
+
+def _first_leaf(eg: BaseExceptionGroup[BaseException]) -> BaseException:
+    for exc in eg.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_leaf(exc)
+        if isinstance(exc, StepFailed):
+            return exc
+    return eg.exceptions[0]
+
+
+def redact(text: str, env: Any) -> str:
+    """Remove the values of a service's env-file secrets from text (e.g. container logs)."""
+    for _, value in env:
+        if isinstance(value, Secret) and len(value.value) >= 4:
+            text = text.replace(value.value, "(sensitive)")
+    return text
+
+
+class EdgeHook:
+    """What the executor calls at the edge cutover points (implemented in `edges`)."""
+
+    async def prepare(self, desired: Desired) -> None:
+        return None
+
+    async def after_step(self, desired: Desired, svc: DesiredService) -> None:
+        return None
+
+    async def cutover(self, desired: Desired, svc: DesiredService, *, new_id: str,
+                      old_ids: list[str]) -> None:
+        return None
+
+    async def settle(self, desired: Desired) -> None:
+        return None
+
+
+def summary(outcome: Outcome) -> Mapping[str, int]:
+    ok = sum(1 for r in outcome.results if r.ok)
+    return {"ok": ok, "failed": len(outcome.results) - ok}

@@ -1,0 +1,713 @@
+"""`FakeRuntime`: an in-memory Docker engine implementing `reconciler.runtimes.Runtime`.
+
+It answers with the same JSON shapes as Docker 20.10 (API 1.41) for every field the reconciler
+reads, raises the same error types as `DockerRuntime`, and is checked against the real engine
+by the contract suite (`tests/contract_cases.py`), so it cannot drift silently.
+
+No real sleeps and no wall clock: time is `fake.now` (seconds, advanced by `fake.advance()`),
+and every state change happens synchronously inside the call (or the test's scripting call)
+that causes it. Scripting:
+
+- `images` (present refs) and `pullable` (refs `pull_image` can fetch); `behaviours[ref]`
+  an `ImageBehaviour` (health on start, exit on start, exit code on stop).
+- `set_health(cid, status)`, `crash(cid, exit_code)`, `oom(cid)`, `advance(seconds)`.
+- `fail_next(method, exc, times=1)` raises `exc` at the next call(s) of `method`.
+- `calls` (a Counter per protocol method) and `write_calls` (engine-mutating calls).
+- `seed_container(...)` puts a container on the "host" without counting as a call (state the
+  test starts from, e.g. a foreign container or a leftover of a crashed run).
+- `exec_results[(cmd...)]` / `exec_handler` script `exec_in_container`; otherwise a tiny
+  shell understands `echo`, `exit N`, `true`, `false`, `sleep` (no-op) in `sh -c` scripts;
+  any other command succeeds with no output. The same interpreter runs a container's
+  `sh -c` Cmd on start: its echoes go to the logs, and a script that ends makes the
+  container exit (with `exit N`'s code), while one that reaches an unknown statement
+  (`trap`, `while`...) keeps running.
+- `drop_event_streams()` ends every open event stream, as a dropped connection would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime as dt
+import hashlib
+import itertools
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from reconciler.runtimes import (
+    JSON,
+    Conflict,
+    EngineEvent,
+    ExecResult,
+    ImageUnavailable,
+    NotFound,
+)
+
+__all__ = ["WRITE_METHODS", "FakeContainer", "FakeEventStream", "FakeRuntime", "ImageBehaviour"]
+
+Health = Literal["healthy", "unhealthy", "starting"]
+
+WRITE_METHODS = frozenset({
+    "create_container", "start_container", "stop_container", "remove_container",
+    "kill_container", "connect_network", "pull_image", "create_network", "create_volume",
+})
+
+_ZERO_TIME = "0001-01-01T00:00:00Z"
+_SIGNALS = {"KILL": 9, "TERM": 15, "INT": 2, "HUP": 1, "QUIT": 3, "USR1": 10, "USR2": 12}
+_NON_FATAL_SIGNALS = {"HUP", "USR1", "USR2", "WINCH"}
+
+
+@dataclass(frozen=True, slots=True)
+class ImageBehaviour:
+    """How containers of one image behave in the fake.
+
+    health: the health status a container WITH a Healthcheck reaches on start.
+    exit_on_start: when set, the container exits with this code right after starting.
+    stop_exit_code: the exit code after `stop_container` (a clean TERM handler: 0).
+    """
+
+    health: Health = "healthy"
+    exit_on_start: int | None = None
+    stop_exit_code: int = 0
+
+
+def normalise_ref(ref: str) -> str:
+    """`busybox` -> `busybox:latest`, as the engine resolves it."""
+    if "@" in ref:
+        return ref
+    last = ref.rsplit("/", 1)[-1]
+    return ref if ":" in last else f"{ref}:latest"
+
+
+def human_duration(seconds: float) -> str:
+    """Docker's `units.HumanDuration`, used in the list's Status column."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    minutes = s // 60
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = round(s / 3600)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{hours // 24 // 365} years"
+
+
+def _rfc3339(t: float) -> str:
+    whole = int(t)
+    nanos = min(round((t - whole) * 1e9), 999_999_999)
+    base = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=whole)
+    return base.strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos:09d}Z"
+
+
+def _mini_shell(script: str) -> tuple[list[str], int | None, bool]:
+    """Run a tiny subset of sh: returns (output lines, exit code, finished).
+
+    `finished` is False when an unknown statement was reached (a real shell would keep
+    going: a loop, a trap, a server); the exit code is then the status so far.
+    """
+    out: list[str] = []
+    status = 0
+    for raw in script.split(";"):
+        stmt = raw.strip()
+        if not stmt:
+            continue
+        words = stmt.split()
+        cmd = words[0]
+        if cmd == "echo":
+            text = stmt[len("echo"):].strip()
+            for redirect in (">&2", "1>&2"):
+                if text.endswith(redirect):
+                    text = text[: -len(redirect)].strip()
+            if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+                text = text[1:-1]
+            out.append(text)
+            status = 0
+        elif cmd == "exit":
+            code = int(words[1]) if len(words) > 1 else status
+            return out, code, True
+        elif cmd == "true":
+            status = 0
+        elif cmd == "false":
+            status = 1
+        elif cmd == "sleep":
+            status = 0
+        else:
+            return out, status, False
+    return out, status, True
+
+
+@dataclass(slots=True)
+class FakeContainer:
+    id: str
+    name: str
+    config: JSON
+    host_config: JSON
+    created: float
+    image_id: str
+    state: str = "created"  # created | running | exited | paused | restarting | dead
+    exit_code: int = 0
+    oom_killed: bool = False
+    started_at: float | None = None
+    finished_at: float | None = None
+    restart_count: int = 0
+    health: Health | None = None
+    failing_streak: int = 0
+    health_log: list[JSON] = field(default_factory=list)
+    networks: dict[str, JSON] = field(default_factory=dict)
+    logs: list[str] = field(default_factory=list)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        labels = self.config.get("Labels") or {}
+        return dict(labels)
+
+    @property
+    def has_healthcheck(self) -> bool:
+        hc = self.config.get("Healthcheck")
+        if not isinstance(hc, dict):
+            return False
+        test = hc.get("Test") or []
+        return bool(test) and test[0] != "NONE"
+
+
+class FakeEventStream:
+    """A subscription to the fake's events; same contract as `runtimes.EventStream`."""
+
+    def __init__(self, runtime: FakeRuntime, label: str) -> None:
+        self._runtime = runtime
+        self.label = label
+        self._queue: deque[EngineEvent | None] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._connected = False
+        self._closed = False
+
+    def __aiter__(self) -> FakeEventStream:
+        return self
+
+    async def connect(self) -> None:
+        if self._connected or self._closed:
+            return
+        self._runtime._enter("events.connect")
+        self._connected = True
+        self._wakeup = asyncio.Event()
+        self._runtime._streams.append(self)
+
+    async def __anext__(self) -> EngineEvent:
+        await self.connect()
+        while True:
+            if self._closed and not self._queue:
+                raise StopAsyncIteration
+            if self._queue:
+                item = self._queue.popleft()
+                if item is None:
+                    self._close()
+                    raise StopAsyncIteration
+                return item
+            assert self._wakeup is not None
+            self._wakeup.clear()
+            try:
+                await self._wakeup.wait()
+            except asyncio.CancelledError:
+                self._close()
+                raise
+
+    def _push(self, item: EngineEvent | None) -> None:
+        if self._closed:
+            return
+        self._queue.append(item)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._queue.clear()
+        if self in self._runtime._streams:
+            self._runtime._streams.remove(self)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def aclose(self) -> None:
+        self._close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+def _label_matches(labels: Mapping[str, str], selector: str) -> bool:
+    key, sep, value = selector.partition("=")
+    if key not in labels:
+        return False
+    return not sep or labels[key] == value
+
+
+class FakeRuntime:
+    """An in-memory engine; see the module docstring for how to script it."""
+
+    def __init__(self, *, images: set[str] | None = None, pullable: set[str] | None = None,
+                 now: float = 1_700_000_000.0) -> None:
+        self.images: set[str] = {normalise_ref(r) for r in images or ()}
+        self.pullable: set[str] = {normalise_ref(r) for r in pullable or ()}
+        self.behaviours: dict[str, ImageBehaviour] = {}
+        self.now = now
+        self.calls: Counter[str] = Counter()
+        self.exec_results: dict[tuple[str, ...], ExecResult] = {}
+        self.exec_handler: Callable[[FakeContainer, Sequence[str]], ExecResult | None] | None = (
+            None
+        )
+        self.exec_log: list[tuple[str, tuple[str, ...]]] = []
+        self.containers: dict[str, FakeContainer] = {}
+        self.networks: dict[str, JSON] = {}
+        self.volumes: dict[str, JSON] = {}
+        self.closed = False
+        self._failures: dict[str, deque[BaseException]] = {}
+        self._streams: list[FakeEventStream] = []
+        self._ids = itertools.count(1)
+        self._event_seq = itertools.count()
+
+    # ------------------------------------------------------------------ scripting
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def behaviour(self, ref: str) -> ImageBehaviour:
+        return self.behaviours.get(normalise_ref(ref), ImageBehaviour())
+
+    def set_behaviour(self, ref: str, behaviour: ImageBehaviour) -> None:
+        self.behaviours[normalise_ref(ref)] = behaviour
+
+    def fail_next(self, method: str, exc: BaseException, *, times: int = 1) -> None:
+        self._failures.setdefault(method, deque()).extend([exc] * times)
+
+    @property
+    def write_calls(self) -> int:
+        return sum(n for m, n in self.calls.items() if m in WRITE_METHODS)
+
+    def container(self, ref: str) -> FakeContainer:
+        """A container by id, unique id prefix or name (as the engine resolves it)."""
+        if ref in self.containers:
+            return self.containers[ref]
+        name = ref.lstrip("/")
+        for c in self.containers.values():
+            if c.name == name:
+                return c
+        matches = [c for cid, c in self.containers.items() if ref and cid.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        raise NotFound(f"No such container: {ref}")
+
+    def set_health(self, container_id: str, status: Health) -> None:
+        c = self.container(container_id)
+        if c.state != "running" or not c.has_healthcheck:
+            raise ValueError(f"{c.name}: health needs a running container with a Healthcheck")
+        self._set_health(c, status)
+
+    def crash(self, container_id: str, exit_code: int = 1) -> None:
+        """The main process exits by itself; the restart policy applies."""
+        c = self.container(container_id)
+        if c.state != "running":
+            raise ValueError(f"{c.name} is not running")
+        self._exit(c, exit_code)
+        self._maybe_restart(c)
+
+    def oom(self, container_id: str) -> None:
+        c = self.container(container_id)
+        if c.state != "running":
+            raise ValueError(f"{c.name} is not running")
+        c.oom_killed = True
+        self._emit(c, "oom")
+        self._exit(c, 137)
+        self._maybe_restart(c)
+
+    def append_log(self, container_id: str, *lines: str) -> None:
+        self.container(container_id).logs.extend(lines)
+
+    def drop_event_streams(self) -> None:
+        for stream in list(self._streams):
+            stream._push(None)
+
+    def seed_container(self, name: str, config: JSON, *, running: bool = True) -> str:
+        """Put a container on the host without counting calls (initial state of a test)."""
+        ref = normalise_ref(str(config.get("Image", "")))
+        self.images.add(ref)
+        c = self._create(name, config)
+        if running:
+            self._start(c)
+        return c.id
+
+    # ------------------------------------------------------------------ internals
+
+    def _enter(self, method: str) -> None:
+        self.calls[method] += 1
+        queue = self._failures.get(method)
+        if queue:
+            raise queue.popleft()
+
+    def _new_id(self) -> str:
+        n = next(self._ids)
+        return hashlib.sha256(f"fake-{n}".encode()).hexdigest()
+
+    def _emit(self, c: FakeContainer, action: str, **extra: str) -> None:
+        attributes = {**c.labels, "image": str(c.config.get("Image", "")), "name": c.name,
+                      **extra}
+        event = EngineEvent(action=action, container_id=c.id, attributes=attributes,
+                            time_nano=int(self.now * 1e9) + next(self._event_seq))
+        for stream in list(self._streams):
+            if _label_matches(c.labels, stream.label):
+                stream._push(event)
+
+    def _create(self, name: str, config: JSON) -> FakeContainer:
+        if any(c.name == name for c in self.containers.values()):
+            raise Conflict(
+                f'Conflict. The container name "/{name}" is already in use by container'
+            )
+        ref = str(config.get("Image", ""))
+        if normalise_ref(ref) not in self.images:
+            raise NotFound(f"No such image: {ref}")
+        # Like the engine, create does not check networks; start does.
+        endpoints = dict((config.get("NetworkingConfig") or {}).get("EndpointsConfig") or {})
+        body = copy.deepcopy(config)
+        host_config = dict(body.pop("HostConfig", None) or {})
+        body.pop("NetworkingConfig", None)
+        if endpoints and host_config.get("NetworkMode") in (None, "", "default"):
+            host_config["NetworkMode"] = next(iter(endpoints))
+        host_config.setdefault("NetworkMode", "default")
+        body.setdefault("Labels", {})
+        body.setdefault("Env", [])
+        c = FakeContainer(
+            id=self._new_id(), name=name, config=body, host_config=host_config,
+            created=self.now, image_id="sha256:" + hashlib.sha256(
+                normalise_ref(ref).encode()).hexdigest(),
+        )
+        self.containers[c.id] = c
+        for i, (net, endpoint) in enumerate(endpoints.items()):
+            aliases = list((endpoint or {}).get("Aliases") or [])
+            if i > 0:  # connected after create: the engine adds the short id
+                aliases.append(c.id[:12])
+            c.networks[net] = self._endpoint(net, aliases)
+        self._emit(c, "create")
+        return c
+
+    def _endpoint(self, net: str, aliases: list[str]) -> JSON:
+        return {"IPAMConfig": None, "Links": None, "Aliases": aliases,
+                "NetworkID": "", "EndpointID": "", "Gateway": "",
+                "IPAddress": "", "IPPrefixLen": 0, "MacAddress": ""}
+
+    def _start(self, c: FakeContainer) -> None:
+        if c.state == "running":
+            return
+        for net in c.networks:
+            if net not in self.networks:
+                raise NotFound(f"network {net} not found")
+        c.state = "running"
+        c.started_at = self.now
+        c.exit_code = 0
+        c.oom_killed = False
+        for endpoint in c.networks.values():
+            if c.id[:12] not in endpoint["Aliases"]:
+                endpoint["Aliases"].append(c.id[:12])
+        self._emit(c, "start")
+        behaviour = self.behaviour(str(c.config.get("Image", "")))
+        cmd = c.config.get("Cmd") or []
+        if behaviour.exit_on_start is not None:
+            self._exit(c, behaviour.exit_on_start)
+            self._maybe_restart(c)
+            return
+        if len(cmd) >= 3 and cmd[0] in ("sh", "/bin/sh") and cmd[1] == "-c":
+            lines, code, finished = _mini_shell(str(cmd[2]))
+            c.logs.extend(lines)
+            if finished:
+                self._exit(c, code or 0)
+                self._maybe_restart(c)
+                return
+        if c.has_healthcheck:
+            c.health = "starting"
+            c.failing_streak = 0
+            c.health_log = []
+            if behaviour.health != "starting":
+                self._set_health(c, behaviour.health)
+        else:
+            c.health = None
+
+    def _set_health(self, c: FakeContainer, status: Health) -> None:
+        previous = c.health
+        c.health = status
+        if status == "healthy":
+            c.failing_streak = 0
+            c.health_log.append(self._probe(0))
+        elif status == "unhealthy":
+            retries = int((c.config.get("Healthcheck") or {}).get("Retries") or 3)
+            c.failing_streak = max(c.failing_streak + 1, retries)
+            c.health_log.append(self._probe(1))
+        c.health_log = c.health_log[-5:]
+        if status != previous and status != "starting":
+            self._emit(c, f"health_status: {status}")
+
+    def _probe(self, code: int) -> JSON:
+        return {"Start": _rfc3339(self.now), "End": _rfc3339(self.now), "ExitCode": code,
+                "Output": ""}
+
+    def _exit(self, c: FakeContainer, code: int) -> None:
+        c.state = "exited"
+        c.exit_code = code
+        c.finished_at = self.now
+        if c.health is not None:
+            c.health = "unhealthy" if c.health == "unhealthy" else c.health
+        self._emit(c, "die", exitCode=str(code))
+
+    def _maybe_restart(self, c: FakeContainer) -> None:
+        policy = c.host_config.get("RestartPolicy") or {}
+        name = policy.get("Name") or "no"
+        maximum = int(policy.get("MaximumRetryCount") or 0)
+        again = name in ("always", "unless-stopped") or (
+            name == "on-failure" and c.exit_code != 0
+            and (maximum == 0 or c.restart_count < maximum)
+        )
+        if again:
+            c.restart_count += 1
+            self._start(c)
+
+    def _health_suffix(self, c: FakeContainer) -> str:
+        if c.state != "running" or c.health is None:
+            return ""
+        if c.health == "starting":
+            return " (health: starting)"
+        return f" ({c.health})"
+
+    def _status(self, c: FakeContainer) -> str:
+        if c.state == "running":
+            up = human_duration(self.now - (c.started_at or self.now))
+            return f"Up {up}{self._health_suffix(c)}"
+        if c.state == "exited":
+            ago = human_duration(self.now - (c.finished_at or self.now))
+            return f"Exited ({c.exit_code}) {ago} ago"
+        if c.state == "created":
+            return "Created"
+        return c.state.capitalize()
+
+    def _list_item(self, c: FakeContainer) -> JSON:
+        return {
+            "Id": c.id,
+            "Names": [f"/{c.name}"],
+            "Image": c.config.get("Image", ""),
+            "ImageID": c.image_id,
+            "Command": " ".join(str(x) for x in c.config.get("Cmd") or []),
+            "Created": int(c.created),
+            "Ports": [],
+            "Labels": dict(c.labels),
+            "State": c.state,
+            "Status": self._status(c),
+            "HostConfig": {"NetworkMode": c.host_config.get("NetworkMode", "default")},
+            "NetworkSettings": {"Networks": copy.deepcopy(c.networks)},
+            "Mounts": [],
+        }
+
+    def _inspect(self, c: FakeContainer) -> JSON:
+        state: JSON = {
+            "Status": c.state,
+            "Running": c.state == "running",
+            "Paused": c.state == "paused",
+            "Restarting": c.state == "restarting",
+            "OOMKilled": c.oom_killed,
+            "Dead": c.state == "dead",
+            "Pid": 4242 if c.state == "running" else 0,
+            "ExitCode": c.exit_code,
+            "Error": "",
+            "StartedAt": _rfc3339(c.started_at) if c.started_at is not None else _ZERO_TIME,
+            "FinishedAt": _rfc3339(c.finished_at) if c.finished_at is not None else _ZERO_TIME,
+        }
+        if c.has_healthcheck:
+            state["Health"] = {
+                "Status": c.health or "starting",
+                "FailingStreak": c.failing_streak,
+                "Log": copy.deepcopy(c.health_log),
+            }
+        config = copy.deepcopy(c.config)
+        config.setdefault("Cmd", None)
+        return {
+            "Id": c.id,
+            "Created": _rfc3339(c.created),
+            "Name": f"/{c.name}",
+            "Image": c.image_id,
+            "RestartCount": c.restart_count,
+            "State": state,
+            "Config": config,
+            "HostConfig": copy.deepcopy(c.host_config),
+            "NetworkSettings": {"Networks": copy.deepcopy(c.networks)},
+            "Mounts": [],
+        }
+
+    # ------------------------------------------------------------------ the protocol
+
+    async def ping(self) -> None:
+        self._enter("ping")
+
+    async def list_containers(self, *, label: str) -> list[JSON]:
+        self._enter("list_containers")
+        return [self._list_item(c) for c in self.containers.values()
+                if _label_matches(c.labels, label)]
+
+    async def list_networks(self, *, label: str) -> list[JSON]:
+        self._enter("list_networks")
+        return [copy.deepcopy(n) for n in self.networks.values()
+                if _label_matches(n["Labels"], label)]
+
+    async def list_volumes(self, *, label: str) -> list[JSON]:
+        self._enter("list_volumes")
+        return [copy.deepcopy(v) for v in self.volumes.values()
+                if _label_matches(v["Labels"], label)]
+
+    async def inspect_container(self, container_id: str) -> JSON:
+        self._enter("inspect_container")
+        return self._inspect(self.container(container_id))
+
+    async def image_present(self, ref: str) -> bool:
+        self._enter("image_present")
+        return normalise_ref(ref) in self.images
+
+    async def pull_image(self, ref: str) -> None:
+        self._enter("pull_image")
+        norm = normalise_ref(ref)
+        if norm in self.pullable:
+            self.images.add(norm)
+            return
+        raise ImageUnavailable(f"pull {ref}: pull access denied or repository does not exist")
+
+    async def create_network(self, name: str, *, labels: Mapping[str, str],
+                             internal: bool = False) -> None:
+        self._enter("create_network")
+        existing = self.networks.get(name)
+        if existing is not None:
+            if all(existing["Labels"].get(k) == v for k, v in labels.items()):
+                return
+            raise Conflict(f"create network {name}: a network with this name exists "
+                           "without our labels")
+        self.networks[name] = {
+            "Name": name, "Id": self._new_id(), "Created": _rfc3339(self.now),
+            "Scope": "local", "Driver": "bridge", "Internal": internal,
+            "Labels": dict(labels), "Options": {}, "Containers": {},
+        }
+
+    async def create_volume(self, name: str, *, labels: Mapping[str, str]) -> None:
+        self._enter("create_volume")
+        existing = self.volumes.get(name)
+        if existing is not None:
+            if all(existing["Labels"].get(k) == v for k, v in labels.items()):
+                return
+            raise Conflict(f"create volume {name}: a volume with this name exists "
+                           "without our labels")
+        self.volumes[name] = {
+            "Name": name, "Driver": "local", "Labels": dict(labels), "Scope": "local",
+            "Mountpoint": f"/var/lib/docker/volumes/{name}/_data",
+            "CreatedAt": _rfc3339(self.now), "Options": {},
+        }
+
+    async def create_container(self, name: str, config: JSON) -> str:
+        self._enter("create_container")
+        return self._create(name, config).id
+
+    async def connect_network(self, container_id: str, network: str, *,
+                              aliases: Sequence[str]) -> None:
+        self._enter("connect_network")
+        c = self.container(container_id)
+        if network not in self.networks and c.state == "running":
+            raise NotFound(f"network {network} not found")
+        # A created container is connected blindly; its start fails on a missing network.
+        c.networks[network] = self._endpoint(network, [*aliases, c.id[:12]])
+
+    async def start_container(self, container_id: str) -> None:
+        self._enter("start_container")
+        self._start(self.container(container_id))
+
+    async def stop_container(self, container_id: str, *, timeout_s: float) -> None:
+        self._enter("stop_container")
+        c = self.container(container_id)
+        if c.state != "running":
+            return  # the engine answers 304, no events
+        self._emit(c, "kill", signal="15")
+        self._exit(c, self.behaviour(str(c.config.get("Image", ""))).stop_exit_code)
+        self._emit(c, "stop")
+
+    async def remove_container(self, container_id: str) -> None:
+        """Force-remove; volumes are never removed (the fake has no v=1)."""
+        self._enter("remove_container")
+        c = self.container(container_id)
+        if c.state == "running":
+            self._emit(c, "kill", signal="9")
+            self._exit(c, 137)
+        del self.containers[c.id]
+        self._emit(c, "destroy")
+
+    async def kill_container(self, container_id: str, *, signal: str) -> None:
+        self._enter("kill_container")
+        c = self.container(container_id)
+        if c.state != "running":
+            raise Conflict(f"Container {c.id} is not running")
+        sig = signal.upper().removeprefix("SIG")
+        number = int(sig) if sig.isdigit() else _SIGNALS.get(sig, 15)
+        self._emit(c, "kill", signal=str(number))
+        if sig in _NON_FATAL_SIGNALS or number in (1, 10, 12, 28):
+            return
+        self._exit(c, 128 + number)  # a manual kill: no restart
+
+    async def exec_in_container(self, container_id: str, cmd: Sequence[str]) -> ExecResult:
+        self._enter("exec_in_container")
+        c = self.container(container_id)
+        if c.state != "running":
+            raise Conflict(f"Container {c.id} is not running")
+        key = tuple(cmd)
+        self.exec_log.append((c.id, key))
+        if key in self.exec_results:
+            return self.exec_results[key]
+        if self.exec_handler is not None:
+            result = self.exec_handler(c, cmd)
+            if result is not None:
+                return result
+        if len(key) >= 3 and key[0] in ("sh", "/bin/sh") and key[1] == "-c":
+            lines, code, _ = _mini_shell(key[2])
+        else:
+            lines, code, _ = _mini_shell(" ".join(key))
+        output = "".join(f"{line}\n" for line in lines)
+        return ExecResult(exit_code=code or 0, output=output)
+
+    async def container_logs(self, container_id: str, *, tail: int) -> str:
+        self._enter("container_logs")
+        c = self.container(container_id)
+        lines = c.logs[-tail:] if tail > 0 else []
+        return "".join(f"{line}\n" for line in lines)
+
+    def events(self, *, label: str) -> FakeEventStream:
+        self.calls["events"] += 1
+        return FakeEventStream(self, label)
+
+    async def close(self) -> None:
+        self.calls["close"] += 1
+        self.closed = True
+        for stream in list(self._streams):
+            stream._close()
+
+
+def _check_protocol() -> None:  # static check only: FakeRuntime satisfies Runtime
+    from reconciler.runtimes import Runtime
+
+    def _accepts(_: Runtime) -> None: ...
+
+    _accepts(FakeRuntime())
+
