@@ -111,7 +111,10 @@ else
     log "skipping the virtualenv (--no-venv)"
 fi
 
-# 4. Images --------------------------------------------------------------------------------
+# 4. Demo env files: git does not keep file modes, and strict validation wants 0600 -----------
+chmod 600 "$ROOT"/deploy/demo/env/*.env
+
+# 5. Images --------------------------------------------------------------------------------
 "$ROOT/deploy/demo/images/build.sh" "${IMAGE_ARGS[@]}"
 
 log "done"

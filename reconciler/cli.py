@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from reconciler import render
 from reconciler.controller import PassResult, Reconciler, Result
@@ -112,6 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # the user gets one line, never a traceback
+        if os.environ.get("RECONCILER_DEBUG"):
+            raise
+        print(f"reconciler: internal error: {type(exc).__name__}: {exc} "
+              "(set RECONCILER_DEBUG=1 for a traceback)", file=sys.stderr)
+        return EXIT_FAILED
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -125,14 +132,14 @@ def state_dir(args: argparse.Namespace) -> Path:
     return Path(args.state_dir) if args.state_dir else default_state_dir()
 
 
-def print_problems(exc: SpecError, *, stream: object = None) -> None:
+def print_problems(exc: SpecError, *, stream: TextIO | None = None) -> None:
     out = stream or sys.stderr
     errors = [p for p in exc.problems if not p.warning]
     for problem in exc.problems:
         print(f"{'warning' if problem.warning else 'error'}: {problem}".replace(
-            ": warning: ", ": "), file=out)  # type: ignore[call-overload]
+            ": warning: ", ": "), file=out)
     print(f"{len(errors)} error(s) in the spec; nothing was changed.",
-          file=out)  # type: ignore[call-overload]
+          file=out)
 
 
 def load_spec(args: argparse.Namespace, *, strict: bool) -> LoadedSpec:
@@ -149,24 +156,17 @@ def color_enabled(stream: object) -> bool:
             and bool(stream.isatty()))
 
 
-async def observe(project: str, *, timeout_s: float = 5.0) -> Snapshot:
-    """One list call per kind, filtered by our project label. Empty when no engine answers."""
+async def observe_or_empty(project: str, *, timeout_s: float = 5.0) -> Snapshot:
+    """The host as the engine lists it; an empty host when no engine answers."""
+    from reconciler.controller import observe
     from reconciler.dockerd import DockerRuntime  # imported late: keeps --help and validate fast
-    from reconciler.labels import project_selector
-    from reconciler.snapshots import parse
 
     try:
         runtime = await DockerRuntime.connect(timeout_s=timeout_s)
     except EngineUnavailable:
         return empty(project, engine_available=False)
     try:
-        selector = project_selector(project)
-        containers, networks, volumes = await asyncio.gather(
-            runtime.list_containers(label=selector),
-            runtime.list_networks(label=selector),
-            runtime.list_volumes(label=selector),
-        )
-        return parse(project, containers, networks, volumes)
+        return await observe(runtime, project)
     finally:
         await runtime.close()
 
@@ -182,7 +182,7 @@ def preview_key(args: argparse.Namespace) -> bytes:
 
 def plan_for(desired: Desired) -> Plan:
     try:
-        snapshot = asyncio.run(observe(desired.project))
+        snapshot = asyncio.run(observe_or_empty(desired.project))
     except RuntimeError_ as exc:
         print(f"reconciler: engine: {exc}; planning against an empty host", file=sys.stderr)
         snapshot = empty(desired.project, engine_available=False)
@@ -227,14 +227,11 @@ def cmd_schema() -> int:
     return EXIT_OK
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 # --- acting commands -------------------------------------------------------------------------
 
 
-def progress_printer(stream: object = None) -> Callable[[Progress], None]:
+def progress_printer(stream: TextIO | None = None) -> Callable[[Progress], None]:
     """Plain progress lines (one per tier/step event); colour only on a TTY without NO_COLOR."""
     out = stream or sys.stdout
     color = color_enabled(out)
@@ -254,7 +251,7 @@ def progress_printer(stream: object = None) -> Callable[[Progress], None]:
             line = f"--> {p.message}"
         else:
             return
-        print(line, file=out, flush=True)  # type: ignore[call-overload]
+        print(line, file=out, flush=True)
 
     return show
 
@@ -301,17 +298,14 @@ def report_pass(res: PassResult) -> int:
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
-    from reconciler.controller import observe as observe_host
-
     loaded = load_spec(args, strict=False)
     state = State(state_dir(args))
     key = preview_key(args)
     desired = build(loaded, key)
-    runtime = await _runtime()
-    try:
-        snapshot = await observe_host(runtime, desired.project)
-    finally:
-        await runtime.close()
+    snapshot = await observe_or_empty(desired.project)
+    if not snapshot.engine_available:
+        print("reconciler: no Docker engine reachable", file=sys.stderr)
+        return EXIT_FAILED
     good = state.last_good()
     quarantined = state.quarantined()
     print(f'project "{desired.project}"  spec {loaded.fingerprint}'
@@ -379,3 +373,7 @@ async def cmd_rollback(args: argparse.Namespace) -> int:
         finally:
             await runtime.close()
     return report_pass(res)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

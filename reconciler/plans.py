@@ -160,7 +160,7 @@ def field_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[Field
 def _replica_steps(
     svc: DesiredService, replica: int, found: list[Observed], *, service_exists: bool,
 ) -> list[Step]:
-    base = {"tier": svc.tier, "service": svc.name, "replica": replica}
+    base: dict[str, Any] = {"tier": svc.tier, "service": svc.name, "replica": replica}
     current = [c for c in found if c.fingerprint == svc.fingerprint]
     stale = [c for c in found if c.fingerprint != svc.fingerprint]
     # more than one container with the desired fingerprint cannot share a name; keep the first
@@ -195,7 +195,7 @@ def _replica_steps(
 def _repair(svc: DesiredService, c: Observed, base: Mapping[str, Any]) -> list[Step]:
     """A container of the desired generation: in sync, or drift with a defined action."""
     ref = ContainerRef.of(c)
-    recreate = {"new_name": c.name, "old": (ref,)}
+    recreate: dict[str, Any] = {"new_name": c.name, "old": (ref,)}
     if c.state is State.RUNNING:
         if c.health is Health.UNHEALTHY:
             return [Step(Action.RECREATE, Reason.UNHEALTHY, **recreate, **base)]
@@ -253,9 +253,9 @@ def compute(desired: Desired, snapshot: Snapshot) -> Plan:
     needs: dict[str, PullPolicy] = {}
     for s in steps:
         if s.action in (Action.CREATE, Action.REPLACE, Action.RECREATE):
-            svc = desired.services[s.service].service
-            if needs.get(svc.image) is not PullPolicy.ALWAYS:
-                needs[svc.image] = svc.pull_policy
+            wanted = desired.services[s.service].service
+            if needs.get(wanted.image) is not PullPolicy.ALWAYS:
+                needs[wanted.image] = wanted.pull_policy
     images = [ImageNeed(ref, needs[ref]) for ref in sorted(needs)]
     return Plan(project=desired.project, tiers=desired.tiers, steps=tuple(steps),
                 images=tuple(images), engine_available=snapshot.engine_available)

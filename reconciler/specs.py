@@ -498,9 +498,9 @@ def validate(
             port = parse_port(entry)
             if not port.host_port:
                 continue
-            key = (port.host_ip or "0.0.0.0", port.host_port, port.protocol)
-            clash = [k for k in owners if (k[1:] == key[1:] and
-                     "0.0.0.0" in (k[0], key[0])) or k == key]
+            slot = (port.host_ip or "0.0.0.0", port.host_port, port.protocol)
+            clash = [k for k in owners if (k[1:] == slot[1:] and
+                     "0.0.0.0" in (k[0], slot[0])) or k == slot]
             if clash:
                 findings.append(Finding(
                     ("services", name, "ports", i),
@@ -508,7 +508,7 @@ def validate(
                     f"{owners[clash[0]]}",
                 ))
             else:
-                owners[key] = name
+                owners[slot] = name
 
     # cycles (within enabled services)
     graph = {name: list(svc.depends_on) for name, svc in services.items()}

@@ -1,0 +1,191 @@
+"""Helpers for tests against the real dockerd: a unique project per test, the CLI as a
+subprocess, engine facts through the docker CLI, and cleanup of exactly what a test made."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+APP = "reconciler-demo/app"
+NGINX = "reconciler-demo/nginx:1.22"
+
+
+def docker(*args: str, timeout: float = 60, check: bool = True) -> str:
+    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args[:3])}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def require_engine() -> None:
+    reason = ""
+    if shutil.which("docker") is None:
+        reason = "the docker CLI is not installed"
+    else:
+        try:
+            docker("version", "--format", "{{.Server.APIVersion}}", timeout=15)
+            docker("image", "inspect", f"{APP}:1.0", timeout=15)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            reason = f"{exc} (run deploy/setup.sh)"
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and no usable Docker engine: {reason}")
+        pytest.skip(f"no usable Docker engine: {reason}")
+
+
+@dataclass
+class Host:
+    """One test's project on the real engine."""
+
+    project: str
+    root: Path  # tmp dir: spec/ and state/ live here
+
+    @property
+    def spec(self) -> Path:
+        return self.root / "spec"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    def write(self, text: str, name: str = "stack.yaml") -> None:
+        self.spec.mkdir(parents=True, exist_ok=True)
+        for old in self.spec.glob("*.yaml"):
+            if old.name != name:
+                old.unlink()
+        (self.spec / name).write_text(textwrap.dedent(text).replace("PROJECT", self.project))
+
+    def cli(self, *args: str, timeout: float = 240, env: dict[str, str] | None = None,
+            spec: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "reconciler.cli", *args]
+        if spec:
+            cmd += ["--spec", str(self.spec), "--state-dir", str(self.state)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "NO_COLOR": "1", **(env or {})}, check=False)
+
+    def containers(self, *, all_states: bool = True) -> list[dict[str, Any]]:
+        ids = docker("ps", "-q", *(["-a"] if all_states else []), "--no-trunc", "--filter",
+                     f"label=reconciler.project={self.project}").split()
+        if not ids:
+            return []
+        return list(json.loads(docker("inspect", *ids)))
+
+    def by_service(self) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        for c in self.containers():
+            out.setdefault(c["Config"]["Labels"]["reconciler.service"], []).append(c)
+        return out
+
+    def ids(self) -> dict[str, str]:
+        """container name -> id, for 'nothing else changed' checks."""
+        return {c["Name"].lstrip("/"): c["Id"] for c in self.containers()}
+
+    def events(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
+        out = docker("events", "--since", f"{since:.3f}", "--until",
+                     f"{(until or time.time()):.3f}", "--filter",
+                     f"label=reconciler.project={self.project}", "--filter", "type=container",
+                     "--format", "{{json .}}", timeout=30)
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    @contextlib.contextmanager
+    def watch(self, *events: str) -> Iterator[list[dict[str, Any]]]:
+        """Record our containers' events live (the daemon's replay buffer holds only 256, and
+        health probes fill it quickly). The list is filled when the block exits."""
+        args = ["docker", "events", "--format", "{{json .}}", "--filter", "type=container",
+                "--filter", f"label=reconciler.project={self.project}"]
+        for ev in events or ("start", "die", "health_status", "destroy", "create"):
+            args += ["--filter", f"event={ev}"]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        time.sleep(0.3)  # the subscription is registered before the block starts
+        seen: list[dict[str, Any]] = []
+        try:
+            yield seen
+        finally:
+            time.sleep(0.3)
+            proc.terminate()
+            out, _ = proc.communicate(timeout=10)
+            seen.extend(json.loads(line) for line in out.splitlines() if line.strip())
+
+    def cleanup(self) -> None:
+        sel = f"label=reconciler.project={self.project}"
+        ids = docker("ps", "-aq", "--filter", sel, check=False).split()
+        if ids:
+            docker("rm", "-f", *ids, check=False)
+        nets = docker("network", "ls", "-q", "--filter", sel, check=False).split()
+        if nets:
+            docker("network", "rm", *nets, check=False)
+        vols = docker("volume", "ls", "-q", "--filter", sel, check=False).split()
+        if vols:
+            docker("volume", "rm", "-f", *vols, check=False)
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[Host]:
+    require_engine()
+    h = Host(project=f"t{uuid.uuid4().hex[:8]}", root=tmp_path)
+    try:
+        yield h
+    finally:
+        h.cleanup()
+
+
+# A small 4-tier stack on the demo image with quick health checks. Placeholders are filled
+# by str.format-free replacement in tests: IMAGE_API, ENV_API, DB_ENV etc.
+STACK = f"""
+project: PROJECT
+defaults:
+  healthcheck: {{test: ["CMD", "wget", "-qO-", "http://127.0.0.1:8080/health"], interval: 300ms,
+                timeout: 2s, retries: 2, start_period: 5s}}
+  update: {{min_ready: 600ms, deadline: 20s, drain: 200ms}}
+  stop_grace_period: 2s
+networks: {{backend: {{}}}}
+volumes: {{data: {{}}}}
+services:
+  db:
+    tier: infrastructure
+    image: {APP}:1.0
+    environment: {{APP_NAME: db, HEALTH_DELAY: "1"}}
+    volumes: ["data:/data"]
+    networks: [backend]
+  auth:
+    tier: core
+    image: {APP}:1.0
+    environment: {{APP_NAME: auth}}
+    networks: [backend]
+    depends_on: [db]
+  api:
+    tier: business
+    image: {APP}:1.0
+    replicas: 2
+    update: {{parallelism: 2}}
+    environment: {{APP_NAME: api, APP_VERSION: "1.0"}}
+    networks: [backend]
+    depends_on: [auth]
+  web:
+    tier: external
+    image: {APP}:1.0
+    environment: {{APP_NAME: web}}
+    networks: [backend]
+    depends_on: [api]
+"""
+
+
+def swap(text: str, old: str, new: str) -> str:
+    """str.replace that fails loudly when `old` is absent (a test must change something)."""
+    assert old in text, f"{old!r} not in the spec"
+    return text.replace(old, new)
