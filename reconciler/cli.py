@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from reconciler import render
 from reconciler.controller import PassResult, Reconciler, Result
@@ -65,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the JSON Schema of the spec format")
     _common(schema, suppress=True)
 
+    run = sub.add_parser("run", help="run the controller (the default command)")
+    _common(run, suppress=True)
+    for target in (parser, run):
+        sup = argparse.SUPPRESS if target is run else None
+        target.add_argument("--git-pull", metavar="INTERVAL", default=sup,
+                            help="git pull --ff-only the spec checkout every INTERVAL (e.g. 30s)")
+        target.add_argument("--metrics-addr", metavar="HOST:PORT", default=sup,
+                            help="serve /metrics, /healthz and /readyz (e.g. 127.0.0.1:9321)")
+        target.add_argument("--resync", metavar="INTERVAL", default=sup,
+                            help="full resync period (default 60s)")
+
     apply = sub.add_parser("apply", help="converge once: exit 0 converged, 1 failed/reverted")
     _common(apply, suppress=True)
 
@@ -73,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     history = sub.add_parser("history", help="every apply, revert and rollback")
     _common(history, suppress=True)
+
+    from reconciler.importing import add_parser as add_import_parser
+
+    _common(add_import_parser(sub), suppress=True)
 
     rollback = sub.add_parser("rollback", help="converge to a recorded good revision")
     _common(rollback, suppress=True)
@@ -85,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command or ("plan" if args.dry_run else "run")
+    for name in ("git_pull", "metrics_addr", "resync"):
+        if not hasattr(args, name):
+            setattr(args, name, None)
     try:
         if command == "plan":
             return cmd_plan(args)
@@ -100,8 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_history(args)
         if command == "rollback":
             return asyncio.run(cmd_rollback(args))
-        print(f"reconciler: '{command}' is not available in this build", file=sys.stderr)
-        return EXIT_FAILED
+        if command == "import-compose":
+            from reconciler.importing import cmd_import_compose
+
+            return cmd_import_compose(args)
+        return asyncio.run(cmd_run(args))
     except SpecError as exc:
         print_problems(exc)
         return EXIT_FAILED
@@ -218,12 +239,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_schema() -> int:
-    from reconciler.specs import Spec
+    from reconciler.schemadoc import document  # every top-level key optional: one file
 
-    schema = Spec.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "reconciler spec file"
-    sys.stdout.write(json.dumps(schema, indent=2) + "\n")
+    sys.stdout.write(json.dumps(document(), indent=2) + "\n")
     return EXIT_OK
 
 
@@ -373,6 +391,91 @@ async def cmd_rollback(args: argparse.Namespace) -> int:
         finally:
             await runtime.close()
     return report_pass(res)
+
+
+
+async def _connect_with_retry(log: Any) -> Runtime:
+    """The engine may still be starting (or restarting): retry with backoff, forever."""
+    from reconciler.dockerd import DockerRuntime
+
+    delay = 0.5
+    while True:
+        try:
+            return await DockerRuntime.connect()
+        except EngineUnavailable as exc:
+            log.warning("engine unavailable; retrying", error=str(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+
+    from reconciler import logs
+    from reconciler.controller import Controller
+    from reconciler.specs import parse_duration
+
+    logs.configure()
+    log = logs.get()
+    resync = parse_duration(args.resync or "60s")
+    git_pull = parse_duration(args.git_pull) if args.git_pull else None
+    state = State(state_dir(args))
+    with state.lock():
+        runtime = await _connect_with_retry(log)
+        metrics = runner = None
+        controller: Controller | None = None
+        try:
+            if args.metrics_addr:
+                from prometheus_client import CollectorRegistry
+
+                from reconciler import telemetry
+
+                metrics = telemetry.Metrics(CollectorRegistry(), version=version())
+                host, _, port = args.metrics_addr.rpartition(":")
+            rec = Reconciler(spec_dir=spec_dir(args), state=state, runtime=runtime,
+                             profiles=tuple(args.profile), policy=load_policy(),
+                             report=progress_logger(log))
+            controller = Controller(rec, resync_s=resync, git_pull_s=git_pull,
+                                    metrics=metrics, log=log)
+            if metrics is not None:
+                runner = await telemetry.serve(metrics, host or "127.0.0.1", int(port),
+                                               healthy=controller.healthy,
+                                               ready=controller.ready)
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGTERM, controller.stop.set)
+            loop.add_signal_handler(signal.SIGINT, controller.stop.set)
+            loop.add_signal_handler(signal.SIGHUP, controller.trigger, "signal")
+            log.info("controller started", spec=str(spec_dir(args)), resync_s=resync,
+                     git_pull_s=git_pull, metrics=args.metrics_addr)
+            await controller.run()
+            log.info("controller stopped")
+        finally:
+            if runner is not None:
+                await runner.cleanup()
+            await runtime.close()
+    return EXIT_OK
+
+
+def progress_logger(log: Any) -> Callable[[Progress], None]:
+    def show(p: Progress) -> None:
+        if p.kind in ("step-done", "step-failed", "tier-done", "tier-start", "note", "images"):
+            fields: dict[str, object] = {k: v for k, v in (("tier", p.tier), ("step", p.step),
+                                        ("message", p.message)) if v}
+            if p.seconds:
+                fields["seconds"] = round(p.seconds, 3)
+            (log.error if p.kind == "step-failed" else log.info)(p.kind, **fields)
+
+    return show
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("reconciler")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 if __name__ == "__main__":

@@ -9,23 +9,29 @@ rollout. Decisions come from `rollback` and `plans`; this module only sequences 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
-from reconciler import rollback
+import structlog
+
+from reconciler import labels, logs, rollback
 from reconciler.desired import Desired, build
 from reconciler.edges import Edge, edge_dir
 from reconciler.execute import Executor, Outcome, Progress, Reporter, Sleeper, _ignore
 from reconciler.labels import project_selector
 from reconciler.loading import LoadedSpec, SpecError, load
-from reconciler.persistence import GoodRevision, HistoryEntry, State
-from reconciler.plans import Plan, compute
-from reconciler.runtimes import Runtime
-from reconciler.snapshots import Snapshot, parse
+from reconciler.persistence import GoodRevision, HistoryEntry, State, StateError
+from reconciler.plans import Plan, Reason, compute
+from reconciler.runtimes import Runtime, RuntimeError_
+from reconciler.snapshots import Health, Snapshot, parse
+from reconciler.snapshots import State as SnapState
 from reconciler.specs import HostPolicy
 
 
@@ -83,6 +89,7 @@ class Reconciler:
         self.clock = clock
         self.wall = wall
         self.sleep = sleep
+        self.last_desired: Desired | None = None
         self.executor = Executor(runtime, clock=clock, sleep=sleep, report=report,
                                  poll_s=poll_s)
 
@@ -99,6 +106,7 @@ class Reconciler:
         spec = loaded.spec
         directory = edge_dir(self.state.root, spec.project)
         desired = build(loaded, key, edge_dir=str(directory) if spec.edge else None)
+        self.last_desired = desired
         plan = compute(desired, await observe(self.rt, desired.project))
         edge = None
         if spec.edge is not None:
@@ -118,6 +126,8 @@ class Reconciler:
             return PassResult(Result.INVALID_SPEC, "the spec is invalid; nothing was changed",
                               problems=[str(p) for p in exc.problems],
                               seconds=self.clock() - started)
+        structlog.contextvars.bind_contextvars(
+            revision=(candidate.revision or candidate.fingerprint)[:12])
         res = await self._reconcile(candidate, kind=kind)
         res.seconds = self.clock() - started
         self._record(res, kind)
@@ -212,3 +222,332 @@ class Reconciler:
             message=res.message.splitlines()[0] if res.message else "",
             failed_steps=failed,
         ))
+
+
+# --- the controller loop (`reconciler run`) ---------------------------------------------------
+
+DRIFT_KINDS = {
+    Reason.REPLICA_MISSING: "removed",
+    Reason.STOPPED: "stopped",
+    Reason.CREATED_NOT_STARTED: "stopped",
+    Reason.DEAD: "dead",
+    Reason.PAUSED: "stopped",
+    Reason.RESTARTING: "dead",
+    Reason.UNHEALTHY: "unhealthy",
+}
+URGENT = frozenset({"spec", "git", "signal", "start"})
+WATCHED_EVENTS = ("die", "destroy", "oom", "health_status: unhealthy", "stop", "kill")
+
+
+def drift_kinds(plan: Plan | None) -> list[str]:
+    """Repairs in a plan, by kind (a pass's plan is the single source of drift)."""
+    if plan is None:
+        return []
+    return [DRIFT_KINDS[s.reason] for s in plan.steps if s.reason in DRIFT_KINDS]
+
+
+def rollback_reason(outcome: Outcome | None) -> str:
+    if outcome is None or outcome.failure is None:
+        return "other"
+    text = outcome.failure.message
+    if not outcome.images_ok:
+        return "pull_error"
+    if outcome.failure.step_id.startswith("edge"):
+        return "edge_reload"
+    if "deadline" in text:
+        return "deadline"
+    if "restarted" in text or "exited" in text or "out of memory" in text:
+        return "crash_loop"
+    if "engine error" in text:
+        return "engine_error"
+    return "health_gate"
+
+
+class Controller:
+    """Level-triggered loop: every trigger marks the state dirty; at most one pass runs, and
+    triggers during a pass cause exactly one more."""
+
+    def __init__(
+        self, reconciler: Reconciler, *, resync_s: float = 60.0, git_pull_s: float | None = None,
+        quiet_s: float = 0.5, metrics: Any = None, log: Any = None,
+        stuck_after_s: float = 1800.0,
+    ) -> None:
+        self.rec = reconciler
+        self.rt = reconciler.rt
+        self.resync_s = resync_s
+        self.git_pull_s = git_pull_s
+        self.quiet_s = quiet_s
+        self.metrics = metrics
+        self.log = log or logs.get()
+        self.stuck_after_s = stuck_after_s
+        self.dirty = asyncio.Event()
+        self.urgent = asyncio.Event()  # a new spec or a signal cuts a failure backoff short
+        self.reasons: set[str] = set()
+        self.stop = asyncio.Event()
+        self.passes = 0
+        self.failures = 0  # consecutive failed passes (for backoff)
+        self.halted_on: str | None = None  # candidate fingerprint a failed revert stopped on
+        self.heartbeat = time.monotonic()
+        self.pass_started: float | None = None
+        self.git_backoff_s = 0.0
+
+    # -- triggers --------------------------------------------------------------------------
+    def trigger(self, reason: str) -> None:
+        self.reasons.add(reason)
+        self.dirty.set()
+        if reason in URGENT:
+            self.urgent.set()
+
+    def healthy(self) -> bool:
+        now = time.monotonic()
+        if now - self.heartbeat > 15:
+            return False
+        return self.pass_started is None or now - self.pass_started < self.stuck_after_s
+
+    def ready(self) -> bool:
+        return self.passes > 0
+
+    async def run(self) -> None:
+        tasks = [
+            asyncio.create_task(self._passes(), name="passes"),
+            asyncio.create_task(self._ticker(), name="ticker"),
+            asyncio.create_task(self._events(), name="events"),
+            asyncio.create_task(self._watch_spec(), name="watch"),
+        ]
+        if self.git_pull_s:
+            tasks.append(asyncio.create_task(self._git_pull(), name="git-pull"))
+        self.trigger("start")
+        try:
+            await self.stop.wait()
+        finally:
+            for task in tasks[1:]:
+                task.cancel()
+            # the pass loop finishes its current step at a safe point: cancellation lands on
+            # an await, and every state it can leave is one the next plan knows how to finish
+            tasks[0].cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _ticker(self) -> None:
+        last_resync = time.monotonic()
+        while True:
+            await asyncio.sleep(1.0)
+            self.heartbeat = time.monotonic()
+            if self.metrics is not None:
+                self.metrics.heartbeat(time.time())
+            if self.heartbeat - last_resync >= self.resync_s:
+                last_resync = self.heartbeat
+                self.trigger("resync")
+
+    async def _passes(self) -> None:
+        while True:
+            await self.dirty.wait()
+            self.dirty.clear()
+            reasons, self.reasons = self.reasons, set()
+            if self.failures and reasons <= {"resync", "engine-event", "events-connected"}:
+                delay = min(2 ** self.failures, 300)
+                self.log.info("backoff", seconds=delay, failures=self.failures)
+                self.urgent.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.urgent.wait(), timeout=delay)
+                self.dirty.clear()
+                reasons |= self.reasons
+                self.reasons = set()
+            await self.one_pass(sorted(reasons))
+
+    async def one_pass(self, reasons: list[str]) -> PassResult | None:
+        pass_id = uuid.uuid4().hex[:8]
+        structlog.contextvars.bind_contextvars(reconcile_id=pass_id)
+        self.pass_started = time.monotonic()
+        try:
+            await self._wait_git_lock()
+            res = await self._one_pass(reasons)
+        finally:
+            self.pass_started = None
+            self.passes += 1
+            structlog.contextvars.unbind_contextvars("reconcile_id", "revision")
+        return res
+
+    async def _one_pass(self, reasons: list[str]) -> PassResult | None:
+        if self.halted_on is not None:
+            try:
+                fp = self.rec.load_candidate().fingerprint
+            except SpecError:
+                fp = self.halted_on
+            if fp == self.halted_on:
+                self.log.error("halted", reason="a revert failed; waiting for a new spec")
+                return None
+            self.halted_on = None
+        res = await self.rec.reconcile(kind="run")
+        level = "info" if res.ok or res.held_last_good else "error"
+        getattr(self.log, level)(
+            "pass", result=res.result.value, triggers=reasons, seconds=round(res.seconds, 3),
+            steps=len(res.plan.steps) if res.plan else 0,
+            message=res.message.splitlines()[0] if res.message else "",
+            problems=res.problems[:20] or None)
+        kinds = drift_kinds(res.plan) if not res.quarantined else []
+        for kind in kinds:
+            self.log.warning("drift repaired" if res.ok else "drift", kind=kind)
+        if res.result is Result.FAILED and res.revert is not None:
+            self.halted_on = res.fingerprint
+        if res.result in (Result.FAILED, Result.ROLLED_BACK):
+            self.failures += 1
+        elif res.result is not Result.INVALID_SPEC:
+            self.failures = 0
+        if self.metrics is not None:
+            await self._export(res, kinds)
+        return res
+
+    async def _export(self, res: PassResult, kinds: list[str]) -> None:
+        m = self.metrics
+        m.pass_done(res.result.value, res.seconds)
+        for outcome in (res.outcome, res.revert):
+            if outcome is None:
+                continue
+            for r in outcome.results:
+                m.step(r.step.action.value, "ok" if r.ok else "failed")
+            for tier, seconds in outcome.tier_seconds.items():
+                m.tier(tier, seconds)
+            for service, seconds in outcome.health_waits.items():
+                m.health_wait(service, seconds)
+        if res.result is Result.ROLLED_BACK:
+            m.rollback(rollback_reason(res.outcome))
+        for kind in kinds:
+            m.drift(kind)
+        if res.fingerprint:
+            m.spec(res.revision or res.fingerprint[:12], res.fingerprint)
+        try:
+            good = self.rec.state.last_good()
+            m.last_good(good.label if good else "")
+            m.quarantined(len(self.rec.state.quarantined()))
+        except StateError:
+            pass
+        converged = res.ok
+        m.converged(converged)
+        if converged:
+            m.last_success(time.time())
+        desired = self.rec.last_desired
+        if desired is not None:
+            try:
+                snap = await observe(self.rt, desired.project)
+            except RuntimeError_:
+                return
+            rows = []
+            for svc in desired.services.values():
+                mine = snap.of_service(svc.name)
+                running = [c for c in mine if c.state is SnapState.RUNNING]
+                healthy = [c for c in running if c.health in (Health.HEALTHY, Health.NONE)]
+                rows.append((svc.name, svc.tier, svc.replicas, len(running), len(healthy)))
+            m.replicas(rows)
+
+    async def _wait_git_lock(self) -> None:
+        lock = _git_lock(self.rec.spec_dir)
+        for _ in range(100):
+            if lock is None or not lock.exists():
+                return
+            await asyncio.sleep(0.1)
+
+    # -- engine events ------------------------------------------------------------------------
+    async def _events(self) -> None:
+        backoff = 0.5
+        while True:
+            stream = self.rt.events(label=labels.PROJECT)
+            try:
+                await stream.connect()
+                backoff = 0.5
+                self.trigger("events-connected")  # a full resync after every (re)connect
+                async for event in stream:
+                    if event.action.startswith(WATCHED_EVENTS):
+                        self.trigger("engine-event")
+            except RuntimeError_ as exc:
+                self.log.warning("event stream error", error=str(exc))
+            finally:
+                await stream.aclose()
+            if self.metrics is not None:
+                self.metrics.events_reconnect()
+            self.log.warning("event stream ended; reconnecting", backoff=backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    # -- spec directory -----------------------------------------------------------------------
+    async def _watch_spec(self) -> None:
+        import watchfiles
+
+        spec = self.rec.spec_dir.resolve()
+        parent = spec.parent
+
+        def relevant(_change: Any, path: str) -> bool:
+            p = Path(path)
+            return (p == spec or spec in p.parents) and ".git" not in p.parts
+
+        while True:
+            try:
+                async for _ in watchfiles.awatch(parent, watch_filter=relevant,
+                                                 debounce=int(self.quiet_s * 1000),
+                                                 step=50, recursive=True,
+                                                 stop_event=self.stop):
+                    self.trigger("spec")
+            except (OSError, RuntimeError) as exc:
+                self.log.warning("spec watch failed; relying on resync", error=str(exc))
+            if self.stop.is_set():
+                return
+            await asyncio.sleep(2.0)
+
+    # -- git pull -----------------------------------------------------------------------------
+    async def _git_pull(self) -> None:
+        assert self.git_pull_s
+        while True:
+            await asyncio.sleep(self.git_pull_s + self.git_backoff_s)
+            result = await git_pull(self.rec.spec_dir)
+            if self.metrics is not None:
+                self.metrics.git_pull(result.kind)
+            if result.kind == "ok":
+                self.git_backoff_s = 0.0
+                self.log.info("git pull", head=result.head[:12])
+                self.trigger("git")
+            elif result.kind == "unchanged":
+                self.git_backoff_s = 0.0
+            else:
+                self.git_backoff_s = min(max(self.git_backoff_s * 2, self.git_pull_s), 600.0)
+                self.log.error("git pull failed", kind=result.kind, detail=result.detail,
+                               retry_in=self.git_pull_s + self.git_backoff_s)
+
+
+@dataclass(frozen=True, slots=True)
+class GitPull:
+    kind: str  # ok | unchanged | failed | non_fast_forward
+    head: str = ""
+    detail: str = ""
+
+
+def _git_lock(spec_dir: Path) -> Path | None:
+    for candidate in (spec_dir.resolve(), *spec_dir.resolve().parents):
+        if (candidate / ".git").is_dir():
+            return candidate / ".git" / "index.lock"
+    return None
+
+
+async def _git(cwd: Path, *args: str, timeout_s: float = 60.0) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        "git", *args, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"})
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return 124, f"git {args[0]} timed out after {timeout_s:g}s"
+    return proc.returncode or 0, out.decode(errors="replace").strip()
+
+
+async def git_pull(spec_dir: Path, *, timeout_s: float = 60.0) -> GitPull:
+    """`git pull --ff-only`; a force-pushed remote or a conflict is refused, never merged."""
+    cwd = spec_dir.resolve()
+    code, before = await _git(cwd, "rev-parse", "HEAD")
+    if code != 0:
+        return GitPull("failed", detail=before[-300:])
+    code, out = await _git(cwd, "pull", "--ff-only", "--quiet", timeout_s=timeout_s)
+    if code != 0:
+        kind = "non_fast_forward" if ("fast-forward" in out or "diverg" in out) else "failed"
+        return GitPull(kind, before, out[-300:])
+    _, after = await _git(cwd, "rev-parse", "HEAD")
+    return GitPull("ok" if after != before else "unchanged", after)
