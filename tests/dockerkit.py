@@ -189,3 +189,100 @@ def swap(text: str, old: str, new: str) -> str:
     """str.replace that fails loudly when `old` is absent (a test must change something)."""
     assert old in text, f"{old!r} not in the spec"
     return text.replace(old, new)
+
+
+class Controller:
+    """`reconciler run` as a subprocess, its JSON log lines collected in a file."""
+
+    def __init__(self, h: Host, *args: str, spec: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.log_path = h.root / f"controller-{uuid.uuid4().hex[:6]}.log"
+        self.args = [sys.executable, "-m", "reconciler.cli", "run", "--spec",
+                     str(spec or h.spec), "--state-dir", str(h.state), *args]
+        self.env = {**os.environ, "NO_COLOR": "1", **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Controller:
+        self.fh = self.log_path.open("ab")
+        self.proc = subprocess.Popen(self.args, stdout=self.fh, stderr=subprocess.STDOUT,
+                                     env=self.env)
+        return self
+
+    def lines(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                out.append({"event": "raw", "text": line})
+        return out
+
+    def text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, predicate: Any, timeout: float = 60, what: str = "") -> dict[str, Any]:
+        """Wait for a log line matching predicate(line) -> bool; returns it."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while time.monotonic() < deadline:
+            lines = self.lines()
+            for line in lines[seen:]:
+                if predicate(line):
+                    return line
+            seen = len(lines)
+            assert self.proc is not None and self.proc.poll() is None, (
+                f"controller exited ({self.proc.returncode if self.proc else '?'}):\n"
+                + self.text()[-3000:])
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what or predicate}:\n" + self.text()[-4000:])
+
+    def passes(self) -> list[dict[str, Any]]:
+        return [line for line in self.lines() if line.get("event") == "pass"]
+
+    def wait_pass(self, result: str | None = None, *, after: int = 0,
+                  timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for p in self.passes()[after:]:
+                if result is None or p.get("result") == result:
+                    return p
+            assert self.proc is not None and self.proc.poll() is None, self.text()[-3000:]
+            time.sleep(0.1)
+        raise AssertionError(f"no pass with result {result}:\n" + self.text()[-4000:])
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.fh.close()
+        return self.proc.returncode
+
+
+def wait_until(predicate: Any, timeout: float = 30, interval: float = 0.1,
+               what: str = "") -> float:
+    """Poll until predicate() is truthy; returns the seconds it took."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+def git(cwd: Path, *args: str) -> str:
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False,
+                          env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                               "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)}: {proc.stderr}")
+    return proc.stdout.strip()
