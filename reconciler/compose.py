@@ -434,7 +434,10 @@ def rebase(path: str, *, project_dir: str, out_dir: str) -> str:
     """A path relative to the compose project dir -> relative to the spec dir (`./` or `../`)."""
     if path.startswith(("/", "~")) or not project_dir or not out_dir:
         return path
-    rel = os.path.relpath(os.path.normpath(os.path.join(project_dir, path)), out_dir)
+    full = os.path.normpath(os.path.join(project_dir, path))
+    if os.path.commonpath([full, out_dir]) == os.path.sep:  # nothing in common: stay absolute
+        return full
+    rel = os.path.relpath(full, out_dir)
     return rel if rel.startswith("..") else "./" + rel
 
 
@@ -542,11 +545,16 @@ class _Converter:
                            "build-only service: the reconciler runs images, it does not build "
                            "them. Build and push the image in CI, then add `image: <ref>` (for "
                            "example in an extra -f file), or leave the service out")
+            elif image is not None and not isinstance(image.value, str | None):
+                svc.remark(Kind.ERROR, image, ("image",), "the image must be a string")
+            elif image is not None:
+                svc.remark(Kind.ERROR, image, ("image",), "the image is empty after "
+                           "interpolation: set its variable (environment, .env or --env-file)")
             else:
                 svc.remark(Kind.ERROR, y, ("image",), "a service needs an image")
-            return svc
-        svc.data["image"] = image.value.strip()
-        if build is not None:
+        else:
+            svc.data["image"] = image.value.strip()
+        if build is not None and "image" in svc.data:
             svc.remark(Kind.NOTE, build, ("build",), "dropped: the image is kept; build and push "
                        "it in CI (the reconciler never builds)")
         for key, value in items.items():
@@ -626,6 +634,9 @@ class _Converter:
 
     def k_ports(self, svc: _Service, y: Y, _: Mapping[str, Y]) -> None:
         out: list[str] = []
+        if not isinstance(y.value, list):
+            svc.remark(Kind.ERROR, y, ("ports",), "expected a list")
+            return
         for i, item in enumerate(y.value if isinstance(y.value, list) else []):
             if isinstance(item.value, dict):
                 d = {k: plain(v) for k, v in item.value.items()}
@@ -765,6 +776,9 @@ class _Converter:
                     out["test"] = ["CMD-SHELL", value.value]
                 elif isinstance(value.value, list):
                     out["test"] = [_s(i.value) for i in value.value]
+                else:
+                    svc.remark(Kind.ERROR, value, ("healthcheck", key),
+                               "expected a string or a list")
             elif key in ("interval", "timeout", "start_period"):
                 out[key] = _s(value.value)
             elif key == "retries":
@@ -816,6 +830,7 @@ class _Converter:
 
     def k_labels(self, svc: _Service, y: Y, _: Mapping[str, Y]) -> None:
         if not isinstance(y.value, dict):
+            svc.remark(Kind.ERROR, y, ("labels",), "expected a mapping or a list")
             return
         out: dict[str, str] = {}
         for key, value in y.value.items():
@@ -1098,7 +1113,8 @@ def place(
         result[node] = 0 if v < 0 else (last if v >= len(middle) else middle[v])
     # a service is in the same or a later tier than its dependencies
     moved: dict[str, tuple[str, str, str]] = {}
-    order = sorted(graph, key=lambda n: _depths(graph).get(n, 0))
+    depth = _depths(graph)
+    order = sorted(graph, key=lambda n: (depth.get(n, 0), n))
     for node in order:
         if node in fixed:
             continue
@@ -1127,7 +1143,7 @@ def break_cycles(
         acyclic = {n: [d for d in deps if (n, d) not in in_cycle] for n, deps in work.items()}
         depth = _depths(acyclic)
         dependents: dict[str, int] = {}
-        for n, deps in work.items():
+        for deps in work.values():
             for d in deps:
                 dependents[d] = dependents.get(d, 0) + 1
         for cycle in cycles:
@@ -1209,10 +1225,10 @@ def import_compose(
             continue
         root.value = {k: v for k, v in root.value.items() if not k.startswith("x-")}
         interp.walk(root, ())
-        services = root.value.get("services")
-        if services is not None and isinstance(services.value, dict):
-            for svc in services.value.values():
-                _normalise_service(svc)
+        in_file = root.value.get("services")
+        if in_file is not None and isinstance(in_file.value, dict):
+            for svc_y in in_file.value.values():
+                _normalise_service(svc_y)
         roots.append(root)
     remarks.extend(interp.errors)
     for name, (file, line, path) in sorted(interp.unset.items()):
@@ -1237,14 +1253,20 @@ def import_compose(
                                       f": {_HINTS[key]}" if _HINTS.get(key) else "")))
     networks = _top_networks(top["networks"], remarks) if "networks" in top else {}
     volumes = _top_volumes(top["volumes"], remarks) if "volumes" in top else {}
-    if compose_project != project:
-        for name, vol in volumes.items():
-            if not vol.get("external") and "name" not in vol:
-                vol["name"] = f"{compose_project}_{name}"
-                vloc = top["volumes"].value[name]
-                remarks.append(Remark(Kind.NOTE, vloc.file, vloc.line, ("volumes", name),
-                               f"name: {vol['name']} keeps the data compose stored (project "
-                               f"{project!r} differs from compose's {compose_project!r})"))
+    adopted = []
+    for name, vol in volumes.items():
+        if not vol.get("external"):  # compose created it: keep using it, by compose's name
+            vol["external"] = True
+            vol.setdefault("name", f"{compose_project}_{name}")
+            adopted.append(vol["name"])
+    if adopted:
+        vloc = top["volumes"]
+        remarks.append(Remark(
+            Kind.NOTE, vloc.file, vloc.line, ("volumes",),
+            "written as `external: true` with the names compose gave them ("
+            + ", ".join(adopted) + "): the reconciler uses the data compose stored and "
+            "never adopts or removes these volumes (Docker creates them on a fresh host); "
+            "remove `external`/`name` to let the reconciler create and label new ones"))
 
     # services, with same-file `extends: {service: ...}` resolved
     svc_root = top.get("services")
@@ -1324,7 +1346,7 @@ def import_compose(
     # default network: compose attaches services without networks to `<project>_default`
     needs_default = [n for n, s in converted.items()
                      if "networks" not in s.data and "network_mode" not in s.data]
-    if needs_default:
+    if needs_default or any("default" in s.data.get("networks", ()) for s in converted.values()):
         networks.setdefault("default", {})
     for name in needs_default:
         converted[name].data["networks"] = ["default"]
@@ -1459,7 +1481,8 @@ def _node(value: Any) -> Any:
         seq = CommentedSeq(_node(v) for v in value)
         scalars = all(isinstance(v, str | int | float) and not isinstance(v, bool)
                       and "\n" not in str(v) for v in value)
-        if scalars and sum(len(str(v)) + 2 for v in value) <= 72:
+        if scalars and sum(len(str(v)) + 2 for v in value) <= 72 and not all(
+                isinstance(v, DoubleQuotedScalarString) for v in value):
             seq.fa.set_flow_style()
         return seq
     if isinstance(value, str):
@@ -1477,6 +1500,14 @@ def dump(data: Mapping[str, Any]) -> str:
     stream = StringIO()
     yaml.dump(_node(data), stream)
     return stream.getvalue()
+
+
+def _quoted_ports(service: Mapping[str, Any]) -> dict[str, Any]:
+    """`8080:80` is a base-60 number to YAML 1.1 readers: always quote ports."""
+    out = dict(service)
+    if "ports" in out:
+        out["ports"] = [DoubleQuotedScalarString(str(p)) for p in out["ports"]]
+    return out
 
 
 def tier_file(index: int, tier: str) -> str:
@@ -1499,7 +1530,7 @@ def render_files(
         project_doc["volumes"] = {k: dict(v) for k, v in sorted(volumes.items())}
     files = {"00-project.yaml": head + dump(project_doc)}
     for i, tier in enumerate(tiers):
-        mine = {n: dict(s) for n, s in sorted(services.items()) if s["tier"] == tier}
+        mine = {n: _quoted_ports(s) for n, s in sorted(services.items()) if s["tier"] == tier}
         if mine:
             files[tier_file(i, tier)] = (f"{SCHEMA_COMMENT}\n# Tier {i + 1}: {tier}.\n"
                                          + dump({"services": mine}))
