@@ -3,6 +3,7 @@ failed rollouts reverted to last-good, volumes kept, foreign containers untouche
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 
@@ -39,7 +40,7 @@ def test_cold_start_gates_each_tier_on_the_previous_one(host: Host) -> None:
             started[tier].append(ev["timeNano"])
         elif ev["status"].startswith("health_status: healthy"):
             healthy[tier].append(ev["timeNano"])
-    for earlier, later in zip(order, order[1:], strict=False):
+    for earlier, later in itertools.pairwise(order):
         assert healthy[earlier] and started[later], (earlier, later, healthy, started)
         assert min(started[later]) >= max(healthy[earlier]), (earlier, later)
     assert "tier infrastructure" in res.stdout and "Converged." in res.stdout
