@@ -57,6 +57,9 @@ def judge(gate: Gate, probe: Probe, now: float) -> tuple[Verdict, Gate, str]:
         return Verdict.FAILED, gate, "killed by the kernel (out of memory)"
     if probe.status in ("exited", "dead"):
         return Verdict.FAILED, gate, f"exited with code {probe.exit_code}"
+    if probe.status == "restarting":
+        return Verdict.FAILED, gate, (f"exited with code {probe.exit_code} and is being "
+                                      "restarted (crash loop)")
     if probe.restart_count > gate.baseline_restarts:
         return Verdict.FAILED, gate, (f"restarted {probe.restart_count - gate.baseline_restarts}"
                                       " time(s) (crash loop)")

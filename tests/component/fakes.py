@@ -172,6 +172,7 @@ class FakeContainer:
     health_log: list[JSON] = field(default_factory=list)
     networks: dict[str, JSON] = field(default_factory=dict)
     logs: list[str] = field(default_factory=list)
+    restart_at: float | None = None  # a pending restart-policy restart (fake clock)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -285,7 +286,13 @@ class FakeRuntime:
     # ------------------------------------------------------------------ scripting
 
     def advance(self, seconds: float) -> None:
+        """Move the fake clock; restart-policy restarts that fall due happen now."""
         self.now += seconds
+        for c in list(self.containers.values()):
+            if c.state == "restarting" and c.restart_at is not None and c.restart_at <= self.now:
+                c.restart_at = None
+                c.state = "exited"
+                self._start(c)
 
     def behaviour(self, ref: str) -> ImageBehaviour:
         return self.behaviours.get(normalise_ref(ref), ImageBehaviour())
@@ -481,8 +488,10 @@ class FakeRuntime:
             and (maximum == 0 or c.restart_count < maximum)
         )
         if again:
+            # like the engine: a doubling delay (0.3 s ... 3.4 s), never a tight loop
             c.restart_count += 1
-            self._start(c)
+            c.state = "restarting"
+            c.restart_at = self.now + min(0.3 * 2 ** (c.restart_count - 1), 3.4)
 
     def _health_suffix(self, c: FakeContainer) -> str:
         if c.state != "running" or c.health is None:

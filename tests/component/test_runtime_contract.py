@@ -94,8 +94,12 @@ async def test_crash_restarts_with_policy_and_oom(fake: FakeRuntime) -> None:
     fake.crash(cid, 1)
     info = await fake.inspect_container(cid)
     assert info["RestartCount"] == 1
+    assert info["State"]["Status"] == "restarting"  # the engine waits before restarting
+    fake.advance(0.3)
+    info = await fake.inspect_container(cid)
     assert info["State"]["Running"] is True
     fake.oom(cid)
+    fake.advance(1.0)
     info = await fake.inspect_container(cid)
     assert info["RestartCount"] == 2
     other = await fake.create_container("b", _config(restart="no"))

@@ -1,0 +1,183 @@
+"""The executor and the reconcile pass on the fake engine: tier order, parallelism, health
+gates, revert and quarantine, adoption after a crash, foreign names. Time is the fake's own
+clock (sleep advances it), so nothing here really sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from reconciler.controller import Reconciler, Result
+from reconciler.execute import Progress
+from reconciler.persistence import State
+from tests.component.fakes import FakeRuntime, ImageBehaviour
+from tests.specfactory import write_spec
+
+SPEC = """
+project: shop
+defaults:
+  healthcheck: {test: ["CMD", "true"], interval: 1s, timeout: 1s, retries: 1}
+  update: {min_ready: 2s, deadline: 30s}
+networks: {backend: {}}
+volumes: {data: {}}
+services:
+  db: {tier: infrastructure, image: "db:1", volumes: ["data:/d"], networks: [backend]}
+  cache: {tier: infrastructure, image: "cache:1", networks: [backend]}
+  auth: {tier: core, image: "auth:1", networks: [backend], depends_on: [db]}
+  api:
+    tier: business
+    image: "api:1"
+    replicas: 3
+    update: {parallelism: 2}
+    networks: [backend]
+"""
+IMAGES = {"db:1", "cache:1", "auth:1", "api:1", "api:2", "api:bad", "api:crash"}
+
+
+class Clock:
+    def __init__(self, fake: FakeRuntime) -> None:
+        self.fake = fake
+        self.slept = 0.0
+
+    def __call__(self) -> float:
+        return self.fake.now
+
+    async def sleep(self, seconds: float) -> None:
+        """Advance the fake clock, then yield, so concurrent steps interleave."""
+        self.slept += seconds
+        self.fake.advance(seconds)
+        await asyncio.sleep(0)
+
+
+def make(tmp_path: Path, fake: FakeRuntime, text: str = SPEC) -> tuple[Reconciler, list[Progress]]:
+    spec = write_spec(tmp_path / "spec", text)
+    events: list[Progress] = []
+    clock = Clock(fake)
+    rec = Reconciler(spec_dir=spec, state=State(tmp_path / "state"), runtime=fake,
+                     report=events.append, clock=clock, sleep=clock.sleep, wall=clock,
+                     poll_s=0.5)
+    return rec, events
+
+
+@pytest.fixture
+def fake() -> FakeRuntime:
+    return FakeRuntime(images=set(IMAGES))
+
+
+def running(fake: FakeRuntime, service: str) -> list[str]:
+    return sorted(c.name for c in fake.containers.values()
+                  if c.labels.get("reconciler.service") == service and c.state == "running")
+
+
+async def test_cold_start_runs_tiers_in_order_and_waits_min_ready(
+        tmp_path: Path, fake: FakeRuntime) -> None:
+    rec, events = make(tmp_path, fake)
+    res = await rec.reconcile()
+    assert res.result is Result.CONVERGED, res.message
+    order = [e.tier for e in events if e.kind == "tier-start"]
+    assert order == ["infrastructure", "core", "business"]
+    # each tier gate held every replica healthy for min_ready (2 s on the fake clock)
+    assert all(e.seconds >= 2.0 for e in events if e.kind == "tier-done")
+    assert len(running(fake, "api")) == 3
+    # a second pass makes no engine write at all
+    writes = fake.write_calls
+    again = await rec.reconcile()
+    assert again.result is Result.NOOP and fake.write_calls == writes
+
+
+async def test_parallelism_bounds_replicas_in_flight(tmp_path: Path, fake: FakeRuntime) -> None:
+    rec, events = make(tmp_path, fake)
+    await rec.reconcile()
+    in_flight = peak = 0
+    for e in events:
+        if e.tier != "business":
+            continue
+        if e.kind == "step-start":
+            in_flight += 1
+            peak = max(peak, in_flight)
+        elif e.kind in ("step-done", "step-failed"):
+            in_flight -= 1
+    assert peak == 2
+
+
+@pytest.mark.parametrize(("image", "behaviour", "why"), [
+    ("api:bad", ImageBehaviour(health="unhealthy"), "unhealthy"),
+    ("api:crash", ImageBehaviour(exit_on_start=1), "exited with code 1"),
+])
+async def test_failed_rollout_reverts_to_last_good_and_quarantines(
+        tmp_path: Path, fake: FakeRuntime, image: str, behaviour: ImageBehaviour,
+        why: str) -> None:
+    rec, _ = make(tmp_path, fake)
+    assert (await rec.reconcile()).result is Result.CONVERGED
+    before = {c.id: c.name for c in fake.containers.values()}
+    fake.set_behaviour(image, behaviour)
+    write_spec(tmp_path / "spec", SPEC.replace('image: "api:1"', f'image: "{image}"'))
+    res = await rec.reconcile()
+    assert res.result is Result.ROLLED_BACK
+    assert why in res.message
+    # start-first: the old replicas were never stopped; the host is exactly last-good
+    assert {c.id: c.name for c in fake.containers.values()} == before
+    assert all(c.state == "running" for c in fake.containers.values())
+    assert len(rec.state.quarantined()) == 1
+    # the same bad spec is not retried
+    writes = fake.write_calls
+    held = await rec.reconcile()
+    assert held.held_last_good and fake.write_calls == writes
+    # a changed spec is applied
+    write_spec(tmp_path / "spec", SPEC.replace('image: "api:1"', 'image: "api:2"'))
+    assert (await rec.reconcile()).result is Result.CONVERGED
+    assert all(fake.containers[c].config["Image"] == "api:2" for c in fake.containers
+               if fake.containers[c].labels["reconciler.service"] == "api")
+
+
+async def test_missing_image_fails_before_anything_is_touched(
+        tmp_path: Path, fake: FakeRuntime) -> None:
+    rec, _ = make(tmp_path, fake)
+    await rec.reconcile()
+    before = dict(fake.calls)
+    write_spec(tmp_path / "spec", SPEC.replace('image: "auth:1"', 'image: "auth:404"'))
+    res = await rec.reconcile()
+    assert res.result is Result.FAILED or res.result is Result.ROLLED_BACK
+    assert "auth:404" in res.message
+    for method in ("create_container", "stop_container", "remove_container",
+                   "start_container"):
+        assert fake.calls[method] == before.get(method, 0), method
+
+
+async def test_first_deploy_failure_leaves_what_converged(tmp_path: Path,
+                                                          fake: FakeRuntime) -> None:
+    fake.set_behaviour("auth:1", ImageBehaviour(health="unhealthy"))
+    rec, _ = make(tmp_path, fake)
+    res = await rec.reconcile()
+    assert res.result is Result.FAILED
+    assert "no last-good spec" in res.message
+    assert running(fake, "db") and running(fake, "cache")
+    assert not running(fake, "api")  # the business tier never started
+
+
+async def test_name_left_by_a_crash_is_adopted_but_a_foreign_one_is_not(
+        tmp_path: Path, fake: FakeRuntime) -> None:
+    rec, _ = make(tmp_path, fake)
+    await rec.reconcile()
+    # simulate a crash between create and start: the new container exists, not started
+    cache = next(c for c in fake.containers.values()
+                 if c.labels["reconciler.service"] == "cache")
+    await fake.stop_container(cache.id, timeout_s=1)
+    res = await rec.reconcile()
+    assert res.result is Result.CONVERGED and running(fake, "cache") == [cache.name]
+    # a foreign container squatting on a name we need is never touched
+    write_spec(tmp_path / "spec", SPEC.replace("replicas: 3", "replicas: 4"))
+    desired_name = None
+    from reconciler.desired import build
+    from reconciler.loading import load
+    loaded = load(tmp_path / "spec", strict=False)
+    key = rec.state.key(create=False)
+    assert key is not None
+    desired_name = build(loaded, key).services["api"].container_name(4)
+    foreign = fake.seed_container(desired_name, {"Image": "nginx", "Labels": {}})
+    res = await rec.reconcile()
+    assert res.result in (Result.ROLLED_BACK, Result.FAILED)
+    assert "not ours" in res.message
+    assert fake.containers[foreign].state == "running"
