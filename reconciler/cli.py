@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -221,6 +222,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print_warnings(loaded)
     desired = build(loaded, preview_key(args))
     plan = plan_for(desired)
+    try:
+        held = State(state_dir(args)).quarantined().get(loaded.fingerprint)
+    except StateError:
+        held = None
+    if held:
+        plan = dataclasses.replace(plan, notes=(*plan.notes, (
+            f"this spec ({loaded.fingerprint}) is quarantined ({held.get('reason', '')}); "
+            "apply and run keep the host on last-good until the spec changes")))
     if args.json:
         sys.stdout.write(render.as_json(plan, revision=loaded.revision))
     else:

@@ -21,15 +21,23 @@ from typing import Any
 
 import structlog
 
-from reconciler import labels, logs, rollback
+from reconciler import faults, labels, logs, rollback, telemetry
 from reconciler.desired import Desired, build
 from reconciler.edges import Edge, edge_dir
-from reconciler.execute import Executor, Outcome, Progress, Reporter, Sleeper, _ignore
+from reconciler.execute import (
+    Executor,
+    Outcome,
+    Progress,
+    Reporter,
+    Sleeper,
+    StepFailed,
+    _ignore,
+)
 from reconciler.labels import project_selector
 from reconciler.loading import LoadedSpec, SpecError, load
 from reconciler.persistence import GoodRevision, HistoryEntry, State, StateError
 from reconciler.plans import Plan, Reason, compute
-from reconciler.runtimes import Runtime, RuntimeError_
+from reconciler.runtimes import EngineUnavailable, Runtime, RuntimeError_
 from reconciler.snapshots import Health, Snapshot, parse
 from reconciler.snapshots import State as SnapState
 from reconciler.specs import HostPolicy
@@ -56,6 +64,9 @@ class PassResult:
     held_last_good: bool = False  # the candidate was skipped because it is quarantined
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
+    # the pass stopped because the engine did not answer: nothing was quarantined or
+    # reverted; the next pass retries
+    engine_unavailable: bool = False
 
     @property
     def ok(self) -> bool:
@@ -90,6 +101,7 @@ class Reconciler:
         self.wall = wall
         self.sleep = sleep
         self.last_desired: Desired | None = None
+        self.last_snapshot: Snapshot | None = None
         self.executor = Executor(runtime, clock=clock, sleep=sleep, report=report,
                                  poll_s=poll_s)
 
@@ -107,15 +119,21 @@ class Reconciler:
         directory = edge_dir(self.state.root, spec.project)
         desired = build(loaded, key, edge_dir=str(directory) if spec.edge else None)
         self.last_desired = desired
-        plan = compute(desired, await observe(self.rt, desired.project))
+        snapshot = await observe(self.rt, desired.project)
+        self.last_snapshot = snapshot
+        plan = compute(desired, snapshot)
         edge = None
         if spec.edge is not None:
             edge = Edge(self.rt, directory, filename=os.path.basename(spec.edge.upstreams_file),
                         sleep=self.sleep)
-            if plan.empty:
-                await edge.settle(desired)  # health changes outside rollouts
         if plan.empty:
+            if edge is not None:
+                try:  # health changes outside rollouts still reach the upstreams
+                    await edge.sync(desired, containers=snapshot.containers)
+                except StepFailed as exc:
+                    self.report_line(f"edge not updated: {exc}")
             return desired, plan, None
+        self.last_snapshot = None  # the executor changed the host
         return desired, plan, await self.executor.run(plan, desired, edge=edge)
 
     async def reconcile(self, *, kind: str = "apply") -> PassResult:
@@ -128,7 +146,12 @@ class Reconciler:
                               seconds=self.clock() - started)
         structlog.contextvars.bind_contextvars(
             revision=(candidate.revision or candidate.fingerprint)[:12])
-        res = await self._reconcile(candidate, kind=kind)
+        try:
+            res = await self._reconcile(candidate, kind=kind)
+        except RuntimeError_ as exc:  # observing failed: nothing was decided or changed
+            res = PassResult(Result.FAILED, f"engine: {exc}; nothing was quarantined, the "
+                             "next pass retries", candidate.fingerprint, candidate.revision,
+                             engine_unavailable=isinstance(exc, EngineUnavailable))
         res.seconds = self.clock() - started
         self._record(res, kind)
         return res
@@ -137,6 +160,13 @@ class Reconciler:
         """Converge to a recorded good revision (operator-requested rollback)."""
         started = self.clock()
         loaded = self.load_good(good)
+        try:  # the spec on disk would roll forward again at the next pass: hold it back
+            candidate = self.load_candidate().fingerprint
+        except SpecError:
+            candidate = None
+        if candidate is not None and candidate != good.fingerprint:
+            self.state.quarantine(candidate, revision=None, now=self.wall(),
+                                  reason=f"rolled back by the operator to {good.label}")
         _, plan, outcome = await self.converge(loaded)
         fp = good.fingerprint
         if outcome is None or outcome.ok:
@@ -177,8 +207,20 @@ class Reconciler:
                               "in sync" if outcome is None else "converged", fp, rev, plan,
                               outcome)
 
-        # the rollout failed: quarantine it and go back to last-good
         reason = str(outcome.failure) if outcome.failure else "rollout failed"
+        if outcome.engine_unavailable:
+            # an engine outage says nothing about the spec: no quarantine, no revert
+            first = reason.splitlines()[0]
+            return PassResult(Result.FAILED, f"the engine did not answer ({first}); nothing "
+                              "was quarantined, the next pass retries", fp, rev, plan, outcome,
+                              engine_unavailable=True)
+        with faults.in_phase("revert"):
+            return await self._revert(candidate, plan, outcome, reason, last_good)
+
+    async def _revert(self, candidate: LoadedSpec, plan: Plan, outcome: Outcome, reason: str,
+                      last_good: GoodRevision | None) -> PassResult:
+        """The rollout failed: quarantine it and go back to last-good."""
+        fp, rev = candidate.fingerprint, candidate.revision
         self.state.quarantine(fp, revision=rev, reason=reason.splitlines()[0], now=self.wall())
         target = rollback.revert_to(fp, last_good=last_good.fingerprint if last_good else None)
         if target is None or last_good is None:
@@ -195,6 +237,11 @@ class Reconciler:
             return PassResult(Result.ROLLED_BACK, f"{reason}\nreverted to last-good "
                               f"{last_good.label}", fp, rev, plan, outcome, revert,
                               quarantined=True)
+        if revert.engine_unavailable:  # the candidate stays quarantined: the next pass
+            return PassResult(Result.FAILED, f"{reason}\nthe revert was interrupted: the "
+                              f"engine did not answer ({revert.failure}); the next pass "
+                              "converges to last-good", fp, rev, plan, outcome, revert,
+                              quarantined=True, engine_unavailable=True)
         return PassResult(Result.FAILED, f"{reason}\nREVERT FAILED: {revert.failure}; the "
                           "controller stops here and will not start another rollout", fp, rev,
                           plan, outcome, revert, quarantined=True)
@@ -204,7 +251,10 @@ class Reconciler:
 
     def _keep_good(self, loaded: LoadedSpec, *, fingerprint: str, revision: str | None,
                    good: GoodRevision | None = None) -> None:
-        paths = list(loaded.files) + [m.host_path for ms in loaded.mounted.values() for m in ms]
+        # env files inside the spec tree are kept too (the state dir is private, copies keep
+        # their 0600 mode): without them a kept revision cannot load, so it cannot be reverted to
+        paths = (list(loaded.files) + [m.host_path for ms in loaded.mounted.values() for m in ms]
+                 + [e.path for envs in loaded.env_files.values() for e in envs if e.readable])
         self.state.record_good(root=Path(good.root if good else loaded.root),
                                spec_dir=Path(good.directory if good else loaded.directory)
                                .resolve(), paths=paths, fingerprint=fingerprint,
@@ -214,7 +264,7 @@ class Reconciler:
         failed = [r.step.id for o in (res.outcome, res.revert) if o for r in o.results
                   if not r.ok]
         steps = len(res.plan.steps) if res.plan else 0
-        if res.result is Result.NOOP and not res.held_last_good:
+        if res.result is Result.NOOP and (not res.held_last_good or kind == "run"):
             return  # a pass that changed nothing is not history
         self.state.append_history(HistoryEntry(
             at=self.wall(), kind=kind, result=res.result.value, fingerprint=res.fingerprint,
@@ -239,28 +289,16 @@ URGENT = frozenset({"spec", "git", "signal", "start"})
 WATCHED_EVENTS = ("die", "destroy", "oom", "health_status: unhealthy", "stop", "kill")
 
 
-def drift_kinds(plan: Plan | None) -> list[str]:
-    """Repairs in a plan, by kind (a pass's plan is the single source of drift)."""
+def drift_kinds(plan: Plan | None, *, spec_unchanged: bool) -> list[str]:
+    """Repairs in a plan, by kind (a pass's plan is the single source of drift). With the
+    spec unchanged since it last converged, a "new service" is one whose every container
+    went away."""
     if plan is None:
         return []
-    return [DRIFT_KINDS[s.reason] for s in plan.steps if s.reason in DRIFT_KINDS]
-
-
-def rollback_reason(outcome: Outcome | None) -> str:
-    if outcome is None or outcome.failure is None:
-        return "other"
-    text = outcome.failure.message
-    if not outcome.images_ok:
-        return "pull_error"
-    if outcome.failure.step_id.startswith("edge"):
-        return "edge_reload"
-    if "deadline" in text:
-        return "deadline"
-    if "restarted" in text or "exited" in text or "out of memory" in text:
-        return "crash_loop"
-    if "engine error" in text:
-        return "engine_error"
-    return "health_gate"
+    kinds = [DRIFT_KINDS[s.reason] for s in plan.steps if s.reason in DRIFT_KINDS]
+    if spec_unchanged:
+        kinds += ["removed" for s in plan.steps if s.reason is Reason.NEW_SERVICE]
+    return kinds
 
 
 class Controller:
@@ -332,7 +370,7 @@ class Controller:
         while True:
             await asyncio.sleep(1.0)
             self.heartbeat = time.monotonic()
-            if self.metrics is not None:
+            if self.metrics is not None and self.healthy():
                 self.metrics.heartbeat(time.time())
             if self.heartbeat - last_resync >= self.resync_s:
                 last_resync = self.heartbeat
@@ -343,7 +381,8 @@ class Controller:
             await self.dirty.wait()
             self.dirty.clear()
             reasons, self.reasons = self.reasons, set()
-            if self.failures and reasons <= {"resync", "engine-event", "events-connected"}:
+            if self.failures and reasons <= {"resync", "engine-event", "events-connected",
+                                             "retry"}:
                 delay = min(2 ** self.failures, 300)
                 self.log.info("backoff", seconds=delay, failures=self.failures)
                 self.urgent.clear()
@@ -352,7 +391,15 @@ class Controller:
                 self.dirty.clear()
                 reasons |= self.reasons
                 self.reasons = set()
-            await self.one_pass(sorted(reasons))
+            try:
+                await self.one_pass(sorted(reasons))
+            except (StateError, RuntimeError_) as exc:  # the loop outlives a bad pass
+                self.failures += 1
+                self.log.error("pass failed", error=f"{type(exc).__name__}: {exc}")
+            except Exception as exc:
+                self.failures += 1
+                self.log.error("pass failed: internal error",
+                               error=f"{type(exc).__name__}: {exc}")
 
     async def one_pass(self, reasons: list[str]) -> PassResult | None:
         pass_id = uuid.uuid4().hex[:8]
@@ -377,6 +424,7 @@ class Controller:
                 self.log.error("halted", reason="a revert failed; waiting for a new spec")
                 return None
             self.halted_on = None
+        good_before = self._good_fingerprint()
         res = await self.rec.reconcile(kind="run")
         level = "info" if res.ok or res.held_last_good else "error"
         getattr(self.log, level)(
@@ -384,18 +432,33 @@ class Controller:
             steps=len(res.plan.steps) if res.plan else 0,
             message=res.message.splitlines()[0] if res.message else "",
             problems=res.problems[:20] or None)
-        kinds = drift_kinds(res.plan) if not res.quarantined else []
+        rollout_failed = res.result in (Result.FAILED, Result.ROLLED_BACK)
+        kinds = [] if rollout_failed else drift_kinds(
+            res.plan, spec_unchanged=res.held_last_good or good_before == res.fingerprint)
         for kind in kinds:
             self.log.warning("drift repaired" if res.ok else "drift", kind=kind)
-        if res.result is Result.FAILED and res.revert is not None:
+        if res.engine_unavailable:
+            # not the spec's fault: retry soon (backoff capped at 2 s), never halt
+            self.failures = 1
+            self.trigger("retry")
+        elif res.result is Result.FAILED and res.revert is not None:
             self.halted_on = res.fingerprint
-        if res.result in (Result.FAILED, Result.ROLLED_BACK):
+        if res.engine_unavailable:
+            pass
+        elif res.result in (Result.FAILED, Result.ROLLED_BACK):
             self.failures += 1
         elif res.result is not Result.INVALID_SPEC:
             self.failures = 0
         if self.metrics is not None:
             await self._export(res, kinds)
         return res
+
+    def _good_fingerprint(self) -> str | None:
+        try:
+            good = self.rec.state.last_good()
+        except StateError:
+            return None
+        return good.fingerprint if good else None
 
     async def _export(self, res: PassResult, kinds: list[str]) -> None:
         m = self.metrics
@@ -409,8 +472,9 @@ class Controller:
                 m.tier(tier, seconds)
             for service, seconds in outcome.health_waits.items():
                 m.health_wait(service, seconds)
-        if res.result is Result.ROLLED_BACK:
-            m.rollback(rollback_reason(res.outcome))
+        if res.result is Result.ROLLED_BACK and res.outcome and res.outcome.failure:
+            m.rollback(telemetry.rollback_reason(res.outcome.failure.message,
+                                                 images_ok=res.outcome.images_ok))
         for kind in kinds:
             m.drift(kind)
         if res.fingerprint:
@@ -427,10 +491,12 @@ class Controller:
             m.last_success(time.time())
         desired = self.rec.last_desired
         if desired is not None:
-            try:
-                snap = await observe(self.rt, desired.project)
-            except RuntimeError_:
-                return
+            snap = self.rec.last_snapshot
+            if snap is None:
+                try:
+                    snap = await observe(self.rt, desired.project)
+                except RuntimeError_:
+                    return
             rows = []
             for svc in desired.services.values():
                 mine = snap.of_service(svc.name)

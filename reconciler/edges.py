@@ -17,8 +17,9 @@ from pathlib import Path
 
 from reconciler.desired import Desired, DesiredService
 from reconciler.execute import EdgeHook, StepFailed
+from reconciler.faults import crash_point
 from reconciler.persistence import StateError, atomic_write
-from reconciler.runtimes import Runtime, RuntimeError_
+from reconciler.runtimes import EngineUnavailable, Runtime, RuntimeError_
 from reconciler.snapshots import Health, Observed, State, parse
 
 PLACEHOLDER = "server 127.0.0.1:9 down;  # no healthy container"
@@ -84,13 +85,23 @@ def upstream_servers(text: str) -> dict[str, list[str]]:
 
 
 class Edge(EdgeHook):
-    """Keeps the edge's upstreams file true and reloads nginx safely."""
+    """Keeps the edge's upstreams file true and reloads nginx safely.
+
+    One instance serves one executor run. Syncs are serialised (services of a tier cut over
+    in parallel), and a container taken out for draining stays out until it is gone, so a
+    concurrent sync for another service cannot put it back.
+    """
 
     def __init__(self, runtime: Runtime, directory: Path, *, filename: str,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 reload_poll_s: float = 0.05, reload_polls: int = 200) -> None:
         self.rt = runtime
         self.path = directory / filename
         self.sleep = sleep
+        self.reload_poll_s = reload_poll_s
+        self.reload_polls = reload_polls
+        self._lock = asyncio.Lock()
+        self._retiring: set[str] = set()
 
     async def _containers(self, desired: Desired) -> list[Observed]:
         from reconciler.labels import project_selector
@@ -98,17 +109,22 @@ class Edge(EdgeHook):
         raw = await self.rt.list_containers(label=project_selector(desired.project))
         return list(parse(desired.project, raw).containers)
 
+    def _read(self) -> str | None:
+        try:
+            return self.path.read_text()
+        except OSError:
+            return None
+
     def write(self, text: str) -> bool:
         """Write when changed; True when the content changed."""
-        try:
-            if self.path.read_text() == text:
-                return False
-        except OSError:
-            pass
+        if self._read() == text:
+            return False
+        crash_point("edge-write:before")
         try:
             atomic_write(self.path, text.encode(), mode=0o644)
         except StateError as exc:
             raise StepFailed("edge upstreams", str(exc)) from None
+        crash_point("edge-write:after")
         return True
 
     async def prepare(self, desired: Desired) -> None:
@@ -117,34 +133,86 @@ class Edge(EdgeHook):
             self.write(render_upstreams(desired, await self._containers(desired)))
 
     async def sync(self, desired: Desired, *, include: Collection[str] = (),
-                   exclude: Collection[str] = ()) -> None:
-        containers = await self._containers(desired)
-        text = render_upstreams(desired, containers, include=include, exclude=exclude)
-        if not self.write(text):
-            return
-        edges = [c for c in containers if c.service == desired.edge_service
-                 and c.state is State.RUNNING]
-        for edge in edges:
-            await self._reload(edge)
+                   exclude: Collection[str] = (),
+                   containers: Iterable[Observed] | None = None) -> None:
+        """Render, and reload the edge when the file changed. `containers`: a snapshot the
+        caller already holds (saves a list call). A config that fails `nginx -t` is never
+        reloaded, and the previous file is put back, so the file on disk is always the one
+        the running edge serves (and the one a restarted edge would start with)."""
+        async with self._lock:
+            containers = (list(containers) if containers is not None
+                          else await self._containers(desired))
+            text = render_upstreams(desired, containers, include=include,
+                                    exclude={*exclude, *self._retiring})
+            previous = self._read()
+            if not self.write(text):
+                return
+            edges = [c for c in containers if c.service == desired.edge_service
+                     and c.state is State.RUNNING]
+            try:
+                for edge in edges:
+                    await self._reload(edge)
+            except StepFailed:
+                if previous is not None:
+                    self.write(previous)
+                raise
 
     async def _reload(self, edge: Observed) -> None:
+        """`nginx -t`, SIGHUP, then wait until the master runs workers with the new config:
+        a SIGHUP returns before the new workers exist, and until then the old ones accept
+        new requests with the old upstreams."""
         try:
             test = await self.rt.exec_in_container(edge.id, ["nginx", "-t", "-q"])
         except RuntimeError_ as exc:
-            raise StepFailed("edge reload", f"nginx -t could not run: {exc}") from None
+            raise StepFailed("edge reload", f"nginx -t could not run: {exc}",
+                             engine_down=isinstance(exc, EngineUnavailable)) from None
         if test.exit_code != 0:
             raise StepFailed("edge reload", "nginx -t failed; the running config was kept:\n"
                              + test.output.strip()[-800:])
+        before = await self._workers(edge.id)
+        crash_point("edge-reload:before")
         try:
             await self.rt.kill_container(edge.id, signal="HUP")
         except RuntimeError_ as exc:
-            raise StepFailed("edge reload", f"reload signal failed: {exc}") from None
+            raise StepFailed("edge reload", f"reload signal failed: {exc}",
+                             engine_down=isinstance(exc, EngineUnavailable)) from None
+        crash_point("edge-reload:after")
+        if before is None:  # no `ps` in this image: a short settle instead
+            await self.sleep(self.reload_poll_s * 10)
+            return
+        for _ in range(self.reload_polls):
+            now = await self._workers(edge.id)
+            if now is None or (now and not now & before):
+                return
+            await self.sleep(self.reload_poll_s)
+        raise StepFailed("edge reload", "nginx did not start workers with the new config within "
+                         f"{self.reload_polls * self.reload_poll_s:.0f}s (see the edge's log)")
+
+    async def _workers(self, cid: str) -> set[int] | None:
+        """Pids of the edge's nginx workers that accept connections (not shutting down);
+        None when they cannot be listed."""
+        try:
+            res = await self.rt.exec_in_container(cid, ["ps", "-o", "pid,args"])
+        except RuntimeError_:
+            return None
+        if res.exit_code != 0:
+            return None
+        return worker_pids(res.output)
 
     async def cutover(self, desired: Desired, svc: DesiredService, *, new_id: str,
                       old_ids: list[str]) -> None:
-        """New healthy -> serve new + old -> serve new only -> drain -> (caller stops old)."""
-        await self.sync(desired, include=old_ids)
-        await self.sync(desired, exclude=old_ids)
+        """New healthy -> serve new + old -> serve new only -> drain -> (caller stops old).
+
+        The first render lists the old containers only while they are healthy: in a revert
+        the "old" ones are the failed new generation, which must never get traffic."""
+        await self.sync(desired)
+        await self.retire(desired, svc, old_ids=old_ids)
+
+    async def retire(self, desired: Desired, svc: DesiredService, *,
+                     old_ids: list[str]) -> None:
+        """Take containers out of the upstreams and drain before the caller stops them."""
+        self._retiring.update(old_ids)
+        await self.sync(desired)
         await self.sleep(svc.service.update.drain)
 
     async def after_step(self, desired: Desired, svc: DesiredService) -> None:
@@ -152,6 +220,19 @@ class Edge(EdgeHook):
 
     async def settle(self, desired: Desired) -> None:
         await self.sync(desired)
+
+
+def worker_pids(ps_output: str) -> set[int]:
+    """Pids of `nginx: worker process` lines in `ps -o pid,args` output (not the ones
+    `is shutting down` after a reload)."""
+    out = set()
+    for line in ps_output.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        args = args.strip()
+        if pid.isdigit() and args.startswith("nginx: worker process") and (
+                "shutting down" not in args):
+            out.add(int(pid))
+    return out
 
 
 def edge_dir(state_dir: Path, project: str) -> Path:

@@ -21,21 +21,35 @@ from reconciler import labels
 from reconciler.blueprint import container_config
 from reconciler.desired import Desired, DesiredService
 from reconciler.envfiles import Secret
+from reconciler.faults import crash_point
 from reconciler.health import Gate, Probe, Verdict, judge
 from reconciler.plans import Action, ContainerRef, Plan, Step
-from reconciler.runtimes import Conflict, ImageUnavailable, NotFound, Runtime, RuntimeError_
+from reconciler.runtimes import (
+    Conflict,
+    EngineUnavailable,
+    ImageUnavailable,
+    NotFound,
+    Runtime,
+    RuntimeError_,
+)
 from reconciler.specs import PullPolicy, UpdateOrder
 
 LOG_TAIL = 15
 
 
 class StepFailed(Exception):
-    """A step could not complete; the message is for humans and carries no secret."""
+    """A step could not complete; the message is for humans and carries no secret.
+    `engine_down`: the cause was an engine that did not answer (not the rollout itself)."""
 
-    def __init__(self, step_id: str, message: str) -> None:
+    def __init__(self, step_id: str, message: str, *, engine_down: bool = False) -> None:
         self.step_id = step_id
         self.message = message
+        self.engine_down = engine_down
         super().__init__(f"{step_id}: {message}")
+
+
+def _engine_failed(step_id: str, what: str, exc: RuntimeError_) -> StepFailed:
+    return StepFailed(step_id, f"{what}: {exc}", engine_down=isinstance(exc, EngineUnavailable))
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +77,9 @@ class Outcome:
     tier_seconds: dict[str, float] = field(default_factory=dict)
     health_waits: dict[str, float] = field(default_factory=dict)  # service -> longest wait
     images_ok: bool = True
+    # the failure came from an engine that did not answer (socket gone, refused, timeout):
+    # a fact for the controller to decide on, not a verdict on the rollout
+    engine_unavailable: bool = False
 
     @property
     def touched(self) -> bool:
@@ -100,6 +117,7 @@ class Executor:
             await self._images(plan, desired)
         except StepFailed as exc:
             outcome.ok, outcome.failure, outcome.images_ok = False, exc, False
+            outcome.engine_unavailable = exc.engine_down
             self.report(Progress("step-failed", step=exc.step_id, message=exc.message))
             return outcome
         try:
@@ -120,8 +138,13 @@ class Executor:
                 await self._timed(step, desired, outcome)
             if self.edge is not None:
                 await self.edge.settle(desired)
+        except RuntimeError_ as exc:  # an engine call of a hook (edge) that it did not wrap
+            failure = _engine_failed("edge", "engine error", exc)
+            outcome.ok, outcome.failure = False, failure
+            outcome.engine_unavailable = failure.engine_down
         except StepFailed as exc:
             outcome.ok, outcome.failure = False, exc
+            outcome.engine_unavailable = exc.engine_down
         return outcome
 
     # --- images ----------------------------------------------------------------------------
@@ -139,7 +162,7 @@ class Executor:
             except ImageUnavailable as exc:
                 raise StepFailed(f"image {need.ref}", f"cannot pull: {exc}") from None
             except RuntimeError_ as exc:
-                raise StepFailed(f"image {need.ref}", f"engine error: {exc}") from None
+                raise _engine_failed(f"image {need.ref}", "engine error", exc) from None
 
     # --- tiers and services ----------------------------------------------------------------
 
@@ -185,17 +208,23 @@ class Executor:
     async def _step(self, step: Step, desired: Desired, outcome: Outcome) -> None:
         if step.action is Action.CREATE_NETWORK:
             net = desired.networks[step.object_name]
+            crash_point("network-create:before")
             await self._call(step.id, self.rt.create_network(
                 step.object_name, labels=labels.object_labels(desired.project),
                 internal=net.internal))
+            crash_point("network-create:after")
             return
         if step.action is Action.CREATE_VOLUME:
+            crash_point("volume-create:before")
             await self._call(step.id, self.rt.create_volume(
                 step.object_name, labels=labels.object_labels(desired.project)))
+            crash_point("volume-create:after")
             return
         if step.action is Action.REMOVE:
             svc = desired.services.get(step.service)
             grace = svc.service.stop_grace_period if svc else 10.0
+            if svc is not None and svc.service.expose is not None and self.edge is not None:
+                await self.edge.retire(desired, svc, old_ids=[o.id for o in step.old])
             for old in step.old:
                 await self._retire(step, old, grace)
             return
@@ -210,18 +239,25 @@ class Executor:
         stop_first = step.action is Action.RECREATE or (
             step.action is Action.CREATE and bool(step.old)) or (
             step.action is Action.REPLACE and step.order is UpdateOrder.STOP_FIRST)
+        exposed = self.edge is not None and svc.service.expose is not None
+        cid = step.adopt.id if step.adopt is not None else None
+        if cid is None and step.action is Action.REPLACE:
+            # a new generation has its own name: create it before the old one stops, so a
+            # stop-first gap is only stop -> start (creating never binds ports or runs code)
+            assert step.new_name is not None
+            cid = await self._create(step, svc, replica, step.new_name)
         if stop_first:
-            for old in step.old:
-                if step.adopt is None or old.id != step.adopt.id:
-                    await self._retire(step, old, grace)
-        if step.adopt is not None:
-            cid = step.adopt.id
-        else:
+            retiring = [o for o in step.old if step.adopt is None or o.id != step.adopt.id]
+            if exposed and retiring and self.edge is not None:
+                # out of the upstreams (other replicas keep serving) and drained first
+                await self.edge.retire(desired, svc, old_ids=[o.id for o in retiring])
+            for old in retiring:
+                await self._retire(step, old, grace)
+        if cid is None:
             assert step.new_name is not None
             cid = await self._create(step, svc, replica, step.new_name)
         await self._start(step, cid)
         await self._ready(step, svc, cid, outcome)
-        exposed = self.edge is not None and svc.service.expose is not None
         if not stop_first and step.old:
             if exposed and self.edge is not None:
                 await self.edge.cutover(desired, svc, new_id=cid,
@@ -233,16 +269,17 @@ class Executor:
 
     async def _create(self, step: Step, svc: DesiredService, replica: int, name: str) -> str:
         body = container_config(svc, replica)
+        crash_point("container-create:before")
         try:
-            return await self.rt.create_container(name, body)
+            cid = await self.rt.create_container(name, body)
         except Conflict:
             # a crash between create and start left the name behind: adopt it only when our
             # labels prove it is exactly this replica of this generation
             try:
                 info = await self.rt.inspect_container(name)
             except RuntimeError_ as exc:
-                raise StepFailed(step.id, f"name {name} is taken and cannot be inspected: "
-                                          f"{exc}") from None
+                raise _engine_failed(step.id, f"name {name} is taken and cannot be "
+                                              "inspected", exc) from None
             found = (info.get("Config") or {}).get("Labels") or {}
             if (found.get(labels.PROJECT) == svc.project
                     and found.get(labels.SERVICE) == svc.name
@@ -252,25 +289,33 @@ class Executor:
             raise StepFailed(step.id, f"name {name} is taken by a container that is not ours; "
                                       "it was left untouched") from None
         except RuntimeError_ as exc:
-            raise StepFailed(step.id, f"create failed: {exc}") from None
+            raise _engine_failed(step.id, "create failed", exc) from None
+        crash_point("container-create:after")
+        return cid
 
     async def _start(self, step: Step, cid: str) -> None:
+        crash_point("container-start:before")
         await self._call(step.id, self.rt.start_container(cid))
+        crash_point("container-start:after")
 
     async def _retire(self, step: Step, old: ContainerRef, grace: float) -> None:
         """Stop (with the grace period) and remove one old container; gone is fine."""
+        crash_point("container-stop:before")
         try:
             await self.rt.stop_container(old.id, timeout_s=grace)
         except NotFound:
             return
         except RuntimeError_ as exc:
-            raise StepFailed(step.id, f"stop {old.name} failed: {exc}") from None
+            raise _engine_failed(step.id, f"stop {old.name} failed", exc) from None
+        crash_point("container-stop:after")
+        crash_point("container-remove:before")
         try:
             await self.rt.remove_container(old.id)
         except NotFound:
             return
         except RuntimeError_ as exc:
-            raise StepFailed(step.id, f"remove {old.name} failed: {exc}") from None
+            raise _engine_failed(step.id, f"remove {old.name} failed", exc) from None
+        crash_point("container-remove:after")
 
     async def _ready(self, step: Step, svc: DesiredService, cid: str, outcome: Outcome) -> None:
         """Wait on the health gate; fail early on exit, OOM, restarts or `unhealthy`."""
@@ -308,7 +353,7 @@ class Executor:
         try:
             return await call
         except RuntimeError_ as exc:
-            raise StepFailed(step_id, f"engine error: {exc}") from None
+            raise _engine_failed(step_id, "engine error", exc) from None
 
 
 async def _gather_first_failure(coros: list[Awaitable[None]]) -> None:
@@ -349,6 +394,12 @@ class EdgeHook:
 
     async def cutover(self, desired: Desired, svc: DesiredService, *, new_id: str,
                       old_ids: list[str]) -> None:
+        return None
+
+    async def retire(self, desired: Desired, svc: DesiredService, *,
+                     old_ids: list[str]) -> None:
+        """Before the executor stops containers of an exposed service outside a cutover
+        (stop-first, scale-down): take them out of the upstreams and drain."""
         return None
 
     async def settle(self, desired: Desired) -> None:

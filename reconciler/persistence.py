@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconciler.faults import crash_point
+
 KEY_FILE = "host.key"
 LAST_GOOD = "last-good.json"
 HISTORY = "history.jsonl"
@@ -100,7 +102,9 @@ def ensure_key(state_dir: Path) -> bytes:
     key = read_key(state_dir)
     if key is None:
         key = secrets.token_bytes(KEY_BYTES)
+        crash_point("state-key:before")
         atomic_write(state_dir / KEY_FILE, key)
+        crash_point("state-key:after")
     return key
 
 
@@ -178,6 +182,7 @@ class State:
                     revision: str | None, now: float) -> GoodRevision:
         """Keep a copy of the spec files and the files they bind-mount (at the same places
         relative to `root`) and point last-good at it."""
+        crash_point("state-last-good:before")
         target = self.root / REVISIONS / fingerprint
         if not target.is_dir():
             tmp = Path(tempfile.mkdtemp(dir=self._ensure(self.root / REVISIONS),
@@ -202,6 +207,7 @@ class State:
                             recorded_at=now, source=str(spec_dir), root=str(target / "root"))
         atomic_write(target / "good.json", json.dumps(asdict(good)).encode())
         atomic_write(self.root / LAST_GOOD, json.dumps(asdict(good)).encode())
+        crash_point("state-last-good:after")
         self._prune_revisions(keep=good)
         return good
 
@@ -241,14 +247,18 @@ class State:
                    now: float) -> None:
         data = self.quarantined()
         data[fingerprint] = {"revision": revision, "reason": reason, "at": now}
+        crash_point("state-quarantine:before")
         atomic_write(self.root / QUARANTINE, json.dumps(data, sort_keys=True).encode())
+        crash_point("state-quarantine:after")
 
     # history -----------------------------------------------------------------------------
     def append_history(self, entry: HistoryEntry) -> None:
         entries = self.history()[-(HISTORY_KEEP - 1):]
         entries.append(entry)
         data = "".join(json.dumps(asdict(e), sort_keys=True) + "\n" for e in entries)
+        crash_point("state-history:before")
         atomic_write(self.root / HISTORY, data.encode())
+        crash_point("state-history:after")
 
     def history(self) -> list[HistoryEntry]:
         try:

@@ -1,0 +1,297 @@
+"""Prometheus metrics of the controller, and its small HTTP endpoint.
+
+`Metrics` owns every collector, registered on a registry the caller passes in (one per test,
+one per process); the names are the contract of DESIGN.md §7 that the alert rules in
+deploy/prometheus and the dashboard in deploy/grafana query. Known label values are
+pre-created at 0, so a rate over a counter that never moved is 0 rather than "no data".
+`serve` exposes `/metrics`, `/healthz` (the controller's loop heartbeat) and `/readyz` (after
+the first pass) with aiohttp on the caller's loop.
+
+This module decides nothing about reconciling and performs no I/O besides serving HTTP. It
+never labels a series with a container id or anything derived from a secret: services, tiers,
+actions, reasons and revisions only, and hex ids longer than a short commit are cut to 12.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import metrics as _pc_metrics
+
+DEFAULT_TIERS: tuple[str, ...] = ("infrastructure", "core", "business", "external")
+RESULTS: tuple[str, ...] = ("noop", "converged", "rolled_back", "failed", "invalid_spec")
+ACTIONS: tuple[str, ...] = (
+    "create", "replace", "recreate", "start", "remove", "create-network", "create-volume",
+)
+OUTCOMES: tuple[str, ...] = ("ok", "failed")
+ROLLBACK_REASONS: tuple[str, ...] = (
+    "health_gate", "pull_error", "edge_reload", "deadline", "crash_loop", "engine_error", "other",
+)
+DRIFT_KINDS: tuple[str, ...] = ("removed", "stopped", "dead", "oom", "unhealthy", "config")
+GIT_RESULTS: tuple[str, ...] = ("ok", "unchanged", "failed", "non_fast_forward")
+REPLICA_STATES: tuple[str, ...] = ("desired", "running", "healthy")
+
+# Seconds-long steps up to the longest rollout a deadline allows (default deadline 300 s).
+PASS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800)
+WAIT_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 90, 120, 180, 300, 600)
+
+_LONG_HEX = re.compile(r"[0-9a-fA-F]{20,}")
+_MAX_LABEL = 64
+
+# Plan step reasons (plans.Reason values) that mean the host drifted from the spec.
+_DRIFT_BY_REASON: dict[str, str] = {
+    "replica missing": "removed",
+    "container stopped": "stopped",
+    "container created but never started": "stopped",
+    "container paused": "stopped",
+    "container dead": "dead",
+    "container restarting": "dead",
+    "container unhealthy": "unhealthy",
+}
+
+
+def label_value(value: str) -> str:
+    """A label value safe to export: long hex ids (container ids, full hashes) cut to 12
+    characters, length capped, empty replaced by "none"."""
+    value = _LONG_HEX.sub(lambda m: m.group(0)[:12], value.strip())
+    return value[:_MAX_LABEL] or "none"
+
+
+def drift_kind(reason: str) -> str | None:
+    """The `reconciler_drift_total{kind}` of a plan step's reason, or None if not drift.
+    ("config" drift, a container whose fingerprint changed while the spec did not, and "oom",
+    seen on the event stream, are for the caller to report.)"""
+    return _DRIFT_BY_REASON.get(str(reason))
+
+
+def rollback_reason(message: str, *, images_ok: bool = True) -> str:
+    """The `reconciler_rollbacks_total{reason}` of a failed rollout, from the executor's
+    failure message (health.judge's wording) and whether every image was present."""
+    if not images_ok:
+        return "pull_error"
+    text = message.lower()
+    if "deadline" in text:
+        return "deadline"
+    if "restarted" in text or "exited with code" in text:
+        return "crash_loop"
+    if "unhealthy" in text or "out of memory" in text:
+        return "health_gate"
+    if "nginx" in text or "edge" in text or "reload" in text or "upstream" in text:
+        return "edge_reload"
+    if "failed:" in text or "cannot be inspected" in text or "is taken" in text:
+        return "engine_error"
+    return "other"
+
+
+class Metrics:
+    """Every metric of the controller, on an injected registry. Not thread-safe by design:
+    it is updated and scraped from one asyncio loop."""
+
+    def __init__(self, registry: CollectorRegistry, *, version: str,
+                 tiers: Sequence[str] = DEFAULT_TIERS) -> None:
+        # `x_created` series double the series count and carry nothing the dashboard uses.
+        # (A process-wide switch in prometheus_client, read at scrape time.)
+        _pc_metrics.disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = r = registry
+        self._reconcile = Counter("reconciler_reconcile", "Reconcile passes by result.",
+                                  ["result"], registry=r)
+        self._duration = Histogram("reconciler_reconcile_duration_seconds",
+                                   "Wall time of one reconcile pass (including any revert).",
+                                   buckets=PASS_BUCKETS, registry=r)
+        self._converged = Gauge("reconciler_converged",
+                                "1 when the last pass left the host on the desired spec.",
+                                registry=r)
+        self._steps = Counter("reconciler_steps", "Executed plan steps by action and outcome.",
+                              ["action", "outcome"], registry=r)
+        self._tier = Histogram("reconciler_tier_duration_seconds",
+                               "Time to converge one tier, health gates included.", ["tier"],
+                               buckets=PASS_BUCKETS, registry=r)
+        self._health_wait = Histogram("reconciler_health_wait_seconds",
+                                      "Time a new replica took to pass its health gate.",
+                                      ["service"], buckets=WAIT_BUCKETS, registry=r)
+        self._rollbacks = Counter("reconciler_rollbacks",
+                                  "Failed rollouts reverted to the last-good spec, by cause.",
+                                  ["reason"], registry=r)
+        self._drift = Counter("reconciler_drift", "Drift repaired, by kind.", ["kind"],
+                              registry=r)
+        self._replicas = Gauge("reconciler_service_replicas",
+                               "Replicas per service: desired, running and healthy.",
+                               ["service", "tier", "state"], registry=r)
+        self._spec_info = Gauge("reconciler_spec_info",
+                                "The candidate spec: git revision and fingerprint (value 1).",
+                                ["revision", "fingerprint"], registry=r)
+        self._last_good_info = Gauge("reconciler_last_good_info",
+                                     "The last spec that converged (value 1).", ["revision"],
+                                     registry=r)
+        self._quarantined = Gauge("reconciler_quarantined_revisions",
+                                  "Spec fingerprints quarantined after a failed rollout.",
+                                  registry=r)
+        self._last_success = Gauge("reconciler_last_success_timestamp_seconds",
+                                   "Unix time of the last pass that ended converged or in sync.",
+                                   registry=r)
+        self._reconnects = Counter("reconciler_docker_events_reconnects",
+                                   "Reconnects of the Docker event stream (each forces a "
+                                   "full resync).", registry=r)
+        self._git = Counter("reconciler_git_pull", "git pull attempts by result.", ["result"],
+                            registry=r)
+        self._build = Gauge("reconciler_build_info", "Version of the running reconciler.",
+                            ["version"], registry=r)
+        self._heartbeat = Gauge("reconciler_loop_heartbeat_timestamp_seconds",
+                                "Unix time the controller loop last proved it is alive.",
+                                registry=r)
+        self._engine_calls = Counter("reconciler_engine_api_calls",
+                                     "Docker Engine API calls by method and outcome.",
+                                     ["method", "outcome"], registry=r)
+
+        for result in RESULTS:
+            self._reconcile.labels(result)
+        for action in ACTIONS:
+            for outcome in OUTCOMES:
+                self._steps.labels(action, outcome)
+        for tier in tiers:
+            self._tier.labels(label_value(tier))
+        for reason in ROLLBACK_REASONS:
+            self._rollbacks.labels(reason)
+        for kind in DRIFT_KINDS:
+            self._drift.labels(kind)
+        for git_result in GIT_RESULTS:
+            self._git.labels(git_result)
+        self._build.labels(label_value(version)).set(1)
+        self._rows: set[tuple[str, str]] = set()
+
+    # --- one pass ------------------------------------------------------------------------
+
+    def pass_done(self, result: str, seconds: float) -> None:
+        self._reconcile.labels(_known(result, RESULTS, "result")).inc()
+        self._duration.observe(max(seconds, 0.0))
+
+    def step(self, action: str, outcome: str) -> None:
+        self._steps.labels(_known(action, ACTIONS, "action"),
+                           _known(outcome, OUTCOMES, "outcome")).inc()
+
+    def tier(self, tier: str, seconds: float) -> None:
+        self._tier.labels(label_value(tier)).observe(max(seconds, 0.0))
+
+    def health_wait(self, service: str, seconds: float) -> None:
+        self._health_wait.labels(label_value(service)).observe(max(seconds, 0.0))
+
+    def rollback(self, reason: str) -> None:
+        self._rollbacks.labels(reason if reason in ROLLBACK_REASONS else "other").inc()
+
+    def drift(self, kind: str) -> None:
+        self._drift.labels(_known(kind, DRIFT_KINDS, "kind")).inc()
+
+    # --- state of the host ---------------------------------------------------------------
+
+    def replicas(self, rows: Iterable[tuple[str, str, int, int, int]]) -> None:
+        """(service, tier, desired, running, healthy) for every service of the spec; the
+        series of services absent from `rows` are removed."""
+        seen: set[tuple[str, str]] = set()
+        for service, tier, desired, running, healthy in rows:
+            key = (label_value(service), label_value(tier))
+            seen.add(key)
+            for state, value in zip(REPLICA_STATES, (desired, running, healthy), strict=True):
+                self._replicas.labels(*key, state).set(value)
+            self._health_wait.labels(key[0])  # the service's panel row exists from the start
+        for service, tier in self._rows - seen:
+            for state in REPLICA_STATES:
+                self._replicas.remove(service, tier, state)
+        self._rows = seen
+
+    def spec(self, revision: str, fingerprint: str) -> None:
+        self._spec_info.clear()
+        self._spec_info.labels(label_value(revision), label_value(fingerprint)).set(1)
+
+    def last_good(self, revision: str) -> None:
+        self._last_good_info.clear()
+        self._last_good_info.labels(label_value(revision)).set(1)
+
+    def quarantined(self, count: int) -> None:
+        self._quarantined.set(count)
+
+    def converged(self, ok: bool) -> None:
+        self._converged.set(1 if ok else 0)
+
+    def last_success(self, unix_seconds: float) -> None:
+        self._last_success.set(unix_seconds)
+
+    # --- the controller itself -----------------------------------------------------------
+
+    def heartbeat(self, unix_seconds: float) -> None:
+        self._heartbeat.set(unix_seconds)
+
+    def events_reconnect(self) -> None:
+        self._reconnects.inc()
+
+    def git_pull(self, result: str) -> None:
+        self._git.labels(_known(result, GIT_RESULTS, "result")).inc()
+
+    def engine_call(self, method: str, *, ok: bool = True) -> None:
+        """One Docker Engine API call (`method` like "containers.list", never an id)."""
+        self._engine_calls.labels(label_value(method), "ok" if ok else "failed").inc()
+
+
+def _known(value: str, allowed: Sequence[str], what: str) -> str:
+    value = str(value)
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
+    return value
+
+
+# --- HTTP ----------------------------------------------------------------------------------
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _metrics_handler(registry: CollectorRegistry) -> Handler:
+    try:
+        from prometheus_client.aiohttp import make_aiohttp_handler
+    except ImportError:  # prometheus-client < 0.22
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        async def handler(_: web.Request) -> web.Response:
+            return web.Response(body=generate_latest(registry),
+                                headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        return handler
+    return make_aiohttp_handler(registry)
+
+
+def _probe(check: Callable[[], bool], what: str) -> Handler:
+    async def handler(_: web.Request) -> web.Response:
+        try:
+            ok = bool(check())
+        except Exception as exc:  # a broken check is a failing check, not a 500 trace
+            return web.Response(status=503, text=f"{what}: check failed: {type(exc).__name__}\n")
+        return web.Response(status=200 if ok else 503, text=f"{what}: {'ok' if ok else 'no'}\n")
+
+    return handler
+
+
+async def serve(metrics: Metrics, host: str, port: int, *, healthy: Callable[[], bool],
+                ready: Callable[[], bool]) -> web.AppRunner:
+    """Serve /metrics (from the registry `metrics` was created on), /healthz and /readyz on
+    host:port (port 0 picks a free one: read it from `runner.addresses`). The caller stops
+    it with `await runner.cleanup()`."""
+    reg = metrics.registry
+    app = web.Application()
+    app.router.add_get("/metrics", _metrics_handler(reg))
+    app.router.add_get("/healthz", _probe(healthy, "healthz"))
+    app.router.add_get("/readyz", _probe(ready, "readyz"))
+    app.router.add_get("/", _index)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+async def _index(_: web.Request) -> web.Response:
+    return web.Response(text="reconciler: /metrics /healthz /readyz\n")

@@ -1,0 +1,302 @@
+"""Metrics, the /metrics endpoint and the dashboard against DESIGN.md §7 (fresh registry per
+test, promtool on the exposition, real aiohttp server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import re
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from reconciler import telemetry
+from reconciler.plans import Reason
+from reconciler.telemetry import Metrics, serve
+from tests.monitoring import (
+    DS,
+    alert_rules,
+    dashboard,
+    dashboard_queries,
+    metric_names,
+    panels,
+    promtool,
+)
+
+# DESIGN.md §7: exposition name -> (type, label names)
+DESIGN = {
+    "reconciler_reconcile_total": ("counter", {"result"}),
+    "reconciler_reconcile_duration_seconds": ("histogram", set()),
+    "reconciler_converged": ("gauge", set()),
+    "reconciler_steps_total": ("counter", {"action", "outcome"}),
+    "reconciler_tier_duration_seconds": ("histogram", {"tier"}),
+    "reconciler_health_wait_seconds": ("histogram", {"service"}),
+    "reconciler_rollbacks_total": ("counter", {"reason"}),
+    "reconciler_drift_total": ("counter", {"kind"}),
+    "reconciler_service_replicas": ("gauge", {"service", "tier", "state"}),
+    "reconciler_spec_info": ("gauge", {"revision", "fingerprint"}),
+    "reconciler_last_good_info": ("gauge", {"revision"}),
+    "reconciler_quarantined_revisions": ("gauge", set()),
+    "reconciler_last_success_timestamp_seconds": ("gauge", set()),
+    "reconciler_docker_events_reconnects_total": ("counter", set()),
+    "reconciler_git_pull_total": ("counter", {"result"}),
+    "reconciler_build_info": ("gauge", {"version"}),
+}
+SUFFIXES = ("_bucket", "_sum", "_count")
+CONTAINER_ID = "3f9c2a1b" * 8  # 64 hex characters, like a container id or a sha256
+
+
+def exercised() -> tuple[CollectorRegistry, Metrics]:
+    """A fresh registry with every method called once."""
+    reg = CollectorRegistry()
+    m = Metrics(reg, version="0.1.0")
+    m.pass_done("converged", 12.5)
+    m.step("replace", "ok")
+    m.tier("core", 3.2)
+    m.health_wait("api", 1.4)
+    m.rollback("health_gate")
+    m.drift("removed")
+    m.replicas([("api", "business", 2, 2, 1), ("db", "infrastructure", 1, 1, 1)])
+    m.spec("a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6a1b2", "3f9c2a1b0c0d")
+    m.last_good("a1b2c3d4e5f6")
+    m.quarantined(1)
+    m.converged(True)
+    m.last_success(1_700_000_000.0)
+    m.heartbeat(1_700_000_000.0)
+    m.events_reconnect()
+    m.git_pull("ok")
+    m.engine_call("containers.list")
+    return reg, m
+
+
+Sample = tuple[str, dict[str, str], float]
+
+
+def families(reg: CollectorRegistry) -> dict[str, tuple[str, list[Sample]]]:
+    """Parsed exposition: sample-family name -> (type, samples)."""
+    out: dict[str, tuple[str, list[Sample]]] = {}
+    for fam in text_string_to_metric_families(generate_latest(reg).decode()):
+        name = fam.name + ("_total" if fam.type == "counter" else "")
+        out[name] = (fam.type, [(s.name, dict(s.labels), s.value) for s in fam.samples])
+    return out
+
+
+def sample_names(reg: CollectorRegistry) -> set[str]:
+    return {s[0] for _, samples in families(reg).values() for s in samples}
+
+
+# --- names, types, labels -----------------------------------------------------------------
+
+
+def test_every_design_metric_is_exported_with_its_type_and_labels() -> None:
+    reg, _ = exercised()
+    fams = families(reg)
+    for name, (kind, labels) in DESIGN.items():
+        assert name in fams, f"{name} is not exported"
+        got_kind, samples = fams[name]
+        assert got_kind == kind, f"{name}: {got_kind}, want {kind}"
+        assert samples, f"{name} has no samples"
+        for sample, sample_labels, _ in samples:
+            keys = set(sample_labels) - {"le"}
+            assert keys == labels, f"{sample}: labels {sorted(keys)}, want {sorted(labels)}"
+
+
+def test_known_label_values_are_pre_created_at_zero() -> None:
+    reg = CollectorRegistry()
+    Metrics(reg, version="1.2.3")
+    value = reg.get_sample_value
+    for result in ("noop", "converged", "rolled_back", "failed", "invalid_spec"):
+        assert value("reconciler_reconcile_total", {"result": result}) == 0
+    for action in ("create", "replace", "recreate", "start", "remove", "create-network",
+                   "create-volume"):
+        for outcome in ("ok", "failed"):
+            assert value("reconciler_steps_total", {"action": action, "outcome": outcome}) == 0
+    for reason in ("health_gate", "pull_error", "edge_reload", "deadline", "crash_loop",
+                   "engine_error", "other"):
+        assert value("reconciler_rollbacks_total", {"reason": reason}) == 0
+    for kind in ("removed", "stopped", "dead", "oom", "unhealthy", "config"):
+        assert value("reconciler_drift_total", {"kind": kind}) == 0
+    for result in ("ok", "unchanged", "failed", "non_fast_forward"):
+        assert value("reconciler_git_pull_total", {"result": result}) == 0
+    for tier in telemetry.DEFAULT_TIERS:
+        assert value("reconciler_tier_duration_seconds_count", {"tier": tier}) == 0
+    assert value("reconciler_docker_events_reconnects_total") == 0
+    assert value("reconciler_build_info", {"version": "1.2.3"}) == 1
+    assert value("reconciler_converged") == 0
+    assert value("reconciler_quarantined_revisions") == 0
+    assert value("reconciler_reconcile_duration_seconds_count") == 0
+    # no `_created` series: they double the series count and nothing uses them
+    assert not any(n.endswith("_created") for n in sample_names(reg))
+
+
+def test_calls_move_the_right_series() -> None:
+    reg, m = exercised()
+    value = reg.get_sample_value
+    assert value("reconciler_reconcile_total", {"result": "converged"}) == 1
+    assert value("reconciler_reconcile_duration_seconds_sum") == 12.5
+    assert value("reconciler_steps_total", {"action": "replace", "outcome": "ok"}) == 1
+    assert value("reconciler_tier_duration_seconds_count", {"tier": "core"}) == 1
+    assert value("reconciler_health_wait_seconds_bucket", {"service": "api", "le": "2.0"}) == 1
+    assert value("reconciler_rollbacks_total", {"reason": "health_gate"}) == 1
+    assert value("reconciler_drift_total", {"kind": "removed"}) == 1
+    assert value("reconciler_service_replicas",
+                 {"service": "api", "tier": "business", "state": "healthy"}) == 1
+    assert value("reconciler_quarantined_revisions") == 1
+    assert value("reconciler_converged") == 1
+    assert value("reconciler_last_success_timestamp_seconds") == 1_700_000_000
+    assert value("reconciler_loop_heartbeat_timestamp_seconds") == 1_700_000_000
+    assert value("reconciler_git_pull_total", {"result": "ok"}) == 1
+    m.converged(False)
+    assert value("reconciler_converged") == 0
+    m.rollback("something new")  # unknown causes are counted, as "other"
+    assert value("reconciler_rollbacks_total", {"reason": "other"}) == 1
+    with pytest.raises(ValueError, match="unknown result"):
+        m.pass_done("bogus", 1.0)
+
+
+def test_info_metrics_keep_only_the_current_label_set() -> None:
+    reg, m = exercised()
+    m.spec("rev2", "fp2")
+    m.spec("rev3", "fp3")
+    m.last_good("rev1")
+    m.last_good("rev2")
+    spec = [s for s in families(reg)["reconciler_spec_info"][1]]
+    good = [s for s in families(reg)["reconciler_last_good_info"][1]]
+    assert spec == [("reconciler_spec_info", {"revision": "rev3", "fingerprint": "fp3"}, 1.0)]
+    assert good == [("reconciler_last_good_info", {"revision": "rev2"}, 1.0)]
+
+
+def test_replicas_of_services_gone_from_the_spec_are_removed() -> None:
+    reg, m = exercised()
+    m.replicas([("api", "business", 3, 3, 3)])
+    rows = {(s[1]["service"], s[1]["state"]): s[2]
+            for s in families(reg)["reconciler_service_replicas"][1]}
+    assert rows == {("api", "desired"): 3, ("api", "running"): 3, ("api", "healthy"): 3}
+    m.replicas([])
+    assert families(reg)["reconciler_service_replicas"][1] == []
+
+
+def test_no_label_value_looks_like_a_container_id_or_a_secret_hash() -> None:
+    reg, m = exercised()
+    m.spec(CONTAINER_ID, CONTAINER_ID)
+    m.last_good(CONTAINER_ID)
+    m.replicas([(f"svc-{CONTAINER_ID}", "core", 1, 1, 1)])
+    m.health_wait(CONTAINER_ID, 1.0)
+    m.tier(CONTAINER_ID, 1.0)
+    m.engine_call(f"containers/{CONTAINER_ID}/json")
+    text = generate_latest(reg).decode()
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        for value in re.findall(r'="([^"]*)"', line):
+            assert not re.search(r"[0-9a-fA-F]{32,}", value), line
+            assert len(value) <= 64, line
+
+
+def test_drift_kinds_and_rollback_reasons() -> None:
+    for reason in Reason:
+        kind = telemetry.drift_kind(reason.value)
+        assert kind is None or kind in telemetry.DRIFT_KINDS
+    assert telemetry.drift_kind(Reason.REPLICA_MISSING) == "removed"
+    assert telemetry.drift_kind(Reason.STOPPED) == "stopped"
+    assert telemetry.drift_kind(Reason.DEAD) == "dead"
+    assert telemetry.drift_kind(Reason.UNHEALTHY) == "unhealthy"
+    assert telemetry.drift_kind(Reason.CONFIG_CHANGED) is None
+    assert telemetry.drift_kind(Reason.NEW_SERVICE) is None
+    why = telemetry.rollback_reason
+    assert why("not healthy within the deadline of 20s (starting)") == "deadline"
+    assert why("restarted 2 time(s)") == "crash_loop"
+    assert why("exited with code 1") == "crash_loop"
+    assert why("health check reports unhealthy") == "health_gate"
+    assert why("killed by the kernel (out of memory)") == "health_gate"
+    assert why("anything", images_ok=False) == "pull_error"
+    assert why("nginx -s reload failed: bad upstream") == "edge_reload"
+    assert why("create failed: 500 server error") == "engine_error"
+    assert why("???") == "other"
+    assert {why(x) for x in ("a", "deadline")} <= set(telemetry.ROLLBACK_REASONS)
+
+
+def test_promtool_check_metrics_has_no_findings() -> None:
+    reg, _ = exercised()
+    res = promtool("check", "metrics", stdin=generate_latest(reg))
+    assert res.returncode == 0 and not res.stdout.strip() and not res.stderr.strip(), (
+        res.stdout + res.stderr)
+
+
+# --- the dashboard and the rules use only exported names ----------------------------------
+
+
+def test_every_metric_in_the_dashboard_and_the_rules_is_exported() -> None:
+    reg, _ = exercised()
+    exported = sample_names(reg)
+    exprs = [e for _, e in dashboard_queries(dashboard())] + [r["expr"] for r in alert_rules()]
+    used: set[str] = set()
+    for expr in exprs:
+        used |= metric_names(expr)
+    assert used, "no metric names found"
+    missing = sorted(n for n in used if n != "up" and n not in exported)
+    assert not missing, f"used but not exported: {missing}"
+    # ... and everything of §7 is on the dashboard or in an alert, one way or another
+    stems = {re.sub(r"(_bucket|_sum|_count)$", "", n) for n in used}
+    assert not set(DESIGN) - stems, f"not on the dashboard nor in a rule: {set(DESIGN) - stems}"
+
+
+def test_dashboard_is_provisionable() -> None:
+    dash = dashboard()
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    for name in ("job", "instance"):
+        assert variables[name]["type"] == "query"
+        assert variables[name]["datasource"] == DS
+    assert "${DS_" not in str(dash), "file provisioning does not substitute ${DS_*}"
+    titles = []
+    for panel in panels(dash):
+        titles.append(panel["title"])
+        assert panel["datasource"] == DS, panel["title"]
+        assert panel.get("description", "").strip(), f"{panel['title']}: no description"
+        assert panel["fieldConfig"]["defaults"].get("unit"), f"{panel['title']}: no unit"
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == DS, panel["title"]
+            assert "$job" in target["expr"] and "$instance" in target["expr"], target["expr"]
+    assert len(titles) == len(set(titles))
+    ids = [p["id"] for p in panels(dash)]
+    assert len(ids) == len(set(ids))
+    kinds = {p["type"] for p in panels(dash)}
+    assert "state-timeline" in kinds
+
+
+# --- the HTTP endpoint --------------------------------------------------------------------
+
+
+async def test_serve_answers_metrics_healthz_and_readyz() -> None:
+    _, m = exercised()
+    state = {"healthy": True, "ready": False}
+    runner = await serve(m, "127.0.0.1", 0, healthy=lambda: state["healthy"],
+                         ready=lambda: state["ready"])
+    try:
+        host, port = runner.addresses[0][:2]
+        assert host == "127.0.0.1"
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            async with http.get(f"{base}/metrics") as resp:
+                assert resp.status == 200
+                assert resp.headers["Content-Type"].startswith("text/plain")
+                body = await resp.text()
+            assert 'reconciler_reconcile_total{result="converged"} 1.0' in body
+            assert "reconciler_build_info" in body
+
+            async def status(path: str) -> int:
+                async with http.get(f"{base}{path}") as resp:
+                    return resp.status
+
+            assert await status("/healthz") == 200
+            assert await status("/readyz") == 503
+            state.update(healthy=False, ready=True)
+            assert await status("/healthz") == 503
+            assert await status("/readyz") == 200
+            state["healthy"] = True
+            assert await status("/healthz") == 200
+    finally:
+        await runner.cleanup()
