@@ -83,6 +83,24 @@ def container_config(svc: DesiredService, replica: int) -> dict[str, Any]:
         host["CapAdd"] = list(s.cap_add)
     if s.shm_size:
         host["ShmSize"] = s.shm_size
+    if s.logging is not None:
+        host["LogConfig"] = {"Type": s.logging.driver, "Config": dict(s.logging.options)}
+    if s.ulimits:
+        host["Ulimits"] = [{"Name": k, "Soft": v.soft, "Hard": v.hard}
+                           for k, v in sorted(s.ulimits.items())]
+    if s.init:
+        host["Init"] = True
+    if s.read_only:
+        host["ReadonlyRootfs"] = True
+    if s.tmpfs:
+        host["Tmpfs"] = {t.split(":", 1)[0]: (t.split(":", 1)[1] if ":" in t else "")
+                         for t in s.tmpfs}
+    if s.security_opt:
+        host["SecurityOpt"] = list(s.security_opt)
+    if s.cap_drop:
+        host["CapDrop"] = list(s.cap_drop)
+    if s.extra_hosts:
+        host["ExtraHosts"] = list(s.extra_hosts)
     if s.pid:
         host["PidMode"] = s.pid
     if s.ipc:

@@ -470,7 +470,8 @@ _SERVICE_ORDER = (
     "env_file", "environment", "ports", "volumes", "networks", "depends_on", "healthcheck",
     "update", "resources", "restart", "labels", "stop_grace_period", "stop_signal", "user",
     "working_dir", "hostname", "privileged", "network_mode", "pid", "ipc", "cap_add",
-    "shm_size",
+    "shm_size", "logging", "ulimits", "init", "read_only", "tmpfs", "security_opt", "cap_drop",
+    "extra_hosts",
 )
 _COPY_STR = ("stop_signal", "user", "working_dir", "hostname", "pid", "ipc")
 _HINTS = {
@@ -478,7 +479,6 @@ _HINTS = {
     "external_links": "service names resolve over shared networks",
     "secrets": "put the values into an env_file on the host (mode 0600)",
     "configs": "bind-mount the file from the spec repository instead",
-    "logging": "the reconciler uses the daemon's log driver (configure it in daemon.json)",
     "platform": "pin an image built for the host's architecture",
     "volumes_from": "mount the same named volume in both services",
     "extends": "merge the base file with an extra -f instead",
@@ -863,6 +863,37 @@ class _Converter:
     def k_cap_add(self, svc: _Service, y: Y, _: Mapping[str, Y]) -> None:
         if isinstance(y.value, list) and y.value:
             svc.data["cap_add"] = [_s(i.value) for i in y.value]
+
+    def k_logging(self, svc: _Service, y: Y, _: Mapping[str, Y]) -> None:
+        data = plain(y) or {}
+        svc.data["logging"] = {k: v for k, v in data.items() if k in ("driver", "options")}
+
+    def k_ulimits(self, svc: _Service, y: Y, _: Mapping[str, Y]) -> None:
+        svc.data["ulimits"] = plain(y)
+
+    def k_init(self, svc: _Service, y: Y, _: Mapping[str, Y]) -> None:
+        if y.value is True:
+            svc.data["init"] = True
+
+    def k_read_only(self, svc: _Service, y: Y, _: Mapping[str, Y]) -> None:
+        if y.value is True:
+            svc.data["read_only"] = True
+
+    def k_tmpfs(self, svc: _Service, y: Y, _: Mapping[str, Y]) -> None:
+        value = plain(y)
+        svc.data["tmpfs"] = [value] if isinstance(value, str) else list(value or [])
+
+    def k_security_opt(self, svc: _Service, y: Y, _: Mapping[str, Y]) -> None:
+        svc.data["security_opt"] = [_s(v) for v in plain(y) or []]
+
+    def k_cap_drop(self, svc: _Service, y: Y, _: Mapping[str, Y]) -> None:
+        svc.data["cap_drop"] = [_s(v) for v in plain(y) or []]
+
+    def k_extra_hosts(self, svc: _Service, y: Y, _: Mapping[str, Y]) -> None:
+        value = plain(y)
+        if isinstance(value, dict):
+            value = [f"{k}:{v}" for k, v in value.items()]
+        svc.data["extra_hosts"] = [_s(v) for v in value or []]
 
     def k_shm_size(self, svc: _Service, y: Y, _: Mapping[str, Y]) -> None:
         svc.data["shm_size"] = _s(y.value) if not isinstance(y.value, int) else y.value

@@ -135,6 +135,14 @@ def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None) -> Des
             "ipc": svc.ipc,
             "cap_add": sorted(svc.cap_add),
             "shm_size": svc.shm_size,
+            "logging": svc.logging.model_dump(mode="json") if svc.logging else None,
+            "ulimits": {k: [v.soft, v.hard] for k, v in sorted(svc.ulimits.items())},
+            "init": svc.init,
+            "read_only": svc.read_only,
+            "tmpfs": list(svc.tmpfs),
+            "security_opt": list(svc.security_opt),
+            "cap_drop": sorted(svc.cap_drop),
+            "extra_hosts": list(svc.extra_hosts),
             "pull_policy": svc.pull_policy.value,
         }
         public = {k: v for k, v in public.items() if v not in (None, [], {}, False)}

@@ -214,6 +214,15 @@ class Service(_Model):
     ipc: str | None = None
     cap_add: tuple[str, ...] = ()
     shm_size: Size | None = None
+    logging: Logging | None = None
+    ulimits: Annotated[dict[str, Ulimit], BeforeValidator(_ulimits)] = Field(
+        default_factory=dict)
+    init: bool = False
+    read_only: bool = False
+    tmpfs: StrList = ()
+    security_opt: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    extra_hosts: tuple[str, ...] = ()
 
     @field_validator("labels")
     @classmethod
@@ -222,6 +231,27 @@ class Service(_Model):
             if key.startswith("reconciler."):
                 raise ValueError(f"label {key!r} uses the reserved prefix 'reconciler.'")
         return value
+
+
+class Logging(_Model):
+    """compose `logging`: e.g. json-file with max-size/max-file, so logs never fill a disk."""
+
+    driver: str = "json-file"
+    options: dict[str, Annotated[str, BeforeValidator(_scalar_str)]] = Field(
+        default_factory=dict)
+
+
+class Ulimit(_Model):
+    soft: int
+    hard: int
+
+
+def _ulimits(value: object) -> object:
+    """compose: `nofile: 65536` or `nofile: {soft: 1024, hard: 65536}`."""
+    if isinstance(value, dict):
+        return {k: {"soft": v, "hard": v} if isinstance(v, int) and not isinstance(v, bool)
+                else v for k, v in value.items()}
+    return value
 
 
 class Network(_Model):
@@ -573,6 +603,11 @@ def _check_security(name: str, svc: Service, policy: HostPolicy) -> list[Finding
         if value == "host" and not policy.allow_host_namespaces:
             out.append(Finding((*base, key), f"{key}: host is refused "
                                              "(host policy: allow_host_namespaces)"))
+    for i, opt in enumerate(svc.security_opt):
+        if opt.replace("=", ":").split(":")[0] != "no-new-privileges" and (
+                not policy.allow_privileged):
+            out.append(Finding((*base, "security_opt", i), f"security_opt {opt!r} is refused "
+                                                           "(host policy: allow_privileged)"))
     for i, cap in enumerate(svc.cap_add):
         cap_name = cap.upper().removeprefix("CAP_")
         if cap_name not in _DANGEROUS_CAPS_OK and cap_name not in policy.allow_capabilities:

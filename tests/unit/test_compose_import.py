@@ -218,6 +218,8 @@ _HANDLED = {
     "stop_grace_period", "stop_signal", "user", "working_dir", "hostname", "profiles",
     "privileged", "network_mode", "pid", "ipc", "cap_add", "shm_size", "deploy",
     "container_name", "mem_limit", "cpus", "scale", "pull_policy", "extends",
+    "logging", "ulimits", "init", "read_only", "tmpfs", "security_opt", "cap_drop",
+    "extra_hosts",
 }
 
 
@@ -302,6 +304,7 @@ services:
     volumes: ["./conf-prod:/etc/web:ro"]
     depends_on: [db]
     ulimits: {nofile: 1024}
+    sysctls: {net.core.somaxconn: 1024}
 """)
     (tmp_path / "conf-prod").mkdir()
     # bind mounts must come from the spec's repository: make tmp_path one
@@ -310,8 +313,9 @@ services:
     code, stdout, stderr = run(["import-compose", str(tmp_path / "base.yml"),
                                 str(tmp_path / "prod.yml"), "-o", str(out)], capsys)
     assert code == 0, stdout + stderr
-    assert re.search(r"prod\.yml:9: services\.web\.ulimits: not supported \(dropped\)", stdout)
+    assert re.search(r"prod\.yml:10: services\.web\.sysctls: not supported \(dropped\)", stdout)
     web = load(out, strict=False).spec.services["web"]
+    assert web.ulimits["nofile"].soft == 1024
     assert web.image == "acme/web:2"
     assert web.command == ("serve", "--prod")  # replaced, split like compose
     assert web.environment == {"A": "1", "B": "2", "C": "3"}
@@ -394,6 +398,7 @@ volumes:
     assert web["healthcheck"] == {"test": ["CMD", "true"], "interval": "10s",
                                   "timeout": "20s", "retries": 6}
     assert web["replicas"] == 3
+    assert web["logging"] == {"driver": "json-file"}
     assert web["resources"] == {"memory": "512m", "cpus": 0.5}
     assert web["update"] == {"order": "start-first", "parallelism": 2, "min_ready": "15s"}
     assert (web["stop_grace_period"], web["user"], web["working_dir"]) == ("1m30s", "1000",
@@ -406,8 +411,6 @@ volumes:
         "c.yml:42: services.web.deploy.resources.reservations: not supported (dropped): only "
         "limits are enforced",
         "c.yml:49: services.web.deploy.placement: not supported (dropped): swarm only",
-        "c.yml:50: services.web.logging: not supported (dropped): the reconciler uses the "
-        "daemon's log driver (configure it in daemon.json)",
         "c.yml:51: services.web.sysctls: not supported (dropped)",
         "c.yml:52: secrets: not supported (dropped): put the values into an env_file on the "
         "host (mode 0600)",
