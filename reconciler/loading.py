@@ -20,13 +20,6 @@ from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.events import (
-    AliasEvent,
-    MappingEndEvent,
-    MappingStartEvent,
-    SequenceEndEvent,
-    SequenceStartEvent,
-)
 
 from reconciler.envfiles import EnvFile, EnvFinding, check_env_files, parse_dotenv
 from reconciler.specs import Finding, HostPolicy, Spec, merge_defaults, parse_mount, validate
@@ -129,61 +122,61 @@ def format_path(path: KeyPath) -> str:
 # --- YAML -----------------------------------------------------------------------------------
 
 
-def _check_events(yaml: YAML, text: str, name: str) -> None:
-    depth = aliases = 0
-    for event in yaml.parse(text):
-        if isinstance(event, MappingStartEvent | SequenceStartEvent):
-            depth += 1
-            if depth > MAX_DEPTH:
-                line = event.start_mark.line + 1 if event.start_mark else None
-                raise SpecError([Problem(Location(name, line), (),
-                                         f"nesting deeper than {MAX_DEPTH} levels")])
-        elif isinstance(event, MappingEndEvent | SequenceEndEvent):
-            depth -= 1
-        elif isinstance(event, AliasEvent):
-            aliases += 1
-            if aliases > MAX_ALIASES:
-                line = event.start_mark.line + 1 if event.start_mark else None
-                raise SpecError([Problem(Location(name, line), (),
-                                         f"more than {MAX_ALIASES} aliases (YAML bomb?)")])
-
-
 class _Plain:
-    """Converts ruamel round-trip nodes to plain data, recording each key's line."""
+    """Converts parsed YAML to plain data with caps on depth, aliases and total values
+    (alias expansion: a billion-laughs document is refused, never expanded); with
+    round-trip nodes it also records each key's line."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.nodes = 0
+        self.aliases = 0
+        self.seen: set[int] = set()
         self.locations: dict[KeyPath, Location] = {}
 
-    def convert(self, node: Any, path: KeyPath, line: int | None) -> Any:
+    def _refuse(self, line: int | None, path: KeyPath, message: str) -> SpecError:
+        return SpecError([Problem(Location(self.name, line), path, message)])
+
+    def convert(self, node: Any, path: KeyPath, line: int | None, depth: int = 0) -> Any:
         self.nodes += 1
         if self.nodes > MAX_NODES:
-            raise SpecError([Problem(Location(self.name, line), path,
-                                     f"more than {MAX_NODES} values after alias expansion "
-                                     "(YAML bomb?)")])
-        self.locations.setdefault(path, Location(self.name, line))
-        if isinstance(node, CommentedMap):
+            raise self._refuse(line, (), f"more than {MAX_NODES} values after alias "
+                                         "expansion (YAML bomb?)")
+        if depth > MAX_DEPTH:
+            raise self._refuse(line, (), f"nesting deeper than {MAX_DEPTH} levels")
+        if line is not None:
+            self.locations.setdefault(path, Location(self.name, line))
+        if isinstance(node, dict | list):
+            if id(node) in self.seen:
+                self.aliases += 1
+                if self.aliases > MAX_ALIASES:
+                    raise self._refuse(line, (), f"more than {MAX_ALIASES} aliases "
+                                                 "(YAML bomb?)")
+            self.seen.add(id(node))
+        if isinstance(node, dict):
             out: dict[str, Any] = {}
             for key, value in node.items():
                 if not isinstance(key, str | int | float | bool) or key is None:
-                    raise SpecError([Problem(Location(self.name, line), path,
-                                             "mapping keys must be strings")])
+                    raise self._refuse(line, path, "mapping keys must be strings")
                 skey = str(key) if not isinstance(key, bool) else str(key).lower()
-                try:
-                    kline = node.lc.key(key)[0] + 1
-                except (KeyError, TypeError, AttributeError):
-                    kline = line
-                out[skey] = self.convert(value, (*path, skey), kline)
+                kline = line
+                if isinstance(node, CommentedMap):
+                    try:
+                        kline = node.lc.key(key)[0] + 1
+                    except (KeyError, TypeError, AttributeError):
+                        kline = line
+                out[skey] = self.convert(value, (*path, skey), kline, depth + 1)
             return out
-        if isinstance(node, CommentedSeq):
+        if isinstance(node, list):
             items = []
             for i, value in enumerate(node):
-                try:
-                    iline = node.lc.item(i)[0] + 1
-                except (KeyError, TypeError, AttributeError, IndexError):
-                    iline = line
-                items.append(self.convert(value, (*path, i), iline))
+                iline = line
+                if isinstance(node, CommentedSeq):
+                    try:
+                        iline = node.lc.item(i)[0] + 1
+                    except (KeyError, TypeError, AttributeError, IndexError):
+                        iline = line
+                items.append(self.convert(value, (*path, i), iline, depth + 1))
             return items
         if isinstance(node, str):
             return str(node)
@@ -192,7 +185,12 @@ class _Plain:
         return str(node)  # timestamps and other scalars: keep the text
 
 
-def read_yaml(path: Path, display: str) -> tuple[dict[str, Any], dict[KeyPath, Location]]:
+def read_yaml(path: Path, display: str, *,
+              lines: bool = True) -> tuple[dict[str, Any], dict[KeyPath, Location]]:
+    """Parse one file (YAML 1.2, duplicate keys rejected, capped). `lines=False` takes the
+    fast C parser and records no key lines; the loader re-reads with lines only to report
+    problems. The round-trip parser is the authority: the C parser (YAML 1.1 syntax) is
+    stricter in corners, so any error it raises is decided by the round-trip parser."""
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
@@ -204,11 +202,17 @@ def read_yaml(path: Path, display: str) -> tuple[dict[str, Any], dict[KeyPath, L
                                  f"cannot read: {exc.strerror}")]) from None
     except UnicodeDecodeError:
         raise SpecError([Problem(Location(display, None), (), "not UTF-8 text")]) from None
-    yaml = YAML(typ="rt")
-    yaml.allow_duplicate_keys = False
+    if not lines:
+        fast = YAML(typ="safe", pure=False)
+        fast.allow_duplicate_keys = False
+        try:
+            return _plain_doc(list(fast.load_all(text)), display, lines=False)
+        except (YAMLError, RecursionError):
+            pass
+    rt = YAML(typ="rt")
+    rt.allow_duplicate_keys = False
     try:
-        _check_events(yaml, text, display)
-        docs = list(yaml.load_all(text))
+        docs = list(rt.load_all(text))
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -219,13 +223,21 @@ def read_yaml(path: Path, display: str) -> tuple[dict[str, Any], dict[KeyPath, L
     except YAMLError as exc:
         raise SpecError([Problem(Location(display, None), (),
                                  " ".join(str(exc).split())[:200])]) from None
+    except RecursionError:
+        raise SpecError([Problem(Location(display, None), (),
+                                 f"nesting deeper than {MAX_DEPTH} levels")]) from None
+    return _plain_doc(docs, display, lines=True)
+
+
+def _plain_doc(docs: list[Any], display: str, *,
+               lines: bool) -> tuple[dict[str, Any], dict[KeyPath, Location]]:
     docs = [d for d in docs if d is not None]
     if not docs:
         return {}, {}
     if len(docs) > 1:
         raise SpecError([Problem(Location(display, None), (), "one YAML document per file")])
     plain = _Plain(display)
-    data = plain.convert(docs[0], (), 1)
+    data = plain.convert(docs[0], (), 1 if lines else None)
     if not isinstance(data, dict):
         raise SpecError([Problem(Location(display, 1), (), "the file must be a mapping")])
     return data, plain.locations
@@ -253,7 +265,29 @@ def load(
     """Load, merge and validate a spec directory. Raises `SpecError` with every problem.
 
     `bind_root`: the tree bind mounts may come from (default: the git checkout holding the spec
-    dir, else the spec dir); a kept last-good copy passes its own copy root."""
+    dir, else the spec dir); a kept last-good copy passes its own copy root. A valid spec is
+    read once with the fast C parser; only a spec with problems is read again with key lines
+    (the round-trip parser is several times slower)."""
+    kwargs = {"strict": strict, "profiles": profiles, "policy": policy, "bind_root": bind_root}
+    try:
+        return _load(directory, lines=False, **kwargs)  # type: ignore[arg-type]
+    except _NeedLines:
+        return _load(directory, lines=True, **kwargs)  # type: ignore[arg-type]
+
+
+class _NeedLines(Exception):
+    """Raised by the fast path when a problem must be reported with its line."""
+
+
+def _load(
+    directory: str | os.PathLike[str],
+    *,
+    lines: bool,
+    strict: bool,
+    profiles: Iterable[str],
+    policy: HostPolicy | None,
+    bind_root: str | os.PathLike[str] | None,
+) -> LoadedSpec:
     root = Path(directory)
     if not root.is_dir():
         raise SpecError([Problem(Location(_display(root), None), (),
@@ -272,7 +306,7 @@ def load(
         display = _display(path)
         digests[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
         try:
-            data, locs = read_yaml(path, display)
+            data, locs = read_yaml(path, display, lines=lines)
         except SpecError as exc:
             problems.extend(exc.problems)
             continue
@@ -304,6 +338,8 @@ def load(
         for kpath, loc in locs.items():
             locations.setdefault(kpath, loc)
     if problems:
+        if not lines and any(p.location.line is None and p.path for p in problems):
+            raise _NeedLines
         raise SpecError(problems)
 
     defaults = raw.get("defaults") if isinstance(raw.get("defaults"), dict) else {}
@@ -318,6 +354,8 @@ def load(
     try:
         spec = Spec.model_validate(merged)
     except ValidationError as exc:
+        if not lines:
+            raise _NeedLines from None
         raise SpecError(_pydantic_problems(exc, merged, locations, dummy)) from None
 
     service_files = {name: origin[("services", name)] for name in spec.services}
@@ -350,6 +388,8 @@ def load(
             mounted.setdefault(name, ())
             mounted[name] = (*mounted[name], MountedFile(host, digest))
 
+    if findings and not lines:
+        raise _NeedLines
     problems = [_locate(f, locations, dummy) for f in findings]
     env_problems = [_env_problem(f, warning=not strict)
                     for f in check_env_files({n: env_files[n] for n in env_files})]

@@ -42,7 +42,7 @@ CASES = {
                       'spec.yaml:11: found duplicate key "image"'),
     "yaml_bomb": ("project: shop\na: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 9) + "]\n"
-        for i in range(12)), "values after alias expansion (YAML bomb?)"),
+        for i in range(12)), "aliases (YAML bomb?)"),
     "bad_duration": (OK.replace("    image: api:1\n",
                                 "    image: api:1\n    healthcheck: {interval: 5 seconds}\n"),
                      "spec.yaml:11: services.api.healthcheck.interval: invalid duration "
