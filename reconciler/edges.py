@@ -23,6 +23,7 @@ from reconciler.runtimes import EngineUnavailable, Runtime, RuntimeError_
 from reconciler.snapshots import Health, Observed, State, parse
 
 PLACEHOLDER = "server 127.0.0.1:9 down;  # no healthy container"
+KEPT = "(kept: no healthy replica)"
 HEADER = "# Rendered by reconciler: do not edit (rewritten on every rollout).\n"
 
 
@@ -36,38 +37,56 @@ def _address(c: Observed, networks: Iterable[str]) -> str | None:
 
 def render_upstreams(
     desired: Desired, containers: Iterable[Observed], *, include: Collection[str] = (),
-    exclude: Collection[str] = (),
+    exclude: Collection[str] = (), serving: Collection[str] = (),
 ) -> str:
     """`upstream` blocks for every exposed service. Pure.
 
     A container is listed when it is running and healthy (or has no healthcheck), belongs to
     the service, is not in `exclude`, and shares a network with the edge; `include` lists
-    ids to keep even while their health is still settling (an old generation being drained).
+    ids to keep even while their health is still settling.
+
+    `serving`: names of the containers the edge serves now (`served_names` of the current
+    file). When none of a service's containers is healthy, the ones still running from
+    `serving` stay listed (marked `kept`) instead of the placeholder: a health check that
+    flaps on an overloaded host must not turn into an outage made by the edge. A container
+    that was never served (a new generation that never got healthy) is never listed this way.
     """
     edge = desired.services.get(desired.edge_service or "")
     edge_nets = edge.networks if edge else ()
     by_service: dict[str, list[str]] = {}
+    kept: dict[str, list[str]] = {}
     for c in sorted(containers, key=lambda c: (c.service, c.replica or 0, c.name)):
         svc = desired.services.get(c.service)
         if svc is None or svc.service.expose is None or c.id in exclude:
             continue
-        ready = c.state is State.RUNNING and c.health in (Health.HEALTHY, Health.NONE)
-        if not ready and c.id not in include:
-            continue
         shared = [n for n in svc.networks if n in edge_nets] or list(svc.networks)
         address = _address(c, shared)
-        if address:
-            by_service.setdefault(c.service, []).append(
-                f"server {address}:{svc.service.expose.port} max_fails=1 fail_timeout=2s;"
-                f"  # {c.name}")
+        if not address:
+            continue
+        line = f"server {address}:{svc.service.expose.port} max_fails=1 fail_timeout=2s;"
+        ready = c.state is State.RUNNING and c.health in (Health.HEALTHY, Health.NONE)
+        if ready or c.id in include:
+            by_service.setdefault(c.service, []).append(f"{line}  # {c.name}")
+        elif c.state is State.RUNNING and c.name in serving:
+            kept.setdefault(c.service, []).append(f"{line}  # {c.name} {KEPT}")
     out = [HEADER]
     for name, svc in sorted(desired.services.items()):
         if svc.service.expose is None:
             continue
-        servers = by_service.get(name) or [PLACEHOLDER]
+        servers = by_service.get(name) or kept.get(name) or [PLACEHOLDER]
         out.append(f"upstream {name} {{\n" + "".join(f"    {s}\n" for s in servers)
                    + "    keepalive 16;\n}\n")
     return "\n".join(out)
+
+
+def served_names(text: str) -> set[str]:
+    """Names of the containers a rendered file lists (from the `# <name>` comments)."""
+    out = set()
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("server ") and "down;" not in line and "  # " in line:
+            out.add(line.split("  # ", 1)[1].split()[0])
+    return out
 
 
 def upstream_servers(text: str) -> dict[str, list[str]]:
@@ -142,9 +161,10 @@ class Edge(EdgeHook):
         async with self._lock:
             containers = (list(containers) if containers is not None
                           else await self._containers(desired))
-            text = render_upstreams(desired, containers, include=include,
-                                    exclude={*exclude, *self._retiring})
             previous = self._read()
+            text = render_upstreams(desired, containers, include=include,
+                                    exclude={*exclude, *self._retiring},
+                                    serving=served_names(previous or ""))
             if not self.write(text):
                 return
             edges = [c for c in containers if c.service == desired.edge_service

@@ -100,6 +100,15 @@ class ImageNeed:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamChange:
+    """Servers (containers) an exposed service's `upstream` gains and loses by the plan."""
+
+    upstream: str
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     project: str
     tiers: tuple[str, ...]
@@ -107,6 +116,8 @@ class Plan:
     images: tuple[ImageNeed, ...] = ()  # what create/replace/recreate steps need, sorted
     engine_available: bool = True
     notes: tuple[str, ...] = field(default=())
+    upstreams: tuple[UpstreamChange, ...] = ()  # edge upstream changes the steps imply
+    edge: str | None = None  # the edge service, when the spec has one
 
     @property
     def empty(self) -> bool:
@@ -258,7 +269,34 @@ def compute(desired: Desired, snapshot: Snapshot) -> Plan:
                 needs[wanted.image] = wanted.pull_policy
     images = [ImageNeed(ref, needs[ref]) for ref in sorted(needs)]
     return Plan(project=desired.project, tiers=desired.tiers, steps=tuple(steps),
-                images=tuple(images), engine_available=snapshot.engine_available)
+                images=tuple(images), engine_available=snapshot.engine_available,
+                upstreams=upstream_changes(desired, steps), edge=desired.edge_service)
+
+
+def upstream_changes(desired: Desired, steps: Iterable[Step]) -> tuple[UpstreamChange, ...]:
+    """Which containers each exposed service's upstream gains (created, replacing or
+    started ones, once healthy) and loses (running ones the plan stops), from the steps."""
+    added: dict[str, list[str]] = {}
+    removed: dict[str, list[str]] = {}
+    for s in steps:
+        svc = desired.services.get(s.service)
+        if svc is None or svc.service.expose is None:
+            continue
+        gone = [o.name for o in s.old if o.state is State.RUNNING
+                and (s.adopt is None or o.id != s.adopt.id)]
+        removed.setdefault(s.service, []).extend(gone)
+        if s.action is Action.START and s.target is not None:
+            added.setdefault(s.service, []).append(s.target.name)
+        elif (s.action in (Action.CREATE, Action.REPLACE, Action.RECREATE) and s.new_name
+              and (s.adopt is None or s.adopt.state is not State.RUNNING)):
+            # an adopted running container (an interrupted rollout) is already serving
+            added.setdefault(s.service, []).append(s.new_name)
+    out = []
+    for name in sorted(set(added) | set(removed)):
+        plus, minus = tuple(added.get(name, ())), tuple(removed.get(name, ()))
+        if plus or minus:
+            out.append(UpstreamChange(name, added=plus, removed=minus))
+    return tuple(out)
 
 
 def services_touched(steps: Iterable[Step]) -> list[str]:

@@ -114,10 +114,39 @@ def text(plan: Plan, *, color: bool = False, revision: str | None = None) -> str
         lines += ["", "Removed from the spec (after every tier passed)"]
         for step in orphans:
             lines.append(_paint("  " + _step_line(step), "-", color))
+    lines += _edge_lines(plan)
     c = plan.counts()
     lines += ["", f"Plan: {c['create']} to create, {c['replace']} to replace, "
                   f"{c['start']} to start, {c['remove']} to remove."]
     return "\n".join(lines) + "\n"
+
+
+def edge_update(plan: Plan) -> str | None:
+    """How the plan updates the edge itself, in words (None: the edge is not touched)."""
+    steps = [s for s in plan.steps if plan.edge and s.service == plan.edge
+             and s.action in (Action.REPLACE, Action.RECREATE, Action.CREATE) and s.old]
+    if not steps:
+        return None
+    if all(s.action is Action.REPLACE and s.order is UpdateOrder.START_FIRST for s in steps):
+        return (f"edge {plan.edge}: replaced start-first (the new edge serves before the old "
+                "one stops gracefully)")
+    return (f"edge {plan.edge}: replaced stop-first (it publishes a fixed host port): the old "
+            "edge finishes in-flight requests (graceful stop), new connections are refused "
+            "until the new one listens (the new container is created beforehand)")
+
+
+def _edge_lines(plan: Plan) -> list[str]:
+    edge = edge_update(plan)
+    if not plan.upstreams and edge is None:
+        return []
+    lines = ["", "Edge upstreams (nginx reloaded gracefully; servers join once healthy, "
+                 "leave before they stop)"]
+    for u in plan.upstreams:
+        lines.append(f"  upstream {u.upstream}: " + ", ".join(
+            [f"+{a}" for a in u.added] + [f"-{r}" for r in u.removed]))
+    if edge is not None:
+        lines.append(f"  {edge}")
+    return lines
 
 
 def step_dict(step: Step) -> dict[str, Any]:
@@ -156,5 +185,8 @@ def as_json(plan: Plan, *, revision: str | None = None) -> str:
         "summary": plan.counts(),
         "notes": list(plan.notes),
         "steps": [step_dict(s) for s in plan.steps],
+        "edge": {"service": plan.edge, "update": edge_update(plan),
+                 "upstreams": [{"upstream": u.upstream, "added": list(u.added),
+                                "removed": list(u.removed)} for u in plan.upstreams]},
     }
     return json.dumps(data, indent=2, sort_keys=False) + "\n"

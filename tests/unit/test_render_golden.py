@@ -62,3 +62,40 @@ def test_golden_no_engine(tmp_path: Path) -> None:
     d = desired_from(tmp_path, BASE)
     plan = compute(d, snapshots.empty("shop", engine_available=False))
     check("plan-empty-host.txt", render.text(plan))
+
+
+EDGE = """
+project: shop
+defaults:
+  update: {min_ready: 1s}
+networks: {edge: {}}
+edge: {service: nginx, upstreams_file: /etc/nginx/conf.d/upstreams.conf}
+services:
+  api:
+    tier: business
+    image: api:1
+    replicas: 2
+    networks: [edge]
+    expose: {port: 8080}
+  nginx:
+    tier: external
+    image: nginx:1
+    volumes: ["./nginx.conf:/etc/nginx/nginx.conf:ro"]
+    ports: ["8088:80"]
+    networks: [edge]
+"""
+
+
+def test_golden_edge_upstreams(tmp_path: Path) -> None:
+    """A rollout of an exposed service (scaled 2 -> 3) and an nginx.conf change: the plan
+    lists the servers each upstream gains and loses, and how the edge itself is updated."""
+    for name, conf in (("old", "events {}\n"), ("new", "events {}\nhttp {}\n")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "nginx.conf").write_text(conf)
+    old = desired_from(tmp_path / "old", EDGE)
+    new = desired_from(tmp_path / "new", EDGE.replace("image: api:1", "image: api:2")
+                       .replace("replicas: 2", "replicas: 3"))
+    host = [container_json(old, "api", 1, cid="a1"), container_json(old, "api", 2, cid="a2"),
+            container_json(old, "nginx", 1, cid="n1")]
+    plan = compute(new, observed(new, *host))
+    check("plan-edge.txt", render.text(plan))
