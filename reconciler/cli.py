@@ -14,10 +14,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from reconciler import render
-from reconciler.controller import PassResult, Reconciler, Result
 from reconciler.desired import Desired, build
 from reconciler.execute import Progress
 from reconciler.loading import LoadedSpec, SpecError, load, load_policy
@@ -25,6 +24,9 @@ from reconciler.persistence import State, StateError, default_state_dir
 from reconciler.plans import Plan, compute
 from reconciler.runtimes import EngineUnavailable, Runtime, RuntimeError_
 from reconciler.snapshots import Snapshot, empty
+
+if TYPE_CHECKING:
+    from reconciler.controller import PassResult
 
 EXIT_OK, EXIT_FAILED, EXIT_CHANGES = 0, 1, 2
 PREVIEW_KEY = b"reconciler-preview-without-host-key"
@@ -283,13 +285,24 @@ def progress_printer(stream: TextIO | None = None) -> Callable[[Progress], None]
     return show
 
 
+def engine_timeout() -> float:
+    """The bound of every engine call in seconds: `RECONCILER_ENGINE_TIMEOUT`, default 30."""
+    try:
+        value = float(os.environ.get("RECONCILER_ENGINE_TIMEOUT") or 30.0)
+    except ValueError:
+        return 30.0
+    return value if value > 0 else 30.0
+
+
 async def _runtime() -> Runtime:
     from reconciler.dockerd import DockerRuntime
 
-    return await DockerRuntime.connect()
+    return await DockerRuntime.connect(timeout_s=engine_timeout())
 
 
 async def cmd_apply(args: argparse.Namespace) -> int:
+    from reconciler.controller import Reconciler
+
     state = State(state_dir(args))
     with state.lock():
         runtime = await _runtime()
@@ -304,6 +317,8 @@ async def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def report_pass(res: PassResult) -> int:
+    from reconciler.controller import Result
+
     for problem in res.problems:
         print(f"error: {problem}", file=sys.stderr)
     head = {
@@ -373,6 +388,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 async def cmd_rollback(args: argparse.Namespace) -> int:
+    from reconciler.controller import Reconciler
+
     state = State(state_dir(args))
     with state.lock():
         goods = state.good_revisions()
@@ -410,7 +427,7 @@ async def _connect_with_retry(log: Any) -> Runtime:
     delay = 0.5
     while True:
         try:
-            return await DockerRuntime.connect()
+            return await DockerRuntime.connect(timeout_s=engine_timeout())
         except EngineUnavailable as exc:
             log.warning("engine unavailable; retrying", error=str(exc), retry_in=delay)
             await asyncio.sleep(delay)
@@ -421,7 +438,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     import signal
 
     from reconciler import logs
-    from reconciler.controller import Controller
+    from reconciler.controller import Controller, Reconciler
     from reconciler.specs import parse_duration
 
     logs.configure()

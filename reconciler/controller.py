@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from reconciler import faults, labels, logs, rollback, telemetry
+from reconciler import faults, labels, logs, rollback
 from reconciler.desired import Desired, build
 from reconciler.edges import Edge, edge_dir
 from reconciler.execute import (
@@ -34,7 +34,7 @@ from reconciler.execute import (
     _ignore,
 )
 from reconciler.labels import project_selector
-from reconciler.loading import LoadedSpec, SpecError, load
+from reconciler.loading import LoadedSpec, SpecError, input_stamp, load
 from reconciler.persistence import GoodRevision, HistoryEntry, State, StateError
 from reconciler.plans import Plan, Reason, compute
 from reconciler.runtimes import EngineUnavailable, Runtime, RuntimeError_
@@ -101,12 +101,20 @@ class Reconciler:
         self.wall = wall
         self.sleep = sleep
         self.last_desired: Desired | None = None
+        self._cached: tuple[LoadedSpec, tuple[Any, ...]] | None = None
+        self._built: tuple[LoadedSpec, Desired] | None = None
         self.last_snapshot: Snapshot | None = None
         self.executor = Executor(runtime, clock=clock, sleep=sleep, report=report,
                                  poll_s=poll_s)
 
     def load_candidate(self) -> LoadedSpec:
-        return load(self.spec_dir, strict=True, profiles=self.profiles, policy=self.policy)
+        """The spec on disk; an unchanged spec (same files, same stats) is not read again."""
+        if self._cached is not None and input_stamp(self._cached[0]) == self._cached[1]:
+            return self._cached[0]
+        loaded = load(self.spec_dir, strict=True, profiles=self.profiles, policy=self.policy)
+        stamp = input_stamp(loaded)
+        self._cached = (loaded, stamp) if stamp is not None else None
+        return loaded
 
     def load_good(self, good: GoodRevision) -> LoadedSpec:
         return load(good.directory, strict=True, profiles=self.profiles, policy=self.policy,
@@ -117,7 +125,11 @@ class Reconciler:
         assert key is not None
         spec = loaded.spec
         directory = edge_dir(self.state.root, spec.project)
-        desired = build(loaded, key, edge_dir=str(directory) if spec.edge else None)
+        if self._built is not None and self._built[0] is loaded:
+            desired = self._built[1]
+        else:
+            desired = build(loaded, key, edge_dir=str(directory) if spec.edge else None)
+            self._built = (loaded, desired)
         self.last_desired = desired
         snapshot = await observe(self.rt, desired.project)
         self.last_snapshot = snapshot
@@ -199,6 +211,9 @@ class Reconciler:
                 f"{choice.reason} ({last_good.label}); change the spec to try again", fp, rev,
                 plan, outcome, quarantined=True, held_last_good=True)
 
+        # a pass that could not record its result must not start: checked before acting
+        self.state.ensure_room(extra=sum(os.path.getsize(f) for f in candidate.files
+                                         if os.path.isfile(f)))
         _, plan, outcome = await self.converge(candidate)
         if outcome is None or outcome.ok:
             if last_good is None or last_good.fingerprint != fp:
@@ -214,6 +229,12 @@ class Reconciler:
             return PassResult(Result.FAILED, f"the engine did not answer ({first}); nothing "
                               "was quarantined, the next pass retries", fp, rev, plan, outcome,
                               engine_unavailable=True)
+        if last_good is not None and last_good.fingerprint == fp:
+            # repairing drift to the known-good spec failed: not a bad rollout, there is
+            # nothing to revert to, and quarantining the good spec would stop every repair
+            return PassResult(Result.FAILED, f"{reason}\nrepairing the host to last-good "
+                              f"{last_good.label} failed; nothing was quarantined, the next "
+                              "pass retries", fp, rev, plan, outcome)
         with faults.in_phase("revert"):
             return await self._revert(candidate, plan, outcome, reason, last_good)
 
@@ -323,11 +344,14 @@ class Controller:
         self.reasons: set[str] = set()
         self.stop = asyncio.Event()
         self.passes = 0
+        self.first_pass_done = False
         self.failures = 0  # consecutive failed passes (for backoff)
         self.halted_on: str | None = None  # candidate fingerprint a failed revert stopped on
         self.heartbeat = time.monotonic()
         self.pass_started: float | None = None
         self.git_backoff_s = 0.0
+        self.events_project: str | None = None
+        self.project_changed = asyncio.Event()
 
     # -- triggers --------------------------------------------------------------------------
     def trigger(self, reason: str) -> None:
@@ -343,7 +367,7 @@ class Controller:
         return self.pass_started is None or now - self.pass_started < self.stuck_after_s
 
     def ready(self) -> bool:
-        return self.passes > 0
+        return self.first_pass_done
 
     async def run(self) -> None:
         tasks = [
@@ -426,6 +450,10 @@ class Controller:
             self.halted_on = None
         good_before = self._good_fingerprint()
         res = await self.rec.reconcile(kind="run")
+        self.first_pass_done = True
+        desired = self.rec.last_desired
+        if desired is not None and self.events_project not in (None, desired.project):
+            self.project_changed.set()
         level = "info" if res.ok or res.held_last_good else "error"
         getattr(self.log, level)(
             "pass", result=res.result.value, triggers=reasons, seconds=round(res.seconds, 3),
@@ -473,6 +501,8 @@ class Controller:
             for service, seconds in outcome.health_waits.items():
                 m.health_wait(service, seconds)
         if res.result is Result.ROLLED_BACK and res.outcome and res.outcome.failure:
+            from reconciler import telemetry  # the daemon only: keeps `apply` start-up lean
+
             m.rollback(telemetry.rollback_reason(res.outcome.failure.message,
                                                  images_ok=res.outcome.images_ok))
         for kind in kinds:
@@ -514,25 +544,50 @@ class Controller:
 
     # -- engine events ------------------------------------------------------------------------
     async def _events(self) -> None:
+        """Our project's container events only (other projects on the host are not our
+        business); reconnect with backoff, a full resync after every (re)connect, and a new
+        subscription when the spec's project changes."""
         backoff = 0.5
         while True:
-            stream = self.rt.events(label=labels.PROJECT)
+            project = await self._known_project()
+            self.events_project = project
+            opened = time.monotonic()
+            stream = self.rt.events(label=labels.project_selector(project))
+            reader = asyncio.create_task(self._read_events(stream))
+            changed = asyncio.create_task(self.project_changed.wait())
             try:
-                await stream.connect()
-                backoff = 0.5
-                self.trigger("events-connected")  # a full resync after every (re)connect
-                async for event in stream:
-                    if event.action.startswith(WATCHED_EVENTS):
-                        self.trigger("engine-event")
-            except RuntimeError_ as exc:
-                self.log.warning("event stream error", error=str(exc))
+                done, _ = await asyncio.wait({reader, changed},
+                                             return_when=asyncio.FIRST_COMPLETED)
             finally:
+                for task in (reader, changed):
+                    task.cancel()
+                await asyncio.gather(reader, changed, return_exceptions=True)
                 await stream.aclose()
+            if changed in done:
+                self.project_changed.clear()
+                continue
             if self.metrics is not None:
                 self.metrics.events_reconnect()
+            if time.monotonic() - opened > 10:
+                backoff = 0.5  # it had been up: this is a fresh outage
             self.log.warning("event stream ended; reconnecting", backoff=backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
+
+    async def _read_events(self, stream: Any) -> None:
+        try:
+            await stream.connect()
+            self.trigger("events-connected")  # a full resync after every (re)connect
+            async for event in stream:
+                if event.action.startswith(WATCHED_EVENTS):
+                    self.trigger("engine-event")
+        except RuntimeError_ as exc:
+            self.log.warning("event stream error", error=str(exc))
+
+    async def _known_project(self) -> str:
+        while self.rec.last_desired is None:
+            await asyncio.sleep(0.2)
+        return self.rec.last_desired.project
 
     # -- spec directory -----------------------------------------------------------------------
     async def _watch_spec(self) -> None:

@@ -325,6 +325,7 @@ class Executor:
         probe = Probe.from_inspect(info)
         gate = Gate(started_at=started, min_ready=update.min_ready, deadline=update.deadline,
                     baseline_restarts=probe.restart_count)
+        delay = min(0.05, self.poll_s)  # quick checks first, then every poll_s
         while True:
             verdict, gate, why = judge(gate, probe, self.clock())
             if verdict is Verdict.READY:
@@ -334,7 +335,8 @@ class Executor:
                 return
             if verdict is Verdict.FAILED:
                 raise StepFailed(step.id, f"{why}{await self._log_tail(cid, svc)}")
-            await self.sleep(self.poll_s)
+            await self.sleep(delay)
+            delay = min(delay * 1.5, self.poll_s)
             info = await self._call(step.id, self.rt.inspect_container(cid))
             probe = Probe.from_inspect(info)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -583,3 +584,33 @@ def load_policy(path: str | None = None) -> HostPolicy:
         allow_docker_socket=bool(data.get("allow_docker_socket", False)),
         allow_bind_mounts=tuple(str(p) for p in data.get("allow_bind_mounts", [])),
     )
+
+
+def input_stamp(loaded: LoadedSpec, *, now_ns: int | None = None) -> tuple[Any, ...] | None:
+    """Cheap identity of everything `loaded` was read from (stat of the spec dir, its files,
+    env files and bind-mounted files, and the git HEAD): equal stamps mean an equal spec, so
+    the controller can skip re-reading an unchanged spec. None when a file changed in the
+    last two seconds (a write may still be in flight: never cache a racy read)."""
+    paths = [loaded.directory, *loaded.files]
+    paths += [e.path for envs in loaded.env_files.values() for e in envs]
+    for mounts in loaded.mounted.values():
+        for m in mounts:
+            paths.append(m.host_path)
+            if os.path.isdir(m.host_path):
+                for dirpath, dirnames, filenames in os.walk(m.host_path):
+                    dirnames[:] = sorted(dirnames)
+                    paths += [dirpath, *(os.path.join(dirpath, f) for f in sorted(filenames))]
+    newest = 0
+    stamp: list[Any] = [_git_revision(Path(loaded.directory).resolve())]
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            stamp.append((path, None))
+            continue
+        newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
+        stamp.append((path, st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino))
+    now = now_ns if now_ns is not None else time.time_ns()
+    if now - newest < 2_000_000_000:
+        return None
+    return tuple(stamp)
