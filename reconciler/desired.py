@@ -39,7 +39,6 @@ class DesiredService:
     networks: tuple[str, ...]  # full engine names, in spec order
     binds: tuple[str, ...]  # Docker `Binds` entries
     edge: bool = False
-    env_unknown: bool = False  # an env file was not readable (preview only)
 
     @property
     def replicas(self) -> int:
@@ -156,7 +155,6 @@ def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None) -> Des
             fingerprint=labels.fingerprint(key, public), public_config=public,
             env=tuple(env.items()), networks=networks, binds=tuple(binds),
             edge=is_edge,
-            env_unknown=any(not e.readable for e in envs),
         )
     return Desired(
         project=spec.project,

@@ -297,7 +297,3 @@ def upstream_changes(desired: Desired, steps: Iterable[Step]) -> tuple[UpstreamC
         if plus or minus:
             out.append(UpstreamChange(name, added=plus, removed=minus))
     return tuple(out)
-
-
-def services_touched(steps: Iterable[Step]) -> list[str]:
-    return sorted({s.service for s in steps if s.service})

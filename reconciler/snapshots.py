@@ -52,10 +52,6 @@ class Observed:
     exit_code: int | None = None  # from "Exited (N) ..." in the list Status
     addresses: Mapping[str, str] = field(default_factory=dict)  # network -> IPv4 address
 
-    @property
-    def short_id(self) -> str:
-        return self.id[:12]
-
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
