@@ -304,6 +304,7 @@ async def cmd_apply(args: argparse.Namespace) -> int:
     from reconciler.controller import Reconciler
 
     state = State(state_dir(args))
+    load_spec(args, strict=True)  # a bad spec is reported as file:line, engine or not
     with state.lock():
         runtime = await _runtime()
         try:

@@ -35,7 +35,13 @@ from reconciler.execute import (
 )
 from reconciler.labels import project_selector
 from reconciler.loading import LoadedSpec, SpecError, input_stamp, load
-from reconciler.persistence import GoodRevision, HistoryEntry, State, StateError
+from reconciler.persistence import (
+    GoodRevision,
+    HistoryEntry,
+    SpecChanged,
+    State,
+    StateError,
+)
 from reconciler.plans import Plan, Reason, compute
 from reconciler.runtimes import EngineUnavailable, Runtime, RuntimeError_
 from reconciler.snapshots import Health, Snapshot, parse
@@ -276,10 +282,17 @@ class Reconciler:
         # their 0600 mode): without them a kept revision cannot load, so it cannot be reverted to
         paths = (list(loaded.files) + [m.host_path for ms in loaded.mounted.values() for m in ms]
                  + [e.path for envs in loaded.env_files.values() for e in envs if e.readable])
-        self.state.record_good(root=Path(good.root if good else loaded.root),
-                               spec_dir=Path(good.directory if good else loaded.directory)
-                               .resolve(), paths=paths, fingerprint=fingerprint,
-                               revision=revision, now=self.wall())
+        # only what was loaded (and converged) may become last-good, not what the spec dir
+        # holds by now: the copy is checked against the digests taken at load time
+        digests = dict(loaded.files) | {m.host_path: m.digest for ms in loaded.mounted.values()
+                                        for m in ms if m.digest}
+        try:
+            self.state.record_good(root=Path(good.root if good else loaded.root),
+                                   spec_dir=Path(good.directory if good else loaded.directory)
+                                   .resolve(), paths=paths, fingerprint=fingerprint,
+                                   revision=revision, now=self.wall(), digests=digests)
+        except SpecChanged as exc:  # the next pass (a watch trigger is pending) takes it on
+            self.report_line(f"last-good not recorded: {exc}")
 
     def _record(self, res: PassResult, kind: str) -> None:
         failed = [r.step.id for o in (res.outcome, res.revert) if o for r in o.results

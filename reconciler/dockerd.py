@@ -288,10 +288,20 @@ class DockerRuntime:
         self._sock_connect_s = sock_connect_s
         self._pull_timeout_s = pull_timeout_s
         self._exec_timeout_s = exec_timeout_s
+        # A fresh connection per call on a local socket (microseconds): a daemon that shuts
+        # down closes its listener first and only then stops the containers, but keeps
+        # serving kept-alive connections meanwhile, so with keep-alive a health gate would
+        # see every container "exit" during an engine restart instead of an engine outage.
+        self._connector: aiohttp.BaseConnector | None = None
+        if self.url.startswith("unix://"):
+            self._connector = aiohttp.UnixConnector(self.url[len("unix://"):],
+                                                    force_close=True)
         self._docker = aiodocker.Docker(
-            url=self.url,
+            url=self.url, connector=self._connector,
             timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=sock_connect_s),
         )
+        if self._connector is not None:
+            self._docker.docker_host = "unix://localhost"  # as aiodocker does for its own
         self._streams: weakref.WeakSet[DockerEventStream] = weakref.WeakSet()
 
     @classmethod
@@ -540,6 +550,9 @@ class DockerRuntime:
             await stream.aclose()
         with contextlib.suppress(Exception):
             await self._docker.close()
+        if self._connector is not None:  # ours, not aiodocker's: closed here
+            with contextlib.suppress(Exception):
+                await self._connector.close()
 
 
 def _check_protocol() -> None:  # pragma: no cover - static check only

@@ -338,6 +338,11 @@ def _load(
                 origin[(key,)] = display
         for kpath, loc in locs.items():
             locations.setdefault(kpath, loc)
+    if "services" not in raw and not problems:
+        # a half-deleted spec directory must not read as "remove every container"
+        problems.append(Problem(Location(_display(root), None), ("services",),
+                                "no services defined in any file; to remove every service "
+                                "on purpose, say so with `services: {}`"))
     if problems:
         if not lines and any(p.location.line is None and p.path for p in problems):
             raise _NeedLines

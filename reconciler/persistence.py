@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -31,10 +32,15 @@ LOCK = "lock"
 KEY_BYTES = 32
 HISTORY_KEEP = 500
 REVISIONS_KEEP = 20
+ROOM_BYTES = 256 * 1024  # headroom a pass needs besides a history rewrite and a spec copy
 
 
 class StateError(Exception):
     """The state dir cannot be used (permissions, disk full, held lock)."""
+
+
+class SpecChanged(StateError):
+    """The spec files changed between load and record: the copy would not be what ran."""
 
 
 class StateCorrupt(StateError):
@@ -161,6 +167,22 @@ class State:
         finally:
             os.close(fd)
 
+    def ensure_room(self, *, extra: int = 0) -> None:
+        """Raise `StateError` when the state dir could not record what a pass is about to do
+        (a full disk): checked before anything is changed on the host."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            st = os.statvfs(self.root)
+            history = (self.root / HISTORY).stat().st_size if (
+                self.root / HISTORY).exists() else 0
+        except OSError as exc:
+            raise StateError(f"cannot use the state dir {self.root}: {exc.strerror}") from None
+        free, need = st.f_bavail * st.f_frsize, ROOM_BYTES + extra + history
+        if free < need or (st.f_files and st.f_favail < 64):
+            raise StateError(f"the state dir {self.root} is full ({free // 1024} KiB, "
+                             f"{st.f_favail} inodes free; a pass needs about {need // 1024} "
+                             "KiB): nothing was changed on the host")
+
     # key ---------------------------------------------------------------------------------
     def key(self, *, create: bool) -> bytes | None:
         return ensure_key(self.root) if create else read_key(self.root)
@@ -179,9 +201,12 @@ class State:
         return good
 
     def record_good(self, *, root: Path, spec_dir: Path, paths: list[str], fingerprint: str,
-                    revision: str | None, now: float) -> GoodRevision:
+                    revision: str | None, now: float,
+                    digests: dict[str, str] | None = None) -> GoodRevision:
         """Keep a copy of the spec files and the files they bind-mount (at the same places
-        relative to `root`) and point last-good at it."""
+        relative to `root`) and point last-good at it. `digests` (path -> sha256 as loaded):
+        a copied file that no longer matches raises `SpecChanged` (a git pull or an edit
+        landed during the pass) and nothing is recorded."""
         crash_point("state-last-good:before")
         target = self.root / REVISIONS / fingerprint
         if not target.is_dir():
@@ -198,6 +223,11 @@ class State:
                         shutil.copytree(name, dest, symlinks=True, dirs_exist_ok=True)
                     elif Path(name).exists():
                         shutil.copy2(name, dest)
+                        want = (digests or {}).get(name)
+                        if want and hashlib.sha256(dest.read_bytes()).hexdigest() != want:
+                            shutil.rmtree(tmp, ignore_errors=True)
+                            raise SpecChanged(f"{name} changed during the pass; last-good "
+                                              "stays where it was")
                 os.replace(tmp, target)
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
