@@ -150,7 +150,7 @@ def last_of_tier(stack: Stack, tier: str, *, index: int = -1) -> str:
 
 def _healthcheck(s: Svc) -> dict[str, Any]:
     return {"test": list(HEALTH_TEST), "interval": ms(s.interval_s), "timeout": "10s",
-            "retries": 3, "start_period": "0s"}
+            "retries": 3, "start_period": "10s"}  # failures while starting do not count
 
 
 def _env(s: Svc) -> dict[str, str]:
