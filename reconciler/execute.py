@@ -180,6 +180,11 @@ class Executor:
         gate = asyncio.Semaphore(svc.service.update.parallelism)
 
         async def one(step: Step) -> None:
+            if step.action is Action.CREATE and not step.old:
+                # nothing serving is taken away: `parallelism` protects capacity during an
+                # update, so new replicas all start at once (as a cold start should)
+                await self._timed(step, desired, outcome)
+                return
             async with gate:
                 await self._timed(step, desired, outcome)
 

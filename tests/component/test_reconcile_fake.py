@@ -87,19 +87,28 @@ async def test_cold_start_runs_tiers_in_order_and_waits_min_ready(
     assert again.result is Result.NOOP and fake.write_calls == writes
 
 
-async def test_parallelism_bounds_replicas_in_flight(tmp_path: Path, fake: FakeRuntime) -> None:
-    rec, events = make(tmp_path, fake)
-    await rec.reconcile()
+def peak_in_flight(events: list[Progress], tier: str) -> int:
     in_flight = peak = 0
     for e in events:
-        if e.tier != "business":
+        if e.tier != tier:
             continue
         if e.kind == "step-start":
             in_flight += 1
             peak = max(peak, in_flight)
         elif e.kind in ("step-done", "step-failed"):
             in_flight -= 1
-    assert peak == 2
+    return peak
+
+
+async def test_parallelism_bounds_updates_but_not_new_replicas(
+        tmp_path: Path, fake: FakeRuntime) -> None:
+    rec, events = make(tmp_path, fake)
+    await rec.reconcile()
+    assert peak_in_flight(events, "business") == 3  # a cold start takes nothing away
+    events.clear()
+    write_spec(tmp_path / "spec", SPEC.replace('image: "api:1"', 'image: "api:2"'))
+    assert (await rec.reconcile()).result is Result.CONVERGED
+    assert peak_in_flight(events, "business") == 2  # update.parallelism
 
 
 @pytest.mark.parametrize(("image", "behaviour", "why"), [
