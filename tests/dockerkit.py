@@ -220,10 +220,11 @@ class Controller:
     def text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_for(self, predicate: Any, timeout: float = 60, what: str = "") -> dict[str, Any]:
-        """Wait for a log line matching predicate(line) -> bool; returns it."""
+    def wait_for(self, predicate: Any, timeout: float = 60, what: str = "",
+                 after: int = 0) -> dict[str, Any]:
+        """Wait for a log line (from line number `after` on) matching predicate(line)."""
         deadline = time.monotonic() + timeout
-        seen = 0
+        seen = after
         while time.monotonic() < deadline:
             lines = self.lines()
             for line in lines[seen:]:
