@@ -11,8 +11,7 @@ reloaded (the step fails, which triggers the normal revert). Reload is SIGHUP: g
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from pathlib import Path
 
 from reconciler.desired import Desired, DesiredService
@@ -257,19 +256,3 @@ def worker_pids(ps_output: str) -> set[int]:
 
 def edge_dir(state_dir: Path, project: str) -> Path:
     return state_dir / "edge" / project
-
-
-def mount_for(desired_edge_file: str, directory: Path) -> tuple[str, str]:
-    """(host dir, container dir) of the bind the edge container gets for its upstreams."""
-    return str(directory), os.path.dirname(desired_edge_file)
-
-
-def changes(before: Mapping[str, list[str]], after: Mapping[str, list[str]]) -> list[str]:
-    out = []
-    for name in sorted(set(before) | set(after)):
-        added = sorted(set(after.get(name, [])) - set(before.get(name, [])))
-        removed = sorted(set(before.get(name, [])) - set(after.get(name, [])))
-        if added or removed:
-            out.append(f"upstream {name}: " + ", ".join(
-                [f"+{a}" for a in added] + [f"-{r}" for r in removed]))
-    return out

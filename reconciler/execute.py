@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -411,8 +411,3 @@ class EdgeHook:
 
     async def settle(self, desired: Desired) -> None:
         return None
-
-
-def summary(outcome: Outcome) -> Mapping[str, int]:
-    ok = sum(1 for r in outcome.results if r.ok)
-    return {"ok": ok, "failed": len(outcome.results) - ok}

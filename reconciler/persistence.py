@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -306,7 +305,3 @@ class State:
             except (ValueError, TypeError):
                 raise StateCorrupt(f"{self.root / HISTORY} has a torn line") from None
         return out
-
-
-def now() -> float:
-    return time.time()
