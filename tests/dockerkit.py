@@ -83,7 +83,10 @@ class Host:
                      f"label=reconciler.project={self.project}").split()
         if not ids:
             return []
-        return list(json.loads(docker("inspect", *ids)))
+        # a container may go away between the list and the inspect (a controller is
+        # repairing): inspect reports the ones that still exist and fails for the rest
+        out = docker("inspect", *ids, check=False).strip()
+        return list(json.loads(out)) if out else []
 
     def by_service(self) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {}
