@@ -146,7 +146,8 @@ class State:
     """Access to one state dir. Use `lock()` around anything that acts on the host."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
+        # absolute: paths under it are bind-mounted into containers (the edge's upstreams)
+        self.root = Path(os.path.abspath(root))
 
     # lock --------------------------------------------------------------------------------
     @contextlib.contextmanager
