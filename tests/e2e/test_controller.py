@@ -4,12 +4,9 @@ event stream, an invalid spec and SIGTERM mid-rollout."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime
 import json
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.dockerkit import STACK, Controller, Host, docker, git, swap, wait_until
+from tests.faults.kit import FaultProxy
 
 pytestmark = pytest.mark.docker
 
@@ -128,52 +126,9 @@ def test_tampering_is_repaired_within_seconds(host: Host, tamper: str) -> None:
         ctl.stop()
 
 
-class SocketProxy:
-    """A unix-socket proxy in front of dockerd whose connections the test can cut."""
-
-    def __init__(self, path: Path, upstream: str = "/var/run/docker.sock") -> None:
-        self.path, self.upstream = path, upstream
-        self.loop = asyncio.new_event_loop()
-        self.writers: set[asyncio.StreamWriter] = set()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(Exception):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        with contextlib.suppress(Exception):
-            writer.close()
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_r, up_w = await asyncio.open_unix_connection(self.upstream)
-        self.writers |= {writer, up_w}
-        await asyncio.gather(self._pipe(reader, up_w), self._pipe(up_r, writer))
-
-    def start(self) -> SocketProxy:
-        self.thread.start()
-        fut = asyncio.run_coroutine_threadsafe(
-            asyncio.start_unix_server(self._client, path=str(self.path)), self.loop)
-        self.server = fut.result(10)
-        return self
-
-    def cut(self) -> None:
-        def close_all() -> None:
-            for w in list(self.writers):
-                w.close()
-            self.writers.clear()
-        self.loop.call_soon_threadsafe(close_all)
-
-    def stop(self) -> None:
-        self.cut()
-        self.loop.call_soon_threadsafe(self.server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
 def test_cut_event_stream_reconnects_and_resyncs(host: Host) -> None:
     host.write(STACK)
-    proxy = SocketProxy(host.root / "docker.sock").start()
+    proxy = FaultProxy(host.root / "docker.sock").start()
     ctl = Controller(host, "--resync", "120s",
                      env={"DOCKER_HOST": f"unix://{host.root / 'docker.sock'}"}).start()
     try:
