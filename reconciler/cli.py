@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     _common(add_import_parser(sub), suppress=True)
 
+    from reconciler.exporting import add_parser as add_export_parser
+
+    _common(add_export_parser(sub), suppress=True)
+
     rollback = sub.add_parser("rollback", help="converge to a recorded good revision")
     _common(rollback, suppress=True)
     rollback.add_argument("--to", metavar="REV",
@@ -125,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from reconciler.importing import cmd_import_compose
 
             return cmd_import_compose(args)
+        if command == "export":
+            from reconciler.exporting import cmd_export
+
+            return cmd_export(args)
         return asyncio.run(cmd_run(args))
     except SpecError as exc:
         print_problems(exc)

@@ -1,0 +1,1 @@
+"""Translations of a loaded spec into other orchestrators' formats (pure: no I/O)."""
