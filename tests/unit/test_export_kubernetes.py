@@ -1,0 +1,417 @@
+"""`export.kubernetes`: golden exports of deploy/demo and specs/, offline validation against
+the Kubernetes API schemas (kubernetes-validate), structural checks of the CRDs it cannot
+check (Argo CD Application, ExternalSecret, SealedSecret), sync waves that follow the tiers,
+and a property test: every service appears, env-file keys only as Secret references, and no
+env-file value anywhere in the output.
+
+Regenerate the golden directories with UPDATE_GOLDEN=1 after an intended change, and review
+the diff (tests/golden/k8s-demo/, tests/golden/k8s-specs/)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reconciler.export.kubernetes import (
+    APPLICATION,
+    KUSTOMIZATION,
+    MANIFEST_KINDS_WITHOUT_SCHEMA,
+    WAVE,
+    EdgeMode,
+    Export,
+    Kind,
+    Mounted,
+    Options,
+    SecretsMode,
+    dns_label,
+    export,
+)
+from reconciler.exporting import EXPORT_POLICY, dump, read_mounted, spec_locations, write
+from reconciler.loading import LoadedSpec, load
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = REPO / "tests" / "golden"
+VERSION = "1.33"
+WORKLOADS = ("Deployment", "StatefulSet", "Job")
+
+
+def load_rel(spec: str, monkeypatch: pytest.MonkeyPatch, **kw: Any) -> LoadedSpec:
+    """Load as a user in the repo root does (relative paths keep the golden files stable)."""
+    monkeypatch.chdir(REPO)
+    return load(spec, strict=False, policy=EXPORT_POLICY, **kw)
+
+
+def run(loaded: LoadedSpec, options: Options, *, stub_contents: bool = False) -> Export:
+    contents = read_mounted(loaded)
+    if stub_contents:  # the golden files check the structure, not nginx.conf's text
+        contents = {p: Mounted({k: f"(golden: content of {k})\n" for k in m.files},
+                               m.directory, m.problem) for p, m in contents.items()}
+    return export(loaded, options=options, locations=spec_locations(loaded), contents=contents)
+
+
+def findings_text(result: Export) -> str:
+    return "".join(f"{f.kind}: {f}\n" for f in result.findings)
+
+
+def check_golden(name: str, result: Export, tmp: Path) -> None:
+    out = tmp / name
+    write(result, out)
+    (out / "FINDINGS.txt").write_text(findings_text(result))
+    golden = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        shutil.rmtree(golden, ignore_errors=True)
+        shutil.copytree(out, golden)
+    assert golden.is_dir(), f"missing {golden}; run with UPDATE_GOLDEN=1"
+    got = {p.relative_to(out).as_posix(): p.read_text() for p in out.rglob("*") if p.is_file()}
+    want = {p.relative_to(golden).as_posix(): p.read_text()
+            for p in golden.rglob("*") if p.is_file()}
+    assert sorted(got) == sorted(want)
+    for name_ in sorted(got):
+        assert got[name_] == want[name_], f"{name_} differs from the golden file"
+
+
+def demo(monkeypatch: pytest.MonkeyPatch, **kw: Any) -> Export:
+    options = Options(**{"edge": EdgeMode.NGINX, "argocd_app": "demo",
+                         "repo": "https://git.example.org/ops/demo.git",
+                         "path": "deploy/k8s", **kw})
+    return run(load_rel("deploy/demo", monkeypatch), options, stub_contents=True)
+
+
+def production(monkeypatch: pytest.MonkeyPatch, **kw: Any) -> Export:
+    options = Options(**{"secrets": SecretsMode.EXTERNAL_SECRET, **kw})
+    return run(load_rel("specs", monkeypatch), options, stub_contents=True)
+
+
+def test_golden_demo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    check_golden("k8s-demo", demo(monkeypatch), tmp_path)
+
+
+def test_golden_specs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    check_golden("k8s-specs", production(monkeypatch), tmp_path)
+
+
+# --- offline validation -------------------------------------------------------------------
+
+
+def schema_errors(result: Export, version: str = VERSION) -> tuple[int, list[str]]:
+    checked, errors = 0, []
+    for filename, doc in result.documents():
+        if doc["kind"] in MANIFEST_KINDS_WITHOUT_SCHEMA:
+            continue
+        checked += 1
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            errors.append(f"{filename}: {doc['kind']}/{doc['metadata']['name']}: "
+                          f"{'.'.join(map(str, exc.path))}: {exc.message}")
+    return checked, errors
+
+
+@pytest.mark.parametrize("spec", ["deploy/demo", "specs"])
+@pytest.mark.parametrize("edge", list(EdgeMode))
+@pytest.mark.parametrize("secrets", list(SecretsMode))
+def test_every_manifest_validates(monkeypatch: pytest.MonkeyPatch, spec: str, edge: EdgeMode,
+                                  secrets: SecretsMode) -> None:
+    loaded = load_rel(spec, monkeypatch, profiles=("admin",))
+    result = run(loaded, Options(edge=edge, secrets=secrets))
+    checked, errors = schema_errors(result)
+    assert errors == []
+    assert checked >= 25
+    for _name, doc in result.documents():
+        if doc["kind"] not in MANIFEST_KINDS_WITHOUT_SCHEMA:
+            continue
+        check_crd(doc)
+
+
+@pytest.mark.parametrize("version", ["1.25", "1.29", "1.33", "1.37"])
+def test_validates_for_older_and_newer_clusters(monkeypatch: pytest.MonkeyPatch,
+                                                version: str) -> None:
+    result = run(load_rel("deploy/demo", monkeypatch), Options(kubernetes_version=version))
+    assert schema_errors(result, version)[1] == []
+    prestop = next(doc for _n, doc in result.documents() if doc["kind"] == "Deployment"
+               and doc["metadata"]["name"] == "api-gateway")
+    hook = prestop["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]
+    # the sleep action exists from 1.30 on; before, the image's own sleep
+    assert ("sleep" in hook) == (version >= "1.30")
+
+
+def check_crd(doc: dict[str, Any]) -> None:
+    """Structural checks of what kubernetes-validate has no schema for."""
+    kind = doc["kind"]
+    if kind != "Kustomization":
+        assert doc["metadata"]["name"] == dns_label(doc["metadata"]["name"])
+    if kind == "Kustomization":
+        assert doc["apiVersion"] == "kustomize.config.k8s.io/v1beta1"
+        assert doc["resources"] and all(isinstance(r, str) for r in doc["resources"])
+    elif kind == "Application":
+        assert doc["apiVersion"] == "argoproj.io/v1alpha1"
+        spec = doc["spec"]
+        assert set(spec["source"]) == {"repoURL", "targetRevision", "path"}
+        assert all(spec["source"].values())
+        assert spec["destination"]["namespace"] and spec["destination"]["server"]
+        retry = spec["syncPolicy"]["retry"]
+        assert retry["limit"] > 0 and set(retry["backoff"]) == {"duration", "factor",
+                                                                "maxDuration"}
+    elif kind == "ExternalSecret":
+        assert doc["apiVersion"] == "external-secrets.io/v1"
+        spec = doc["spec"]
+        assert spec["secretStoreRef"]["kind"] in ("SecretStore", "ClusterSecretStore")
+        assert spec["target"]["name"] == doc["metadata"]["name"]
+        assert ("data" in spec) != ("dataFrom" in spec)
+        for item in spec.get("data", []):
+            assert set(item) == {"secretKey", "remoteRef"}
+            assert set(item["remoteRef"]) == {"key", "property"}
+        for item in spec.get("dataFrom", []):
+            assert set(item) == {"extract"} and item["extract"]["key"]
+    elif kind == "SealedSecret":
+        assert doc["apiVersion"] == "bitnami.com/v1alpha1"
+        template = doc["spec"]["template"]
+        assert template["metadata"]["name"] == doc["metadata"]["name"]
+        assert isinstance(doc["spec"]["encryptedData"], dict)
+    else:
+        raise AssertionError(f"unexpected kind without a schema: {kind}")
+
+
+def test_crd_checks_can_fail() -> None:
+    bad = {"apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
+           "metadata": {"name": "x"}, "spec": {"secretStoreRef": {"kind": "Nope"}}}
+    with pytest.raises(AssertionError):
+        check_crd(bad)
+    broken = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+              "spec": {"replicas": "two"}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, VERSION, strict=True)
+
+
+# --- meaning ----------------------------------------------------------------------------------
+
+
+def by_kind(result: Export, kind: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for _n, doc in result.documents()
+            if doc["kind"] == kind}
+
+
+def test_waves_follow_the_tiers(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = load_rel("specs", monkeypatch)
+    result = run(loaded, Options())
+    tiers = loaded.spec.tiers
+    assert set(result.waves) >= {"postgres", "auth-service", "api-gateway", "grafana"}
+    for a, wa in result.waves.items():
+        for b, wb in result.waves.items():
+            ta, tb = loaded.spec.services[a].tier, loaded.spec.services[b].tier
+            assert ta is not None and tb is not None
+            if tiers.index(ta) < tiers.index(tb):
+                assert wa < wb, (a, b)
+        for dep in loaded.spec.services[a].depends_on:
+            assert result.waves[dep] < wa or (
+                loaded.spec.services[dep].tier != loaded.spec.services[a].tier
+                and result.waves[dep] <= wa), (dep, a)
+    docs = [d for _n, d in result.documents() if d["kind"] in WORKLOADS]
+    assert {d["metadata"]["annotations"][WAVE] for d in docs} == {
+        str(w) for w in result.waves.values()}
+    shared = [d for _n, d in result.documents() if d["kind"] in ("NetworkPolicy", "Namespace")]
+    assert all(int(d["metadata"]["annotations"][WAVE]) < 0 for d in shared)
+
+
+def test_specs_mapping(monkeypatch: pytest.MonkeyPatch) -> None:
+    result = run(load_rel("specs", monkeypatch), Options())
+    sts, deps = by_kind(result, "StatefulSet"), by_kind(result, "Deployment")
+    assert set(sts) == {"postgres", "redis", "mongodb", "kafka-1", "kafka-2", "kafka-3",
+                        "prometheus", "grafana"}
+    assert sts["postgres"]["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == (
+        "postgres-data")
+    gw = deps["api-gateway"]["spec"]
+    assert gw["replicas"] == 2
+    assert gw["strategy"] == {"type": "RollingUpdate",
+                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert (gw["minReadySeconds"], gw["progressDeadlineSeconds"]) == (10, 300)
+    c = gw["template"]["spec"]["containers"][0]
+    assert c["readinessProbe"]["exec"]["command"] == ["wget", "-qO-",
+                                                      "http://127.0.0.1:8080/health"]
+    assert (c["livenessProbe"]["periodSeconds"], c["livenessProbe"]["timeoutSeconds"],
+            c["livenessProbe"]["failureThreshold"]) == (45, 15, 5)
+    # start_period 90s at a 10s period, plus the retries after it
+    assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 90
+    assert c["resources"]["limits"] == {"memory": "384Mi", "cpu": "750m"}
+    assert c["envFrom"] == [{"secretRef": {"name": "api-gateway-env"}}]
+    pg = sts["postgres"]["spec"]["template"]["spec"]["containers"][0]
+    assert pg["readinessProbe"]["exec"]["command"][:2] == ["/bin/sh", "-c"]
+    services = by_kind(result, "Service")
+    assert services["postgres"]["spec"]["clusterIP"] == "None"
+    assert services["api-gateway"]["spec"]["ports"][0]["port"] == 8080
+    ingress = by_kind(result, "Ingress")["metro-edge"]["spec"]["rules"][0]["http"]["paths"]
+    assert ingress[0]["backend"]["service"] == {"name": "api-gateway", "port": {"number": 8080}}
+    assert "nginx" not in deps and "nginx" not in sts  # replaced by the Ingress
+    unmapped = {f.path[-1] for f in result.findings if f.kind is Kind.UNMAPPED}
+    assert {"ulimits", "logging"} <= unmapped
+    policies = by_kind(result, "NetworkPolicy")
+    backend = policies["network-backend"]["spec"]
+    assert len(backend["egress"]) == 1  # internal: members only, no route out
+    assert len(policies["network-egress"]["spec"]["egress"]) == 2
+
+
+def test_unmapped_keys_are_listed_with_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "spec.yaml").write_text(textwrap.dedent("""\
+        project: odd
+        networks: {n: {}}
+        services:
+          weird:
+            tier: core
+            image: x:1
+            privileged: true
+            network_mode: host
+            ulimits: {nofile: 1024}
+            volumes: ["/var/log:/host-logs:ro", "/scratch"]
+            restart: "no"
+            healthcheck: {test: ["CMD", "true"]}
+            stop_signal: SIGINT
+            user: postgres
+          task:
+            tier: core
+            image: x:1
+            restart: on-failure
+            networks: [n]
+          app:
+            tier: business
+            image: x:1
+            networks: [n]
+            depends_on: {task: {condition: service_completed_successfully}}
+        """))
+    loaded = load(tmp_path, strict=False, policy=EXPORT_POLICY)
+    result = export(loaded, locations=spec_locations(loaded), contents=read_mounted(loaded))
+    lines = [str(f) for f in result.findings if f.kind is Kind.UNMAPPED]
+    spec = str(tmp_path / "spec.yaml")
+    for expected in (f"{spec}:7: services.weird.privileged",
+                     f"{spec}:8: services.weird.network_mode",
+                     f"{spec}:9: services.weird.ulimits",
+                     f"{spec}:10: services.weird.volumes[0]: host bind mount of /var/log",
+                     f"{spec}:11: services.weird.restart",
+                     f"{spec}:13: services.weird.stop_signal",
+                     f"{spec}:14: services.weird.user"):
+        assert any(line.startswith(expected) for line in lines), (expected, lines)
+    jobs = by_kind(result, "Job")
+    assert set(jobs) == {"task"}
+    hook = jobs["task"]["metadata"]["annotations"]
+    assert hook["argocd.argoproj.io/hook"] == "Sync"  # gates `app`
+    assert jobs["task"]["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
+    weird = by_kind(result, "Deployment")["weird"]["spec"]["template"]["spec"]
+    assert "privileged" not in str(weird) and "hostNetwork" not in weird
+    assert {"name": "anon-1", "emptyDir": {}} in weird["volumes"]
+    assert schema_errors(result)[1] == []
+
+
+def test_yaml_quotes_what_yaml_1_1_would_misread() -> None:
+    text = dump(({"data": {"a": "yes", "b": "on", "c": "12:30", "d": "plain", "e": "1e3"}},))
+    assert "a: 'yes'" in text and "b: 'on'" in text and "c: '12:30'" in text
+    assert "d: plain" in text and "e: '1e3'" in text
+
+
+# --- property: services, secrets by reference, no value anywhere -----------------------------
+
+KEY = st.from_regex(r"[A-Z][A-Z0-9_]{0,7}", fullmatch=True)
+
+
+@st.composite
+def stacks(draw: st.DrawFn) -> dict[str, Any]:
+    names = draw(st.lists(st.from_regex(r"[a-z][a-z0-9]{0,6}(-[a-z0-9]{1,4})?", fullmatch=True),
+                          min_size=1, max_size=6, unique=True))
+    tiers = ["infrastructure", "core", "business", "external"]
+    services: dict[str, Any] = {}
+    for i, name in enumerate(names):
+        tier = draw(st.integers(0, 3))
+        svc: dict[str, Any] = {"tier": tiers[tier], "image": f"img/{name}:1",
+                               "replicas": draw(st.integers(0, 3))}
+        keys = draw(st.lists(KEY, max_size=3, unique=True))
+        if keys:
+            svc["env_file"] = [f"{name}.env"]
+            svc["_secrets"] = {k: f"canary{i}x{j}Zq" for j, k in enumerate(keys)}
+        plain = draw(st.lists(KEY.filter(lambda k, ks=tuple(keys): k not in ks), max_size=2,
+                              unique=True))
+        if plain:
+            svc["environment"] = {k: "plain" for k in plain}
+        svc["networks"] = draw(st.lists(st.sampled_from(["backend", "front"]), max_size=2,
+                                        unique=True))
+        if draw(st.booleans()):
+            svc["volumes"] = [f"{name}-data:/data"]
+            svc["update"] = {"order": "stop-first"}
+        if draw(st.booleans()):
+            svc["healthcheck"] = {"test": ["CMD-SHELL", "true"],
+                                  "interval": draw(st.sampled_from(["1s", "45s", "1m30s"])),
+                                  "start_period": draw(st.sampled_from(["0s", "30s"]))}
+        earlier = [n for n in names[:i] if tiers.index(services[n]["tier"]) <= tier]
+        deps = draw(st.lists(st.sampled_from(earlier), unique=True)) if earlier else []
+        if deps:
+            svc["depends_on"] = deps
+        services[name] = svc
+    return services
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stack=stacks(), secrets=st.sampled_from(list(SecretsMode)))
+def test_property_services_appear_and_secrets_stay_references(
+        stack: dict[str, Any], secrets: SecretsMode) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        lines = ["project: prop", "networks: {backend: {internal: true}, front: {}}",
+                 "volumes: {" + ", ".join(f"{n}-data: {{}}" for n in stack
+                                          if "volumes" in stack[n]) + "}", "services:"]
+        for name, svc in stack.items():
+            values = svc.pop("_secrets", {})
+            if values:
+                env = root / f"{name}.env"
+                env.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+                env.chmod(0o600)
+                svc["_keys"] = sorted(values)
+            body = {k: v for k, v in svc.items() if not k.startswith("_")}
+            lines.append(f"  {name}: " + repr_yaml(body))
+        (root / "spec.yaml").write_text("\n".join(lines) + "\n")
+        loaded = load(root, strict=False, policy=EXPORT_POLICY)
+        result = export(loaded, options=Options(secrets=secrets))
+        texts = {name: dump(docs) for name, docs in result.manifests.items()}
+        texts.update(result.scripts)
+        everything = "\n".join(texts.values())
+        assert "canary" not in everything
+        workloads = {d["metadata"]["name"]: d for _n, d in result.documents()
+                     if d["kind"] in WORKLOADS}
+        assert set(workloads) == {dns_label(n) for n in stack}
+        for name, svc in stack.items():
+            pod = workloads[dns_label(name)]["spec"]["template"]["spec"]
+            container = pod["containers"][0]
+            env_names = {e["name"] for e in container.get("env", [])}
+            for key in svc.get("_keys", []):
+                assert key not in env_names
+                assert container["envFrom"] == [{"secretRef": {"name": f"{name}-env"}}]
+            if "volumes" in svc:
+                assert workloads[dns_label(name)]["kind"] == "StatefulSet"
+        assert schema_errors(result)[1] == []
+
+
+def repr_yaml(value: Any) -> str:
+    """Flow-style YAML of plain data (strings double-quoted)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {repr_yaml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(repr_yaml(v) for v in value) + "]"
+    if isinstance(value, str):
+        return '"' + value + '"'
+    return str(value)
+
+
+def test_application_and_kustomization(monkeypatch: pytest.MonkeyPatch) -> None:
+    result = demo(monkeypatch)
+    kustomization = result.manifests[KUSTOMIZATION][0]
+    assert APPLICATION not in kustomization["resources"]  # Argo CD must not manage itself
+    assert sorted(kustomization["resources"]) == sorted(
+        n for n in result.manifests if n not in (KUSTOMIZATION, APPLICATION))
+    app = result.manifests[APPLICATION][0]
+    assert app["spec"]["source"]["path"] == "deploy/k8s"
+    assert app["spec"]["destination"]["namespace"] == "demo"
