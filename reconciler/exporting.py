@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 from ruamel.yaml.nodes import ScalarNode
 from ruamel.yaml.representer import RoundTripRepresenter
 from ruamel.yaml.resolver import VersionedResolver
 
 from reconciler.export.kubernetes import (
+    APPLICATION,
     DEFAULT_KUBERNETES_VERSION,
+    KUSTOMIZATION,
     MANIFEST_KINDS_WITHOUT_SCHEMA,
     MAX_CONFIGMAP_BYTES,
     EdgeMode,
@@ -209,21 +212,24 @@ def write(result: Export, output: Path) -> list[str]:
 
 
 def previous_export(output: Path) -> list[Path] | None:
-    """The files of an earlier export in `output` (to replace), None when it holds other
-    files, [] when it is empty or missing."""
-    if not output.is_dir():
+    """The files an earlier export wrote into `output` (to replace: what its kustomization
+    lists, its scripts and Application; files added by hand stay), None when `output` holds
+    files but no previous export, [] when it is empty or missing."""
+    if not output.is_dir() or not any(p.is_file() for p in output.rglob("*")):
         return []
-    present = [p for p in output.rglob("*") if p.is_file()]
-    if not present:
-        return []
-    marker = output / "kustomization.yaml"
+    marker = output / KUSTOMIZATION
     try:
-        ours = marker.read_text(encoding="utf-8").startswith(HEADER)
-    except OSError:
+        text = marker.read_text(encoding="utf-8")
+        data = YAML(typ="safe").load(text) if text.startswith(HEADER) else None
+    except (OSError, UnicodeDecodeError, YAMLError):
         return None
-    if not ours:
+    if not isinstance(data, dict) or not isinstance(data.get("resources"), list):
         return None
-    return [p for p in present if p.suffix in (".yaml", ".sh")]
+    names = {KUSTOMIZATION, APPLICATION, "create-secrets.sh", "seal-secrets.sh",
+             *(str(r) for r in data["resources"])}
+    root = output.resolve()
+    found = [output / n for n in sorted(names) if (output / n).is_file()]
+    return [p for p in found if p.resolve().is_relative_to(root)]
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -295,6 +301,8 @@ def cmd_export(args: argparse.Namespace, *, out: TextIO | None = None,
         return EXIT_FAILED
     for path in old or []:
         path.unlink()
+        if path.parent != output and not any(path.parent.iterdir()):
+            path.parent.rmdir()
     written = write(result, output)
     _report(result, written, output, checked, args, out)
     return EXIT_OK

@@ -814,8 +814,9 @@ class _Builder:
                 self.unmapped(("services", name, "ports"), "the edge publishes no port: the "
                               "LoadBalancer Service has none")
                 return None
-        elif name in self.jobs or not (svc.expose is not None or self._reachable(name)):
-            return None
+        elif name in self.jobs or not (svc.expose is not None or self._reachable(name)
+                                       or self._has_claims(name)):
+            return None  # nobody resolves its name (a StatefulSet's governing one is kept)
         elif svc.expose is not None:
             spec["ports"] = [{"name": p["name"], "port": p["port"], "targetPort": p["port"],
                               "protocol": p["protocol"]} for p in ports]
@@ -953,12 +954,14 @@ class _Builder:
             "set -eu",
             f"NAMESPACE=\"${{NAMESPACE:-{self.ns}}}\"",
         ]
+        if seal:
+            lines.append("OUT=\"${OUT:-$(cd \"$(dirname \"$0\")\" && pwd)/secrets.yaml}\"")
         if relative:
-            lines.append("# relative env files are relative to the spec directory")
+            lines.append("# relative env files are relative to the spec directory (as given to "
+                         "the export: run from the same directory, or set SPEC_DIR)")
             lines.append(f"cd \"${{SPEC_DIR:-{self.loaded.directory}}}\"")
         if seal:
             lines += [
-                "OUT=\"${OUT:-secrets.yaml}\"",
                 ": > \"$OUT.tmp\"",
                 "seal() { # name env-file",
                 "    kubectl -n \"$NAMESPACE\" create secret generic \"$1\" "

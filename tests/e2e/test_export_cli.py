@@ -129,3 +129,18 @@ def test_never_overwrites_other_files(tmp_path: Path) -> None:
     assert res.returncode == 1 and "--force" in res.stderr
     assert (out / "mine.yaml").read_text() == "keep: me\n"
     assert not (out / "kustomization.yaml").exists()
+
+
+def test_reexport_removes_stale_files_and_keeps_hand_written_ones(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = export("--spec", "deploy/demo", "-o", str(out), "--profile", "admin")
+    assert first.returncode == 0, first.stderr
+    assert (out / "external" / "admin-console.yaml").is_file()
+    (out / "overlays").mkdir()
+    (out / "overlays" / "mine.yaml").write_text("keep: me\n")
+    second = export("--spec", "deploy/demo", "-o", str(out))
+    assert second.returncode == 0, second.stderr
+    assert not (out / "external" / "admin-console.yaml").exists()
+    assert (out / "external" / "nginx.yaml").is_file() is False  # ingress mode: no nginx
+    assert (out / "overlays" / "mine.yaml").read_text() == "keep: me\n"
+    assert "admin-console" not in (out / "kustomization.yaml").read_text()

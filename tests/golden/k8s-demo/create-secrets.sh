@@ -5,7 +5,7 @@
 # `export KEY=...` is not understood.
 set -eu
 NAMESPACE="${NAMESPACE:-demo}"
-# relative env files are relative to the spec directory
+# relative env files are relative to the spec directory (as given to the export: run from the same directory, or set SPEC_DIR)
 cd "${SPEC_DIR:-deploy/demo}"
 kubectl get namespace "$NAMESPACE" >/dev/null 2>&1 || kubectl create namespace "$NAMESPACE"
 apply() { # name env-file
