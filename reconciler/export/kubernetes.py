@@ -489,10 +489,12 @@ class _Builder:
         out: dict[str, Any] = {"readinessProbe": dict(probe, successThreshold=1),
                                "livenessProbe": dict(probe)}
         if hc.start_period > 0:
+            # Docker's budget before "unhealthy": start_period, then `retries` failures an
+            # interval apart; probed more often, so a fast start is seen quickly
             startup_period = min(period, _STARTUP_PERIOD_MAX_S)
-            out["startupProbe"] = dict(
-                probe, periodSeconds=startup_period,
-                failureThreshold=math.ceil(hc.start_period / startup_period) + hc.retries)
+            budget = hc.start_period + hc.retries * period
+            out["startupProbe"] = dict(probe, periodSeconds=startup_period,
+                                       failureThreshold=math.ceil(budget / startup_period))
         return out
 
     def _security(self, name: str) -> dict[str, Any]:
@@ -935,10 +937,10 @@ class _Builder:
                                                            "namespace": self.ns},
                                               "type": "Opaque"}}})
         if mode is SecretsMode.EXTERNAL_SECRET:
-            self.note(("services",), f"ExternalSecrets read the ClusterSecretStore {store!r}: "
+            self.note((), f"ExternalSecrets read the ClusterSecretStore {store!r}: "
                       f"create it and store each env file under {self.spec.project}/<secret>")
             return tuple(docs), {}
-        self.note(("services",), "SealedSecret stubs: run seal-secrets.sh where the env "
+        self.note((), "SealedSecret stubs: run seal-secrets.sh where the env "
                   "files are to replace secrets.yaml with the sealed values")
         return tuple(docs), {"seal-secrets.sh": self._script(secrets, seal=True)}
 

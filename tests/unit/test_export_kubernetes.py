@@ -9,6 +9,7 @@ the diff (tests/golden/k8s-demo/, tests/golden/k8s-specs/)."""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -239,8 +240,10 @@ def test_specs_mapping(monkeypatch: pytest.MonkeyPatch) -> None:
                                                       "http://127.0.0.1:8080/health"]
     assert (c["livenessProbe"]["periodSeconds"], c["livenessProbe"]["timeoutSeconds"],
             c["livenessProbe"]["failureThreshold"]) == (45, 15, 5)
-    # start_period 90s at a 10s period, plus the retries after it
-    assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 90
+    # Docker's budget: start_period 90s, then 5 retries 45s apart; probed every 10s
+    startup = c["startupProbe"]
+    assert startup["periodSeconds"] == 10
+    assert startup["failureThreshold"] == math.ceil((90 + 5 * 45) / 10)
     assert c["resources"]["limits"] == {"memory": "384Mi", "cpu": "750m"}
     assert c["envFrom"] == [{"secretRef": {"name": "api-gateway-env"}}]
     pg = sts["postgres"]["spec"]["template"]["spec"]["containers"][0]
