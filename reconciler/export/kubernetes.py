@@ -316,6 +316,10 @@ class _Builder:
     def build(self) -> Export:
         manifests: dict[str, tuple[dict[str, Any], ...]] = {}
         scripts: dict[str, str] = {}
+        for name in self.exported:
+            if self.names[name] != name:
+                self.note(("services", name), f"named {self.names[name]!r} in Kubernetes (a "
+                          f"DNS-1123 name): services that reach {name!r} must use that name")
         for name in sorted(set(self.active) - set(self.exported)):
             self._edge_replaced(name)
         for name in sorted(set(self.spec.services) - set(self.active)):
@@ -577,7 +581,8 @@ class _Builder:
                           "Deployment/StatefulSet always restart")
         for i, entry in enumerate(svc.ports):
             port = parse_port(entry)
-            if name == self.edge and self.options.edge is EdgeMode.NGINX:
+            if (name == self.edge and self.options.edge is EdgeMode.NGINX) or (
+                    "-" in port.container_port):  # a range: reported with the ports
                 continue
             if port.host_port and port.host_ip in ("127.0.0.1", "::1", "localhost"):
                 self.unmapped((*base, "ports", i), f"port {entry!r} is published on the host's "

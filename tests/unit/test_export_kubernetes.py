@@ -312,6 +312,84 @@ def test_unmapped_keys_are_listed_with_file_and_line(tmp_path: Path) -> None:
     assert schema_errors(result)[1] == []
 
 
+ODD = """\
+project: odd
+networks: {n: {}, i: {internal: true}}
+volumes: {shared: {}, ext: {external: true, name: legacy_data}, own: {driver: nfs}}
+edge: {service: web}
+services:
+  web:
+    tier: external
+    image: nginx:1
+    ports: ["80:80", "443:443"]
+    networks: [n]
+  Api_One:
+    tier: core
+    image: api:1
+    expose: {port: 8080, path: /api}
+    networks: [n, i]
+    volumes: ["shared:/s", "ext:/e:ro"]
+    tmpfs: ["/run:size=64m", "/tmp"]
+    shm_size: 1g
+    extra_hosts: ["db.local:10.0.0.5", "host.docker.internal:host-gateway"]
+    cap_add: [NET_ADMIN]
+    cap_drop: [ALL]
+    user: "1000:1000"
+    read_only: true
+    hostname: api
+    labels: {com.example.team: payments}
+    healthcheck: {test: ["NONE"]}
+    ports: ["9000-9002:9000-9002", "53:53/udp"]
+  api2:
+    tier: core
+    image: api:2
+    expose: {port: 8081, path: /api}
+    networks: [i]
+    volumes: ["shared:/s", "own:/o"]
+    update: {order: stop-first}
+    replicas: 3
+    init: true
+    security_opt: ["seccomp=unconfined"]
+"""
+
+
+@pytest.mark.parametrize("edge", list(EdgeMode))
+def test_less_common_keys(tmp_path: Path, edge: EdgeMode) -> None:
+    (tmp_path / "spec.yaml").write_text(ODD)
+    loaded = load(tmp_path, strict=False, policy=EXPORT_POLICY)
+    result = export(loaded, options=Options(edge=edge), locations=spec_locations(loaded))
+    assert schema_errors(result)[1] == []
+    text = findings_text(result)
+    assert "services.Api_One: named 'api-one' in Kubernetes" in text
+    assert "services.api2.init: init: no equivalent" in text
+    assert "services.Api_One.ports[0]: port range" in text
+    assert "host-gateway" in text and "seccomp=unconfined" in text
+    assert (":31: services.api2.expose.path: path '/api' is already routed to api-one" in text
+            ) == (edge is EdgeMode.INGRESS)
+    shared = by_kind(result, "PersistentVolumeClaim")["shared"]["spec"]
+    assert shared["accessModes"] == ["ReadWriteMany"]
+    api = by_kind(result, "Deployment")["api-one"]["spec"]["template"]["spec"]
+    c = api["containers"][0]
+    assert c["securityContext"] == {"capabilities": {"add": ["NET_ADMIN"], "drop": ["ALL"]},
+                                    "readOnlyRootFilesystem": True, "runAsUser": 1000,
+                                    "runAsGroup": 1000}
+    assert {"name": "ext", "persistentVolumeClaim": {"claimName": "legacy-data"}} in api[
+        "volumes"]
+    assert {"name": "tmpfs-0", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}} in api[
+        "volumes"]
+    assert api["hostAliases"] == [{"ip": "10.0.0.5", "hostnames": ["db.local"]}]
+    assert api["hostname"] == "api"
+    assert by_kind(result, "StatefulSet")["api2"]["spec"]["replicas"] == 3
+    if edge is EdgeMode.NGINX:
+        lb = by_kind(result, "Service")["web"]["spec"]
+        assert lb["type"] == "LoadBalancer"
+        assert [p["port"] for p in lb["ports"]] == [80, 443]
+        assert by_kind(result, "Deployment")["web"]["spec"]["strategy"]["type"] == (
+            "RollingUpdate")  # start-first: the host ports are not exported
+    else:
+        assert "web" not in by_kind(result, "Deployment")
+
+
 def test_yaml_quotes_what_yaml_1_1_would_misread() -> None:
     text = dump(({"data": {"a": "yes", "b": "on", "c": "12:30", "d": "plain", "e": "1e3"}},))
     assert "a: 'yes'" in text and "b: 'on'" in text and "c: '12:30'" in text
