@@ -877,7 +877,8 @@ class _Builder:
                     "service": {"name": self.names[name], "port": {"number": expose.port}}}}
             self.note(("edge",), "the Ingress uses the cluster's default IngressClass and no "
                       "host; Argo CD reports it healthy once the controller gives it an "
-                      "address")
+                      "address; pods of any namespace may reach the exposed ports (the "
+                      "controller's; a controller on the host network needs an ipBlock)")
             ordered = [paths[p] for p in sorted(paths, key=lambda p: (-len(p), p))]
             return ({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
                      "metadata": self.meta(dns_label(f"{self.spec.project}-edge"), wave=wave),
