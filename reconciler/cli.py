@@ -22,7 +22,7 @@ from reconciler.execute import Progress
 from reconciler.loading import LoadedSpec, SpecError, load, load_policy
 from reconciler.persistence import State, StateError, default_state_dir
 from reconciler.plans import Plan, compute
-from reconciler.runtimes import EngineUnavailable, Runtime, RuntimeError_
+from reconciler.runtimes import EngineError, EngineUnavailable, Runtime
 from reconciler.snapshots import Snapshot, empty
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StateError as exc:
         print(f"reconciler: state: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except RuntimeError_ as exc:
+    except EngineError as exc:
         print(f"reconciler: engine: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
@@ -207,7 +207,7 @@ def preview_key(args: argparse.Namespace) -> bytes:
 def plan_for(desired: Desired) -> Plan:
     try:
         snapshot = asyncio.run(observe_or_empty(desired.project))
-    except RuntimeError_ as exc:
+    except EngineError as exc:
         print(f"reconciler: engine: {exc}; planning against an empty host", file=sys.stderr)
         snapshot = empty(desired.project, engine_available=False)
     if not snapshot.engine_available:

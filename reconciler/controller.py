@@ -43,7 +43,7 @@ from reconciler.persistence import (
     StateError,
 )
 from reconciler.plans import Plan, Reason, compute
-from reconciler.runtimes import EngineUnavailable, Runtime, RuntimeError_
+from reconciler.runtimes import EngineError, EngineUnavailable, Runtime
 from reconciler.snapshots import Health, Snapshot, parse
 from reconciler.snapshots import State as SnapState
 from reconciler.specs import HostPolicy
@@ -166,7 +166,7 @@ class Reconciler:
             revision=(candidate.revision or candidate.fingerprint)[:12])
         try:
             res = await self._reconcile(candidate, kind=kind)
-        except RuntimeError_ as exc:  # observing failed: nothing was decided or changed
+        except EngineError as exc:  # observing failed: nothing was decided or changed
             res = PassResult(Result.FAILED, f"engine: {exc}; nothing was quarantined, the "
                              "next pass retries", candidate.fingerprint, candidate.revision,
                              engine_unavailable=isinstance(exc, EngineUnavailable))
@@ -430,7 +430,7 @@ class Controller:
                 self.reasons = set()
             try:
                 await self.one_pass(sorted(reasons))
-            except (StateError, RuntimeError_) as exc:  # the loop outlives a bad pass
+            except (StateError, EngineError) as exc:  # the loop outlives a bad pass
                 self.failures += 1
                 self.log.error("pass failed", error=f"{type(exc).__name__}: {exc}")
             except Exception as exc:
@@ -538,7 +538,7 @@ class Controller:
             if snap is None:
                 try:
                     snap = await observe(self.rt, desired.project)
-                except RuntimeError_:
+                except EngineError:
                     return
             rows = []
             for svc in desired.services.values():
@@ -594,7 +594,7 @@ class Controller:
             async for event in stream:
                 if event.action.startswith(WATCHED_EVENTS):
                     self.trigger("engine-event")
-        except RuntimeError_ as exc:
+        except EngineError as exc:
             self.log.warning("event stream error", error=str(exc))
 
     async def _known_project(self) -> str:

@@ -38,11 +38,11 @@ from reconciler.runtimes import (
     Conflict,
     EngineError,
     EngineEvent,
+    EngineFailure,
     EngineUnavailable,
     ExecResult,
     ImageUnavailable,
     NotFound,
-    RuntimeError_,
 )
 
 __all__ = ["DEFAULT_DOCKER_URL", "EVENT_ACTIONS", "DockerRuntime"]
@@ -88,9 +88,9 @@ def _env_secrets(config: Mapping[str, Any]) -> list[str]:
 
 def _map_error(
     exc: BaseException, what: str, *, secrets: Iterable[str] = (), pull: bool = False,
-) -> RuntimeError_:
+) -> EngineError:
     """Translate an aiodocker/aiohttp/asyncio failure into a runtime error for `what`."""
-    if isinstance(exc, RuntimeError_):
+    if isinstance(exc, EngineError):
         return exc
     if isinstance(exc, TimeoutError):
         return EngineUnavailable(f"{what}: the engine did not answer in time")
@@ -98,7 +98,7 @@ def _map_error(
         msg = _redact(exc.message, secrets)
         if pull:
             return ImageUnavailable(f"{what}: {msg}")
-        return EngineError(f"{what}: {msg}")
+        return EngineFailure(f"{what}: {msg}")
     if isinstance(exc, DockerError):
         status = exc.status
         msg = _redact(str(exc.message).strip(), secrets)
@@ -112,17 +112,17 @@ def _map_error(
             return NotFound(f"{what}: {msg}")
         if status == 409 or (status == 400 and "already in use" in msg):
             return Conflict(f"{what}: {msg}")
-        return EngineError(f"{what}: [{status}] {msg}")
+        return EngineFailure(f"{what}: [{status}] {msg}")
     if isinstance(exc, (aiohttp.ClientConnectionError, ConnectionError)):
         return EngineUnavailable(f"{what}: {type(exc).__name__}: {exc}")
     if isinstance(exc, (aiohttp.ClientError, OSError, ValueError)):
-        return EngineError(f"{what}: {type(exc).__name__}: {_redact(str(exc), secrets)}")
-    return EngineError(f"{what}: {type(exc).__name__}")
+        return EngineFailure(f"{what}: {type(exc).__name__}: {_redact(str(exc), secrets)}")
+    return EngineFailure(f"{what}: {type(exc).__name__}")
 
 
 def _as_json(value: object, what: str) -> JSON:
     if not isinstance(value, dict):
-        raise EngineError(f"{what}: unexpected answer from the engine ({type(value).__name__})")
+        raise EngineFailure(f"{what}: unexpected answer from the engine ({type(value).__name__})")
     return value
 
 
@@ -130,7 +130,7 @@ def _as_json_list(value: object, what: str) -> list[JSON]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise EngineError(f"{what}: unexpected answer from the engine ({type(value).__name__})")
+        raise EngineFailure(f"{what}: unexpected answer from the engine ({type(value).__name__})")
     return list(value)
 
 
@@ -171,7 +171,7 @@ class DockerEventStream:
     accepted the subscription — the engine flushes the response headers only after it has
     registered the listener, so a resync done after `connect()` misses no event. The iterator
     ends (StopAsyncIteration) when the stream drops or after `aclose()`; a failure to connect
-    raises `EngineUnavailable`/`EngineError`. Cancelling a consumer that awaits `__anext__`
+    raises `EngineUnavailable`/`EngineFailure`. Cancelling a consumer that awaits `__anext__`
     closes the connection.
     """
 
@@ -451,7 +451,7 @@ class DockerRuntime:
         )
         container_id = raw.get("Id")
         if not isinstance(container_id, str):
-            raise EngineError(f"{what}: the engine returned no id")
+            raise EngineFailure(f"{what}: the engine returned no id")
         try:
             for net, endpoint in later:
                 await self._connect(container_id, net, endpoint)

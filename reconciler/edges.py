@@ -18,7 +18,7 @@ from reconciler.desired import Desired, DesiredService
 from reconciler.execute import EdgeHook, StepFailed
 from reconciler.faults import crash_point
 from reconciler.persistence import StateError, atomic_write
-from reconciler.runtimes import EngineUnavailable, Runtime, RuntimeError_
+from reconciler.runtimes import EngineError, EngineUnavailable, Runtime
 from reconciler.snapshots import Health, Observed, State, parse
 
 PLACEHOLDER = "server 127.0.0.1:9 down;  # no healthy container"
@@ -182,7 +182,7 @@ class Edge(EdgeHook):
         new requests with the old upstreams."""
         try:
             test = await self.rt.exec_in_container(edge.id, ["nginx", "-t", "-q"])
-        except RuntimeError_ as exc:
+        except EngineError as exc:
             raise StepFailed("edge reload", f"nginx -t could not run: {exc}",
                              engine_down=isinstance(exc, EngineUnavailable)) from None
         if test.exit_code != 0:
@@ -192,7 +192,7 @@ class Edge(EdgeHook):
         crash_point("edge-reload:before")
         try:
             await self.rt.kill_container(edge.id, signal="HUP")
-        except RuntimeError_ as exc:
+        except EngineError as exc:
             raise StepFailed("edge reload", f"reload signal failed: {exc}",
                              engine_down=isinstance(exc, EngineUnavailable)) from None
         crash_point("edge-reload:after")
@@ -212,7 +212,7 @@ class Edge(EdgeHook):
         None when they cannot be listed."""
         try:
             res = await self.rt.exec_in_container(cid, ["ps", "-o", "pid,args"])
-        except RuntimeError_:
+        except EngineError:
             return None
         if res.exit_code != 0:
             return None

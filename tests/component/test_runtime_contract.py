@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from reconciler.runtimes import JSON, EngineError, EngineUnavailable, ImageUnavailable
+from reconciler.runtimes import JSON, EngineFailure, EngineUnavailable, ImageUnavailable
 from tests.component.fakes import FakeRuntime, ImageBehaviour
 from tests.contract_cases import CASES, LABEL_PROJECT, Case, Harness, case_id
 
@@ -123,9 +123,9 @@ async def test_calls_write_calls_and_fail_next(fake: FakeRuntime) -> None:
         await fake.pull_image("nope:1")
     assert fake.calls["create_container"] == 2
     assert fake.write_calls == 5
-    fake.fail_next("list_containers", EngineError("x"), times=2)
+    fake.fail_next("list_containers", EngineFailure("x"), times=2)
     for _ in range(2):
-        with pytest.raises(EngineError):
+        with pytest.raises(EngineFailure):
             await fake.list_containers(label=LABEL_PROJECT)
     assert await fake.list_containers(label=LABEL_PROJECT)
 
