@@ -26,7 +26,7 @@ from reconciler.runtimes import EngineError, EngineUnavailable, Runtime
 from reconciler.snapshots import Snapshot, empty
 
 if TYPE_CHECKING:
-    from reconciler.controller import PassResult
+    from reconciler.reconcile import PassResult
 
 EXIT_OK, EXIT_FAILED, EXIT_CHANGES = 0, 1, 2
 PREVIEW_KEY = b"reconciler-preview-without-host-key"
@@ -182,8 +182,8 @@ def color_enabled(stream: object) -> bool:
 
 async def observe_or_empty(project: str, *, timeout_s: float = 5.0) -> Snapshot:
     """The host as the engine lists it; an empty host when no engine answers."""
-    from reconciler.controller import observe
     from reconciler.dockerd import DockerRuntime  # imported late: keeps --help and validate fast
+    from reconciler.reconcile import observe
 
     try:
         runtime = await DockerRuntime.connect(timeout_s=timeout_s)
@@ -301,7 +301,7 @@ async def _runtime() -> Runtime:
 
 
 async def cmd_apply(args: argparse.Namespace) -> int:
-    from reconciler.controller import Reconciler
+    from reconciler.reconcile import Reconciler
 
     state = State(state_dir(args))
     load_spec(args, strict=True)  # a bad spec is reported as file:line, engine or not
@@ -318,7 +318,7 @@ async def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def report_pass(res: PassResult) -> int:
-    from reconciler.controller import Result
+    from reconciler.reconcile import Result
 
     for problem in res.problems:
         print(f"error: {problem}", file=sys.stderr)
@@ -389,7 +389,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 async def cmd_rollback(args: argparse.Namespace) -> int:
-    from reconciler.controller import Reconciler
+    from reconciler.reconcile import Reconciler
 
     state = State(state_dir(args))
     with state.lock():
@@ -439,7 +439,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
     import signal
 
     from reconciler import logs
-    from reconciler.controller import Controller, Reconciler
+    from reconciler.controller import Controller
+    from reconciler.reconcile import Reconciler
     from reconciler.specs import parse_duration
 
     logs.configure()

@@ -15,6 +15,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from reconciler import labels
@@ -22,7 +23,7 @@ from reconciler.blueprint import container_config
 from reconciler.desired import Desired, DesiredService
 from reconciler.envfiles import Secret
 from reconciler.faults import crash_point
-from reconciler.health import Gate, Probe, Verdict, judge
+from reconciler.health import Failure, Gate, Probe, Verdict, judge
 from reconciler.plans import Action, ContainerRef, ImageAction, Lane, Plan, Step
 from reconciler.runtimes import (
     Conflict,
@@ -36,19 +37,37 @@ from reconciler.runtimes import (
 LOG_TAIL = 15
 
 
+class FailureKind(StrEnum):
+    """What kind of failure failed a run (the `reconciler_rollbacks_total{reason}` label)."""
+
+    HEALTH_GATE = Failure.HEALTH_GATE.value
+    DEADLINE = Failure.DEADLINE.value
+    CRASH_LOOP = Failure.CRASH_LOOP.value
+    PULL_ERROR = "pull_error"
+    EDGE_RELOAD = "edge_reload"
+    ENGINE_ERROR = "engine_error"
+    OTHER = "other"
+
+
 class StepFailed(Exception):
     """A step could not complete; the message is for humans and carries no secret.
-    `engine_down`: the cause was an engine that did not answer (not the rollout itself)."""
+    `engine_down`: the cause was an engine that did not answer (not the rollout itself);
+    `kind`: the failure as a kind, for metrics (never parsed out of the message)."""
 
-    def __init__(self, step_id: str, message: str, *, engine_down: bool = False) -> None:
+    def __init__(self, step_id: str, message: str, *, engine_down: bool = False,
+                 kind: FailureKind = FailureKind.OTHER) -> None:
         self.step_id = step_id
         self.message = message
         self.engine_down = engine_down
+        self.kind = kind
         super().__init__(f"{step_id}: {message}")
 
 
-def _engine_failed(step_id: str, what: str, exc: EngineError) -> StepFailed:
-    return StepFailed(step_id, f"{what}: {exc}", engine_down=isinstance(exc, EngineUnavailable))
+def engine_failed(step_id: str, what: str, exc: EngineError, *,
+                  kind: FailureKind = FailureKind.ENGINE_ERROR) -> StepFailed:
+    """A `StepFailed` for an engine error (`engine_down` when the engine did not answer)."""
+    return StepFailed(step_id, f"{what}: {exc}", engine_down=isinstance(exc, EngineUnavailable),
+                      kind=kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +100,14 @@ class Outcome:
     engine_unavailable: bool = False
 
     @property
+    def failure_kind(self) -> FailureKind | None:
+        """The kind of the failure (any failure before every image was present is a pull
+        error), or None when the run succeeded."""
+        if self.failure is None:
+            return None
+        return FailureKind.PULL_ERROR if not self.images_ok else self.failure.kind
+
+    @property
     def touched(self) -> bool:
         return any(r.step.action not in (Action.CREATE_NETWORK, Action.CREATE_VOLUME)
                    for r in self.results)
@@ -90,14 +117,15 @@ Reporter = Callable[[Progress], None]
 Sleeper = Callable[[float], Awaitable[None]]
 
 
-def _ignore(_: Progress) -> None:
+def ignore_progress(_: Progress) -> None:
+    """The default reporter: progress goes nowhere."""
     return None
 
 
 class Executor:
     def __init__(
         self, runtime: Runtime, *, clock: Callable[[], float] = time.monotonic,
-        sleep: Sleeper = asyncio.sleep, report: Reporter = _ignore, poll_s: float = 0.25,
+        sleep: Sleeper = asyncio.sleep, report: Reporter = ignore_progress, poll_s: float = 0.25,
         edge: EdgeHook | None = None,
     ) -> None:
         self.rt = runtime
@@ -138,7 +166,7 @@ class Executor:
             if self.edge is not None:
                 await self.edge.settle(desired)
         except EngineError as exc:  # an engine call of a hook (edge) that it did not wrap
-            failure = _engine_failed("edge", "engine error", exc)
+            failure = engine_failed("edge", "engine error", exc, kind=FailureKind.EDGE_RELOAD)
             outcome.ok, outcome.failure = False, failure
             outcome.engine_unavailable = failure.engine_down
         except StepFailed as exc:
@@ -162,7 +190,7 @@ class Executor:
             except ImageUnavailable as exc:
                 raise StepFailed(f"image {need.ref}", f"cannot pull: {exc}") from None
             except EngineError as exc:
-                raise _engine_failed(f"image {need.ref}", "engine error", exc) from None
+                raise engine_failed(f"image {need.ref}", "engine error", exc) from None
 
     # --- tiers and services ----------------------------------------------------------------
 
@@ -275,7 +303,7 @@ class Executor:
             try:
                 info = await self.rt.inspect_container(name)
             except EngineError as exc:
-                raise _engine_failed(step.id, f"name {name} is taken and cannot be "
+                raise engine_failed(step.id, f"name {name} is taken and cannot be "
                                               "inspected", exc) from None
             found = (info.get("Config") or {}).get("Labels") or {}
             if step.claim and all(found.get(k) == v for k, v in step.claim):
@@ -283,7 +311,7 @@ class Executor:
             raise StepFailed(step.id, f"name {name} is taken by a container that is not ours; "
                                       "it was left untouched") from None
         except EngineError as exc:
-            raise _engine_failed(step.id, "create failed", exc) from None
+            raise engine_failed(step.id, "create failed", exc) from None
         crash_point("container-create:after")
         return cid
 
@@ -300,7 +328,7 @@ class Executor:
         except NotFound:
             return
         except EngineError as exc:
-            raise _engine_failed(step.id, f"stop {old.name} failed", exc) from None
+            raise engine_failed(step.id, f"stop {old.name} failed", exc) from None
         crash_point("container-stop:after")
         crash_point("container-remove:before")
         try:
@@ -308,7 +336,7 @@ class Executor:
         except NotFound:
             return
         except EngineError as exc:
-            raise _engine_failed(step.id, f"remove {old.name} failed", exc) from None
+            raise engine_failed(step.id, f"remove {old.name} failed", exc) from None
         crash_point("container-remove:after")
 
     async def _ready(self, step: Step, svc: DesiredService, cid: str, outcome: Outcome) -> None:
@@ -321,14 +349,18 @@ class Executor:
                     baseline_restarts=probe.restart_count)
         delay = min(0.05, self.poll_s)  # quick checks first, then every poll_s
         while True:
-            verdict, gate, why = judge(gate, probe, self.clock())
-            if verdict is Verdict.READY:
+            judgement = judge(gate, probe, self.clock())
+            gate = judgement.gate
+            if judgement.verdict is Verdict.READY:
                 waited = self.clock() - started
                 outcome.health_waits[svc.name] = max(outcome.health_waits.get(svc.name, 0.0),
                                                      waited)
                 return
-            if verdict is Verdict.FAILED:
-                raise StepFailed(step.id, f"{why}{await self._log_tail(cid, svc)}")
+            if judgement.verdict is Verdict.FAILED:
+                kind = (FailureKind(judgement.failure.value) if judgement.failure
+                        else FailureKind.OTHER)
+                raise StepFailed(step.id, f"{judgement.reason}"
+                                          f"{await self._log_tail(cid, svc)}", kind=kind)
             await self.sleep(delay)
             delay = min(delay * 1.5, self.poll_s)
             info = await self._call(step.id, self.rt.inspect_container(cid))
@@ -349,7 +381,7 @@ class Executor:
         try:
             return await call
         except EngineError as exc:
-            raise _engine_failed(step_id, "engine error", exc) from None
+            raise engine_failed(step_id, "engine error", exc) from None
 
 
 async def _gather_first_failure(coros: list[Awaitable[None]]) -> None:

@@ -396,3 +396,32 @@ def upstream_changes(steps: Iterable[Step]) -> tuple[UpstreamChange, ...]:
         if plus or minus:
             out.append(UpstreamChange(name, added=plus, removed=minus))
     return tuple(out)
+
+
+# Plan step reasons that mean the host drifted from the spec, by `reconciler_drift_total{kind}`.
+DRIFT_BY_REASON: Mapping[Reason, str] = {
+    Reason.REPLICA_MISSING: "removed",
+    Reason.STOPPED: "stopped",
+    Reason.CREATED_NOT_STARTED: "stopped",
+    Reason.DEAD: "dead",
+    Reason.PAUSED: "stopped",
+    Reason.RESTARTING: "dead",
+    Reason.UNHEALTHY: "unhealthy",
+}
+
+
+def drift_kind(reason: Reason) -> str | None:
+    """The drift kind of a step's reason, or None when the step is not a drift repair."""
+    return DRIFT_BY_REASON.get(reason)
+
+
+def drift_kinds(plan: Plan | None, *, spec_unchanged: bool) -> list[str]:
+    """Repairs in a plan, by kind (a pass's plan is the single source of drift). With the
+    spec unchanged since it last converged, a "new service" is one whose every container
+    went away."""
+    if plan is None:
+        return []
+    kinds = [k for s in plan.steps if (k := drift_kind(s.reason)) is not None]
+    if spec_unchanged:
+        kinds += ["removed" for s in plan.steps if s.reason is Reason.NEW_SERVICE]
+    return kinds

@@ -303,10 +303,10 @@ def cli_start(bench: Bench) -> None:
 
 
 async def _inprocess_noop(d: Deployed, passes: int) -> dict[str, list[float]]:
-    from reconciler.controller import Reconciler, Result, observe
     from reconciler.dockerd import DockerRuntime
     from reconciler.loading import load_policy
     from reconciler.persistence import State
+    from reconciler.reconcile import Reconciler, Result, observe
 
     assert d.state is not None
     runtime = await DockerRuntime.connect()

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.controller import Reconciler, Result
 from reconciler.execute import Progress
 from reconciler.persistence import State
+from reconciler.reconcile import Reconciler, Result
 from tests.component.fakes import FakeRuntime, ImageBehaviour
 from tests.specfactory import write_spec
 
