@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from reconciler.blueprint import container_config
+from reconciler.desired import Desired, build
 from reconciler.execute import Progress
+from reconciler.loading import load
 from reconciler.persistence import State
 from reconciler.reconcile import Reconciler, Result
 from tests.component.fakes import FakeRuntime, ImageBehaviour
@@ -166,25 +170,47 @@ async def test_first_deploy_failure_leaves_what_converged(tmp_path: Path,
     assert not running(fake, "api")  # the business tier never started
 
 
-async def test_name_left_by_a_crash_is_adopted_but_a_foreign_one_is_not(
+def desired_now(rec: Reconciler, tmp_path: Path) -> Desired:
+    key = rec.state.key(create=False)
+    assert key is not None
+    return build(load(tmp_path / "spec", strict=False), key)
+
+
+async def test_name_left_by_a_crash_is_adopted(tmp_path: Path, fake: FakeRuntime) -> None:
+    rec, _ = make(tmp_path, fake)
+    await rec.reconcile()
+    old = next(c for c in fake.containers.values() if c.labels["reconciler.service"] == "cache")
+    # a crash between create and start of the new generation: its container exists, never
+    # started, and the next pass's list call does not see it yet (the engine finished the
+    # create after the list), so the plan creates it and the create hits the name
+    write_spec(tmp_path / "spec", SPEC.replace('image: "cache:1"', 'image: "cache:1", '
+                                               'environment: {V: "2"}'))
+    svc = desired_now(rec, tmp_path).services["cache"]
+    left = fake.seed_container(svc.container_name(1), container_config(svc, 1), running=False)
+    listed = fake.list_containers
+    hidden = {"once": True}
+
+    async def list_missing_the_leftover(*, label: str) -> list[dict[str, Any]]:
+        items = await listed(label=label)
+        if hidden.pop("once", False):
+            return [c for c in items if c["Id"] != left]
+        return items
+
+    fake.list_containers = list_missing_the_leftover  # type: ignore[method-assign]
+    creates = fake.calls["create_container"]
+    res = await rec.reconcile()
+    assert res.result is Result.CONVERGED, res.message
+    assert fake.calls["create_container"] == creates + 1  # tried, hit the name, adopted
+    assert running(fake, "cache") == [svc.container_name(1)]
+    assert fake.containers[left].state == "running" and old.id not in fake.containers
+
+
+async def test_a_foreign_container_on_a_name_we_need_is_not_adopted(
         tmp_path: Path, fake: FakeRuntime) -> None:
     rec, _ = make(tmp_path, fake)
     await rec.reconcile()
-    # simulate a crash between create and start: the new container exists, not started
-    cache = next(c for c in fake.containers.values()
-                 if c.labels["reconciler.service"] == "cache")
-    await fake.stop_container(cache.id, timeout_s=1)
-    res = await rec.reconcile()
-    assert res.result is Result.CONVERGED and running(fake, "cache") == [cache.name]
-    # a foreign container squatting on a name we need is never touched
     write_spec(tmp_path / "spec", SPEC.replace("replicas: 3", "replicas: 4"))
-    desired_name = None
-    from reconciler.desired import build
-    from reconciler.loading import load
-    loaded = load(tmp_path / "spec", strict=False)
-    key = rec.state.key(create=False)
-    assert key is not None
-    desired_name = build(loaded, key).services["api"].container_name(4)
+    desired_name = desired_now(rec, tmp_path).services["api"].container_name(4)
     foreign = fake.seed_container(desired_name, {"Image": "nginx", "Labels": {}})
     res = await rec.reconcile()
     assert res.result in (Result.ROLLED_BACK, Result.FAILED)

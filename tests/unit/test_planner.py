@@ -151,7 +151,9 @@ def case_unhealthy_container(tmp_path: Path) -> tuple[Desired, snapshots.Snapsho
 @case
 def case_foreign_container_ignored(tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, list[str]]:
     d = desired_from(tmp_path, BASE)
-    return d, observed(d, *in_sync(d), foreign_json()), []
+    other = container_json(d, "legacy", 1, cid="id-other-project")  # would be an orphan...
+    other["Labels"]["reconciler.project"] = "shop-staging"  # ...but it is not ours
+    return d, observed(d, *in_sync(d), foreign_json(), other), []
 
 
 @case

@@ -1,0 +1,150 @@
+"""The controller loop on the fake engine and a manual clock: triggers coalesce, failed
+passes back off (an urgent trigger cuts the wait short), engine outages retry soon, and the
+resync timer fires. Time moves only when the test says so; nothing really sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from reconciler.controller import Controller
+from reconciler.persistence import State
+from reconciler.reconcile import PassResult, Reconciler, Result
+from reconciler.runtimes import EngineFailure, EngineUnavailable
+from tests.component.clock import ManualClock
+from tests.component.fakes import FakeRuntime
+from tests.specfactory import write_spec
+
+SPEC = """
+project: loop
+defaults:
+  update: {min_ready: 0s, deadline: 30s}
+services:
+  web: {tier: core, image: "web:1"}
+"""
+
+
+class Loop:
+    """A running controller plus what the test needs to watch it."""
+
+    def __init__(self, ctl: Controller, clock: ManualClock, fake: FakeRuntime) -> None:
+        self.ctl, self.clock, self.fake = ctl, clock, fake
+        self.results: list[PassResult] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        reconcile = ctl.rec.reconcile
+
+        async def recorded(*, kind: str = "apply") -> PassResult:
+            await self.gate.wait()
+            res = await reconcile(kind=kind)
+            self.results.append(res)
+            return res
+
+        ctl.rec.reconcile = recorded  # type: ignore[method-assign]
+
+    @property
+    def passes(self) -> int:
+        return self.ctl.passes
+
+
+@pytest.fixture
+async def loop(tmp_path: Path) -> AsyncIterator[Loop]:
+    fake = FakeRuntime(images={"web:1"})
+    clock = ManualClock()
+    rec = Reconciler(spec_dir=write_spec(tmp_path / "spec", SPEC),
+                     state=State(tmp_path / "state"), runtime=fake, clock=clock,
+                     sleep=clock.sleep, wall=clock)
+    ctl = Controller(rec, resync_s=10.0, clock=clock, wall=clock, sleep=clock.sleep,
+                     watch_spec=False, follow_events=False)
+    harness = Loop(ctl, clock, fake)
+    task = asyncio.create_task(ctl.run())
+    await clock.settle()
+    yield harness
+    ctl.stop.set()
+    harness.gate.set()
+    await clock.settle()
+    await asyncio.wait_for(task, timeout=5)
+
+
+async def test_the_first_pass_runs_at_start(loop: Loop) -> None:
+    assert loop.passes == 1 and loop.results[0].result is Result.CONVERGED
+
+
+async def test_triggers_during_a_pass_cause_exactly_one_more(loop: Loop) -> None:
+    loop.gate.clear()
+    loop.ctl.trigger("spec")
+    await loop.clock.settle()  # the second pass started and waits on the gate
+    for reason in ("spec", "engine-event", "resync", "spec", "engine-event"):
+        loop.ctl.trigger(reason)
+    loop.gate.set()
+    await loop.clock.settle()
+    assert loop.passes == 3
+    await loop.clock.advance(5)  # and nothing after that until the next trigger
+    assert loop.passes == 3
+
+
+async def test_the_resync_timer_fires(loop: Loop) -> None:
+    await loop.clock.advance(9)
+    assert loop.passes == 1
+    await loop.clock.advance(2)
+    assert loop.passes == 2
+    await loop.clock.advance(10)
+    assert loop.passes == 3
+
+
+def fail(loop: Loop, exc: BaseException, times: int = 50) -> None:
+    loop.fake.fail_next("list_containers", exc, times=times)
+
+
+async def test_failed_passes_back_off_exponentially(loop: Loop) -> None:
+    fail(loop, EngineFailure("boom"))
+    loop.ctl.trigger("spec")
+    await loop.clock.settle()
+    assert loop.passes == 2 and loop.ctl.failures == 1
+    loop.ctl.trigger("engine-event")  # not urgent: waits 2 s
+    await loop.clock.advance(1.9)
+    assert loop.passes == 2
+    await loop.clock.advance(0.2)
+    assert loop.passes == 3 and loop.ctl.failures == 2
+    loop.ctl.trigger("resync")  # now 4 s
+    await loop.clock.advance(3.9)
+    assert loop.passes == 3
+    await loop.clock.advance(0.2)
+    assert loop.passes == 4
+
+
+async def test_an_urgent_trigger_cuts_the_backoff_short(loop: Loop) -> None:
+    fail(loop, EngineFailure("boom"))
+    loop.ctl.trigger("spec")
+    await loop.clock.settle()
+    loop.ctl.trigger("resync")
+    await loop.clock.advance(0.5)
+    assert loop.passes == 2
+    loop.ctl.trigger("spec")  # a new spec does not wait out the backoff
+    await loop.clock.settle()
+    assert loop.passes == 3
+
+
+async def test_an_engine_outage_retries_soon_and_never_quarantines(loop: Loop) -> None:
+    fail(loop, EngineUnavailable("socket gone"), times=1)
+    loop.ctl.trigger("spec")
+    await loop.clock.settle()
+    assert loop.passes == 2 and loop.results[-1].engine_unavailable
+    await loop.clock.advance(2.1)  # retried on its own, without another trigger
+    assert loop.passes == 3 and loop.results[-1].result is Result.NOOP
+    assert loop.ctl.failures == 0 and not loop.ctl.rec.state.quarantined()
+
+
+def test_the_loop_reads_no_clock_of_its_own() -> None:
+    import inspect
+
+    from reconciler import controller
+
+    source = inspect.getsource(controller)
+    for call in ("time.monotonic()", "time.time()", "asyncio.sleep(", "wait_for("):
+        assert call not in source, call
+
+
