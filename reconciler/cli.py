@@ -318,22 +318,22 @@ async def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def report_pass(res: PassResult) -> int:
-    from reconciler.reconcile import Result
+    from reconciler.reconcile import PassStatus
 
     for problem in res.problems:
         print(f"error: {problem}", file=sys.stderr)
     head = {
-        Result.NOOP: "No changes: the host matches the spec.",
-        Result.CONVERGED: "Converged.",
-        Result.ROLLED_BACK: "Rollout FAILED and was reverted to last-good.",
-        Result.FAILED: "FAILED.",
-        Result.INVALID_SPEC: "Invalid spec: nothing was changed.",
+        PassStatus.NOOP: "No changes: the host matches the spec.",
+        PassStatus.CONVERGED: "Converged.",
+        PassStatus.ROLLED_BACK: "Rollout FAILED and was reverted to last-good.",
+        PassStatus.FAILED: "FAILED.",
+        PassStatus.INVALID_SPEC: "Invalid spec: nothing was changed.",
     }[res.result]
     if res.held_last_good:
         head = "Spec is quarantined: not applied."
     stream = sys.stdout if res.ok else sys.stderr
     print(head, file=stream)
-    if res.message and res.result is not Result.INVALID_SPEC:
+    if res.message and res.result is not PassStatus.INVALID_SPEC:
         print(res.message, file=stream)
     print(f"revision {(res.revision or res.fingerprint or '-')[:12]}, "
           f"{res.seconds:.1f}s", file=stream)

@@ -25,10 +25,9 @@ from reconciler.gitsync import PullKind, git_lock, git_pull
 from reconciler.loading import SpecError
 from reconciler.persistence import StateError
 from reconciler.plans import drift_kinds
-from reconciler.reconcile import PassResult, Reconciler, Result, observe
+from reconciler.reconcile import PassResult, PassStatus, Reconciler, observe
 from reconciler.runtimes import EngineError
-from reconciler.snapshots import Health
-from reconciler.snapshots import State as SnapState
+from reconciler.snapshots import ContainerState, Health
 
 URGENT = frozenset({"spec", "git", "signal", "start"})
 WATCHED_EVENTS = ("die", "destroy", "oom", "health_status: unhealthy", "stop", "kill")
@@ -180,7 +179,7 @@ class Controller:
             steps=len(res.plan.steps) if res.plan else 0,
             message=res.message.splitlines()[0] if res.message else "",
             problems=res.problems[:20] or None)
-        rollout_failed = res.result in (Result.FAILED, Result.ROLLED_BACK)
+        rollout_failed = res.result in (PassStatus.FAILED, PassStatus.ROLLED_BACK)
         kinds = [] if rollout_failed else drift_kinds(
             res.plan, spec_unchanged=res.held_last_good or good_before == res.fingerprint)
         for kind in kinds:
@@ -189,13 +188,13 @@ class Controller:
             # not the spec's fault: retry soon (backoff capped at 2 s), never halt
             self.failures = 1
             self.trigger("retry")
-        elif res.result is Result.FAILED and res.revert is not None:
+        elif res.result is PassStatus.FAILED and res.revert is not None:
             self.halted_on = res.fingerprint
         if res.engine_unavailable:
             pass
-        elif res.result in (Result.FAILED, Result.ROLLED_BACK):
+        elif res.result in (PassStatus.FAILED, PassStatus.ROLLED_BACK):
             self.failures += 1
-        elif res.result is not Result.INVALID_SPEC:
+        elif res.result is not PassStatus.INVALID_SPEC:
             self.failures = 0
         if self.metrics is not None:
             await self._export(res, kinds)
@@ -220,7 +219,7 @@ class Controller:
                 m.tier(tier, seconds)
             for service, seconds in outcome.health_waits.items():
                 m.health_wait(service, seconds)
-        if res.result is Result.ROLLED_BACK and res.outcome and res.outcome.failure:
+        if res.result is PassStatus.ROLLED_BACK and res.outcome and res.outcome.failure:
             m.rollback(str(res.outcome.failure_kind))
         for kind in kinds:
             m.drift(kind)
@@ -247,7 +246,7 @@ class Controller:
             rows = []
             for svc in desired.services.values():
                 mine = snap.of_service(svc.name)
-                running = [c for c in mine if c.state is SnapState.RUNNING]
+                running = [c for c in mine if c.state is ContainerState.RUNNING]
                 healthy = [c for c in running if c.health in (Health.HEALTHY, Health.NONE)]
                 rows.append((svc.name, svc.tier, svc.replicas, len(running), len(healthy)))
             m.replicas(rows)

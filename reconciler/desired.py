@@ -29,6 +29,8 @@ from reconciler.specs import (
 
 @dataclass(frozen=True, slots=True)
 class DesiredService:
+    """One service resolved for this host: names, env, binds, fingerprint."""
+
     project: str
     name: str
     tier: str
@@ -43,14 +45,18 @@ class DesiredService:
 
     @property
     def replicas(self) -> int:
+        """How many replicas the spec asks for."""
         return self.service.replicas
 
     def container_name(self, replica: int) -> str:
+        """The container name of one replica of this generation."""
         return labels.container_name(self.project, self.name, replica, self.fingerprint)
 
 
 @dataclass(frozen=True, slots=True)
 class Desired:
+    """The whole desired state of one project, as the planner compares it."""
+
     project: str
     tiers: tuple[str, ...]
     services: Mapping[str, DesiredService]
@@ -61,6 +67,7 @@ class Desired:
     spec_fingerprint: str
 
     def in_tier(self, tier: str) -> list[DesiredService]:
+        """The services of one tier, by name."""
         return sorted((s for s in self.services.values() if s.tier == tier),
                       key=lambda s: s.name)
 

@@ -33,6 +33,7 @@ import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError, DockerStreamError
 
+from reconciler.envfiles import redact
 from reconciler.runtimes import (
     JSON,
     Conflict,
@@ -65,13 +66,6 @@ _STATUS_CANNOT_CONNECT: Final = 900
 # --------------------------------------------------------------------------- error mapping
 
 
-def _redact(message: str, secrets: Iterable[str]) -> str:
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= 3:
-            message = message.replace(secret, "(redacted)")
-    return message
-
-
 def _env_secrets(config: Mapping[str, Any]) -> list[str]:
     """Every env value (and whole KEY=VALUE entry) of a create body, for redaction."""
     out: list[str] = []
@@ -95,13 +89,13 @@ def _map_error(
     if isinstance(exc, TimeoutError):
         return EngineUnavailable(f"{what}: the engine did not answer in time")
     if isinstance(exc, DockerStreamError):
-        msg = _redact(exc.message, secrets)
+        msg = redact(exc.message, secrets)
         if pull:
             return ImageUnavailable(f"{what}: {msg}")
         return EngineFailure(f"{what}: {msg}")
     if isinstance(exc, DockerError):
         status = exc.status
-        msg = _redact(str(exc.message).strip(), secrets)
+        msg = redact(str(exc.message).strip(), secrets)
         if status == _STATUS_CANNOT_CONNECT:
             return EngineUnavailable(f"{what}: {msg}")
         if pull:
@@ -116,7 +110,7 @@ def _map_error(
     if isinstance(exc, (aiohttp.ClientConnectionError, ConnectionError)):
         return EngineUnavailable(f"{what}: {type(exc).__name__}: {exc}")
     if isinstance(exc, (aiohttp.ClientError, OSError, ValueError)):
-        return EngineFailure(f"{what}: {type(exc).__name__}: {_redact(str(exc), secrets)}")
+        return EngineFailure(f"{what}: {type(exc).__name__}: {redact(str(exc), secrets)}")
     return EngineFailure(f"{what}: {type(exc).__name__}")
 
 

@@ -19,7 +19,7 @@ from reconciler.execute import EdgeHook, FailureKind, StepFailed
 from reconciler.faults import crash_point
 from reconciler.persistence import StateError, atomic_write
 from reconciler.runtimes import EngineError, EngineUnavailable, Runtime
-from reconciler.snapshots import Health, Observed, State, parse
+from reconciler.snapshots import ContainerState, Health, Observed, parse
 
 PLACEHOLDER = "server 127.0.0.1:9 down;  # no healthy container"
 KEPT = "(kept: no healthy replica)"
@@ -64,10 +64,10 @@ def render_upstreams(
         if not address:
             continue
         line = f"server {address}:{svc.service.expose.port} max_fails=1 fail_timeout=2s;"
-        ready = c.state is State.RUNNING and c.health in (Health.HEALTHY, Health.NONE)
+        ready = c.state is ContainerState.RUNNING and c.health in (Health.HEALTHY, Health.NONE)
         if ready or c.id in include:
             by_service.setdefault(c.service, []).append(f"{line}  # {c.name}")
-        elif c.state is State.RUNNING and c.name in serving:
+        elif c.state is ContainerState.RUNNING and c.name in serving:
             kept.setdefault(c.service, []).append(f"{line}  # {c.name} {KEPT}")
     out = [HEADER]
     for name, svc in sorted(desired.services.items()):
@@ -168,7 +168,7 @@ class Edge(EdgeHook):
             if not self.write(text):
                 return
             edges = [c for c in containers if c.service == desired.edge_service
-                     and c.state is State.RUNNING]
+                     and c.state is ContainerState.RUNNING]
             try:
                 for edge in edges:
                     await self._reload(edge)

@@ -21,7 +21,7 @@ from typing import Any
 from reconciler import labels
 from reconciler.blueprint import container_config
 from reconciler.desired import Desired, DesiredService
-from reconciler.envfiles import Secret
+from reconciler.envfiles import Secret, redact
 from reconciler.faults import crash_point
 from reconciler.health import Failure, Gate, Probe, Verdict, judge
 from reconciler.plans import Action, ContainerRef, ImageAction, Lane, Plan, Step
@@ -88,7 +88,7 @@ class StepResult:
 
 
 @dataclass(slots=True)
-class Outcome:
+class ExecutionReport:
     ok: bool = True
     results: list[StepResult] = field(default_factory=list)
     failure: StepFailed | None = None
@@ -136,10 +136,10 @@ class Executor:
         self.edge = edge
 
     async def run(self, plan: Plan, desired: Desired, *,
-                  edge: EdgeHook | None = None) -> Outcome:
+                  edge: EdgeHook | None = None) -> ExecutionReport:
         if edge is not None:
             self.edge = edge
-        outcome = Outcome()
+        outcome = ExecutionReport()
         try:
             await self._images(plan, desired)
         except StepFailed as exc:
@@ -194,7 +194,7 @@ class Executor:
 
     # --- tiers and services ----------------------------------------------------------------
 
-    async def _tier(self, steps: list[Step], desired: Desired, outcome: Outcome) -> None:
+    async def _tier(self, steps: list[Step], desired: Desired, outcome: ExecutionReport) -> None:
         by_service: dict[str, list[Step]] = {}
         for step in steps:
             by_service.setdefault(step.service, []).append(step)
@@ -203,7 +203,8 @@ class Executor:
             for service_steps in by_service.values()
         ])
 
-    async def _service(self, steps: list[Step], desired: Desired, outcome: Outcome) -> None:
+    async def _service(self, steps: list[Step], desired: Desired,
+                       outcome: ExecutionReport) -> None:
         """One service's steps, each in the lane the planner put it in."""
         gate = asyncio.Semaphore(max((s.parallelism for s in steps), default=1))
 
@@ -219,7 +220,7 @@ class Executor:
             if step.lane is Lane.AFTER:
                 await self._timed(step, desired, outcome)
 
-    async def _timed(self, step: Step, desired: Desired, outcome: Outcome) -> None:
+    async def _timed(self, step: Step, desired: Desired, outcome: ExecutionReport) -> None:
         started = self.clock()
         self.report(Progress("step-start", tier=step.tier, step=step.id))
         try:
@@ -236,7 +237,7 @@ class Executor:
 
     # --- one step --------------------------------------------------------------------------
 
-    async def _step(self, step: Step, desired: Desired, outcome: Outcome) -> None:
+    async def _step(self, step: Step, desired: Desired, outcome: ExecutionReport) -> None:
         if step.action is Action.CREATE_NETWORK:
             net = desired.networks[step.object_name]
             crash_point("network-create:before")
@@ -339,7 +340,8 @@ class Executor:
             raise engine_failed(step.id, f"remove {old.name} failed", exc) from None
         crash_point("container-remove:after")
 
-    async def _ready(self, step: Step, svc: DesiredService, cid: str, outcome: Outcome) -> None:
+    async def _ready(self, step: Step, svc: DesiredService, cid: str,
+                     outcome: ExecutionReport) -> None:
         """Wait on the health gate; fail early on exit, OOM, restarts or `unhealthy`."""
         update = svc.service.update
         started = self.clock()
@@ -371,7 +373,8 @@ class Executor:
             text = await self.rt.container_logs(cid, tail=LOG_TAIL)
         except EngineError:
             return ""
-        text = redact(text, svc.env)
+        # the values of the service's env-file secrets never reach a message
+        text = redact(text, [v for _, v in svc.env if isinstance(v, Secret)])
         lines = [ln for ln in text.splitlines() if ln.strip()][-LOG_TAIL:]
         if not lines:
             return ""
@@ -401,14 +404,6 @@ def _first_leaf(eg: BaseExceptionGroup[BaseException]) -> BaseException:
         if isinstance(exc, StepFailed):
             return exc
     return eg.exceptions[0]
-
-
-def redact(text: str, env: Any) -> str:
-    """Remove the values of a service's env-file secrets from text (e.g. container logs)."""
-    for _, value in env:
-        if isinstance(value, Secret) and len(value.value) >= 4:
-            text = text.replace(value.value, "(sensitive)")
-    return text
 
 
 class EdgeHook:

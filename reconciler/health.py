@@ -41,6 +41,7 @@ class Probe:
 
     @classmethod
     def from_inspect(cls, data: Mapping[str, Any]) -> Probe:
+        """The probe of one `docker inspect` answer."""
         state = data.get("State") or {}
         health = (state.get("Health") or {}).get("Status") or "none"
         return cls(

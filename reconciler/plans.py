@@ -23,7 +23,7 @@ from typing import Any
 
 from reconciler import labels
 from reconciler.desired import Desired, DesiredService
-from reconciler.snapshots import Health, Observed, Snapshot, State
+from reconciler.snapshots import ContainerState, Health, Observed, Snapshot
 from reconciler.specs import PullPolicy, Restart, UpdateOrder
 
 
@@ -94,10 +94,11 @@ class ContainerRef:
 
     id: str
     name: str
-    state: State
+    state: ContainerState
 
     @classmethod
     def of(cls, c: Observed) -> ContainerRef:
+        """The reference of an observed container."""
         return cls(id=c.id, name=c.name, state=c.state)
 
 
@@ -276,19 +277,20 @@ def _repair(svc: DesiredService, c: Observed, base: Mapping[str, Any]) -> list[S
     """A container of the desired generation: in sync, or drift with a defined action."""
     ref = ContainerRef.of(c)
     recreate: dict[str, Any] = {"new_name": c.name, "old": (ref,)}
-    if c.state is State.RUNNING:
+    if c.state is ContainerState.RUNNING:
         if c.health is Health.UNHEALTHY:
             return [Step(Action.RECREATE, Reason.UNHEALTHY, **recreate, **base)]
         return []
-    if c.state is State.EXITED:
+    if c.state is ContainerState.EXITED:
         if svc.service.restart is Restart.NO and c.exit_code == 0:
             return []  # a one-shot job that finished
         return [Step(Action.START, Reason.STOPPED, target=ref, **base)]
-    if c.state is State.CREATED:
+    if c.state is ContainerState.CREATED:
         return [Step(Action.START, Reason.CREATED_NOT_STARTED, target=ref, **base)]
-    reason = {State.PAUSED: Reason.PAUSED, State.RESTARTING: Reason.RESTARTING}.get(
+    reason = {ContainerState.PAUSED: Reason.PAUSED,
+              ContainerState.RESTARTING: Reason.RESTARTING}.get(
         c.state, Reason.DEAD)
-    if c.state is State.REMOVING:
+    if c.state is ContainerState.REMOVING:
         return [Step(Action.CREATE, Reason.REPLICA_MISSING, new_name=c.name, old=(ref,),
                      **base)]
     return [Step(Action.RECREATE, reason, **recreate, **base)]
@@ -382,12 +384,12 @@ def upstream_changes(steps: Iterable[Step]) -> tuple[UpstreamChange, ...]:
     for s in steps:
         if s.upstream is None:
             continue
-        gone = [o.name for o in s.old if o.state is State.RUNNING]
+        gone = [o.name for o in s.old if o.state is ContainerState.RUNNING]
         removed.setdefault(s.upstream, []).extend(gone)
         if s.action is Action.START and s.target is not None:
             added.setdefault(s.upstream, []).append(s.target.name)
         elif (s.action in (Action.CREATE, Action.REPLACE, Action.RECREATE) and s.new_name
-              and (s.adopt is None or s.adopt.state is not State.RUNNING)):
+              and (s.adopt is None or s.adopt.state is not ContainerState.RUNNING)):
             # an adopted running container (an interrupted rollout) is already serving
             added.setdefault(s.upstream, []).append(s.new_name)
     out = []

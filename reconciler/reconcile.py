@@ -24,8 +24,8 @@ from reconciler import faults, rollback
 from reconciler.desired import Desired, build
 from reconciler.edges import Edge, edge_dir
 from reconciler.execute import (
+    ExecutionReport,
     Executor,
-    Outcome,
     Progress,
     Reporter,
     Sleeper,
@@ -46,7 +46,7 @@ from reconciler.snapshots import Snapshot, parse
 from reconciler.specs import HostPolicy
 
 
-class Result(StrEnum):
+class PassStatus(StrEnum):
     """How a pass ended (the `reconciler_reconcile_total{result}` label)."""
 
     NOOP = "noop"
@@ -58,13 +58,13 @@ class Result(StrEnum):
 
 @dataclass(slots=True)
 class PassResult:
-    result: Result
+    result: PassStatus
     message: str = ""
     fingerprint: str = ""
     revision: str | None = None
     plan: Plan | None = None
-    outcome: Outcome | None = None
-    revert: Outcome | None = None
+    outcome: ExecutionReport | None = None
+    revert: ExecutionReport | None = None
     quarantined: bool = False  # the candidate is (now) quarantined
     held_last_good: bool = False  # the candidate was skipped because it is quarantined
     seconds: float = 0.0
@@ -75,7 +75,7 @@ class PassResult:
 
     @property
     def ok(self) -> bool:
-        return self.result in (Result.NOOP, Result.CONVERGED) and not self.held_last_good
+        return self.result in (PassStatus.NOOP, PassStatus.CONVERGED) and not self.held_last_good
 
 
 async def observe(runtime: Runtime, project: str) -> Snapshot:
@@ -125,7 +125,7 @@ class Reconciler:
         return load(good.directory, strict=True, profiles=self.profiles, policy=self.policy,
                     bind_root=good.root or None)
 
-    async def converge(self, loaded: LoadedSpec) -> tuple[Desired, Plan, Outcome | None]:
+    async def converge(self, loaded: LoadedSpec) -> tuple[Desired, Plan, ExecutionReport | None]:
         key = self.state.key(create=True)
         assert key is not None
         spec = loaded.spec
@@ -158,7 +158,7 @@ class Reconciler:
         try:
             candidate = self.load_candidate()
         except SpecError as exc:
-            return PassResult(Result.INVALID_SPEC, "the spec is invalid; nothing was changed",
+            return PassResult(PassStatus.INVALID_SPEC, "the spec is invalid; nothing was changed",
                               problems=[str(p) for p in exc.problems],
                               seconds=self.clock() - started)
         structlog.contextvars.bind_contextvars(
@@ -166,7 +166,7 @@ class Reconciler:
         try:
             res = await self._reconcile(candidate, kind=kind)
         except EngineError as exc:  # observing failed: nothing was decided or changed
-            res = PassResult(Result.FAILED, f"engine: {exc}; nothing was quarantined, the "
+            res = PassResult(PassStatus.FAILED, f"engine: {exc}; nothing was quarantined, the "
                              "next pass retries", candidate.fingerprint, candidate.revision,
                              engine_unavailable=isinstance(exc, EngineUnavailable))
         res.seconds = self.clock() - started
@@ -188,11 +188,11 @@ class Reconciler:
         fp = good.fingerprint
         if outcome is None or outcome.ok:
             self._keep_good(loaded, fingerprint=fp, revision=good.revision, good=good)
-            res = PassResult(Result.CONVERGED if outcome else Result.NOOP,
+            res = PassResult(PassStatus.CONVERGED if outcome else PassStatus.NOOP,
                              f"host is on revision {good.label}", fp, good.revision, plan,
                              outcome)
         else:
-            res = PassResult(Result.FAILED, f"rollback to {good.label} failed: "
+            res = PassResult(PassStatus.FAILED, f"rollback to {good.label} failed: "
                              f"{outcome.failure}", fp, good.revision, plan, outcome)
         res.seconds = self.clock() - started
         self._record(res, kind)
@@ -205,14 +205,15 @@ class Reconciler:
         choice = rollback.choose(fp, last_good=last_good.fingerprint if last_good else None,
                                  quarantined=quarantined)
         if choice.target is rollback.Target.NOTHING:
-            return PassResult(Result.NOOP, choice.reason, fp, rev, quarantined=True,
+            return PassResult(PassStatus.NOOP, choice.reason, fp, rev, quarantined=True,
                               held_last_good=True)
         if choice.target is rollback.Target.LAST_GOOD:
             assert last_good is not None
             _, plan, outcome = await self.converge(self.load_good(last_good))
             ok = outcome is None or outcome.ok
             return PassResult(
-                Result.NOOP if outcome is None else Result.CONVERGED if ok else Result.FAILED,
+                PassStatus.NOOP if outcome is None
+                else PassStatus.CONVERGED if ok else PassStatus.FAILED,
                 f"{choice.reason} ({last_good.label}); change the spec to try again", fp, rev,
                 plan, outcome, quarantined=True, held_last_good=True)
 
@@ -223,7 +224,7 @@ class Reconciler:
         if outcome is None or outcome.ok:
             if last_good is None or last_good.fingerprint != fp:
                 self._keep_good(candidate, fingerprint=fp, revision=rev)
-            return PassResult(Result.NOOP if outcome is None else Result.CONVERGED,
+            return PassResult(PassStatus.NOOP if outcome is None else PassStatus.CONVERGED,
                               "in sync" if outcome is None else "converged", fp, rev, plan,
                               outcome)
 
@@ -232,47 +233,48 @@ class Reconciler:
                                         engine_unavailable=outcome.engine_unavailable)
         if policy is rollback.AfterFailure.RETRY:
             first = reason.splitlines()[0]
-            return PassResult(Result.FAILED, f"the engine did not answer ({first}); nothing "
+            return PassResult(PassStatus.FAILED, f"the engine did not answer ({first}); nothing "
                               "was quarantined, the next pass retries", fp, rev, plan, outcome,
                               engine_unavailable=True)
         if policy is rollback.AfterFailure.REPAIR_FAILED:
             assert last_good is not None
-            return PassResult(Result.FAILED, f"{reason}\nrepairing the host to last-good "
+            return PassResult(PassStatus.FAILED, f"{reason}\nrepairing the host to last-good "
                               f"{last_good.label} failed; nothing was quarantined, the next "
                               "pass retries", fp, rev, plan, outcome)
         with faults.in_phase("revert"):
             return await self._revert(candidate, plan, outcome, reason, last_good)
 
-    async def _revert(self, candidate: LoadedSpec, plan: Plan, outcome: Outcome, reason: str,
+    async def _revert(self, candidate: LoadedSpec, plan: Plan, outcome: ExecutionReport,
+                      reason: str,
                       last_good: GoodRevision | None) -> PassResult:
         """The rollout failed: quarantine it and go back to last-good."""
         fp, rev = candidate.fingerprint, candidate.revision
         self.state.quarantine(fp, revision=rev, reason=reason.splitlines()[0], now=self.wall())
         target = rollback.revert_to(fp, last_good=last_good.fingerprint if last_good else None)
         if target is None or last_good is None:
-            return PassResult(Result.FAILED, f"{reason}\nno last-good spec to go back to: what "
+            return PassResult(PassStatus.FAILED, f"{reason}\nno last-good spec to go back to: what "
                               "converged keeps running", fp, rev, plan, outcome,
                               quarantined=True)
         self.report_line(f"rollout failed: reverting to last-good {last_good.label}")
         try:
             _, _, revert = await self.converge(self.load_good(last_good))
         except SpecError as exc:
-            return PassResult(Result.FAILED, f"{reason}\nrevert impossible: last-good spec "
+            return PassResult(PassStatus.FAILED, f"{reason}\nrevert impossible: last-good spec "
                               f"does not load: {exc}", fp, rev, plan, outcome, quarantined=True)
         after = rollback.after_revert(ok=revert is None or revert.ok,
                                       engine_unavailable=revert is not None
                                       and revert.engine_unavailable)
         if after is rollback.AfterRevert.ROLLED_BACK:
-            return PassResult(Result.ROLLED_BACK, f"{reason}\nreverted to last-good "
+            return PassResult(PassStatus.ROLLED_BACK, f"{reason}\nreverted to last-good "
                               f"{last_good.label}", fp, rev, plan, outcome, revert,
                               quarantined=True)
         assert revert is not None
         if after is rollback.AfterRevert.RETRY:  # the candidate stays quarantined: the next pass
-            return PassResult(Result.FAILED, f"{reason}\nthe revert was interrupted: the "
+            return PassResult(PassStatus.FAILED, f"{reason}\nthe revert was interrupted: the "
                               f"engine did not answer ({revert.failure}); the next pass "
                               "converges to last-good", fp, rev, plan, outcome, revert,
                               quarantined=True, engine_unavailable=True)
-        return PassResult(Result.FAILED, f"{reason}\nREVERT FAILED: {revert.failure}; the "
+        return PassResult(PassStatus.FAILED, f"{reason}\nREVERT FAILED: {revert.failure}; the "
                           "controller stops here and will not start another rollout", fp, rev,
                           plan, outcome, revert, quarantined=True)
 
@@ -301,7 +303,7 @@ class Reconciler:
         failed = [r.step.id for o in (res.outcome, res.revert) if o for r in o.results
                   if not r.ok]
         steps = len(res.plan.steps) if res.plan else 0
-        if res.result is Result.NOOP and (not res.held_last_good or kind == "run"):
+        if res.result is PassStatus.NOOP and (not res.held_last_good or kind == "run"):
             return  # a pass that changed nothing is not history
         self.state.append_history(HistoryEntry(
             at=self.wall(), kind=kind, result=res.result.value, fingerprint=res.fingerprint,

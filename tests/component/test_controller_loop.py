@@ -12,7 +12,7 @@ import pytest
 
 from reconciler.controller import Controller
 from reconciler.persistence import State
-from reconciler.reconcile import PassResult, Reconciler, Result
+from reconciler.reconcile import PassResult, PassStatus, Reconciler
 from reconciler.runtimes import EngineFailure, EngineUnavailable
 from tests.component.clock import ManualClock
 from tests.component.fakes import FakeRuntime
@@ -70,7 +70,7 @@ async def loop(tmp_path: Path) -> AsyncIterator[Loop]:
 
 
 async def test_the_first_pass_runs_at_start(loop: Loop) -> None:
-    assert loop.passes == 1 and loop.results[0].result is Result.CONVERGED
+    assert loop.passes == 1 and loop.results[0].result is PassStatus.CONVERGED
 
 
 async def test_triggers_during_a_pass_cause_exactly_one_more(loop: Loop) -> None:
@@ -134,7 +134,7 @@ async def test_an_engine_outage_retries_soon_and_never_quarantines(loop: Loop) -
     await loop.clock.settle()
     assert loop.passes == 2 and loop.results[-1].engine_unavailable
     await loop.clock.advance(2.1)  # retried on its own, without another trigger
-    assert loop.passes == 3 and loop.results[-1].result is Result.NOOP
+    assert loop.passes == 3 and loop.results[-1].result is PassStatus.NOOP
     assert loop.ctl.failures == 0 and not loop.ctl.rec.state.quarantined()
 
 

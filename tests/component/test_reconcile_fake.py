@@ -15,7 +15,7 @@ from reconciler.desired import Desired, build
 from reconciler.execute import Progress
 from reconciler.loading import load
 from reconciler.persistence import State
-from reconciler.reconcile import Reconciler, Result
+from reconciler.reconcile import PassStatus, Reconciler
 from tests.component.fakes import FakeRuntime, ImageBehaviour
 from tests.specfactory import write_spec
 
@@ -79,7 +79,7 @@ async def test_cold_start_runs_tiers_in_order_and_waits_min_ready(
         tmp_path: Path, fake: FakeRuntime) -> None:
     rec, events = make(tmp_path, fake)
     res = await rec.reconcile()
-    assert res.result is Result.CONVERGED, res.message
+    assert res.result is PassStatus.CONVERGED, res.message
     order = [e.tier for e in events if e.kind == "tier-start"]
     assert order == ["infrastructure", "core", "business"]
     # each tier gate held every replica healthy for min_ready (2 s on the fake clock)
@@ -88,7 +88,7 @@ async def test_cold_start_runs_tiers_in_order_and_waits_min_ready(
     # a second pass makes no engine write at all
     writes = fake.write_calls
     again = await rec.reconcile()
-    assert again.result is Result.NOOP and fake.write_calls == writes
+    assert again.result is PassStatus.NOOP and fake.write_calls == writes
 
 
 def peak_in_flight(events: list[Progress], tier: str) -> int:
@@ -111,7 +111,7 @@ async def test_parallelism_bounds_updates_but_not_new_replicas(
     assert peak_in_flight(events, "business") == 3  # a cold start takes nothing away
     events.clear()
     write_spec(tmp_path / "spec", SPEC.replace('image: "api:1"', 'image: "api:2"'))
-    assert (await rec.reconcile()).result is Result.CONVERGED
+    assert (await rec.reconcile()).result is PassStatus.CONVERGED
     assert peak_in_flight(events, "business") == 2  # update.parallelism
 
 
@@ -123,12 +123,12 @@ async def test_failed_rollout_reverts_to_last_good_and_quarantines(
         tmp_path: Path, fake: FakeRuntime, image: str, behaviour: ImageBehaviour,
         why: str) -> None:
     rec, _ = make(tmp_path, fake)
-    assert (await rec.reconcile()).result is Result.CONVERGED
+    assert (await rec.reconcile()).result is PassStatus.CONVERGED
     before = {c.id: c.name for c in fake.containers.values()}
     fake.set_behaviour(image, behaviour)
     write_spec(tmp_path / "spec", SPEC.replace('image: "api:1"', f'image: "{image}"'))
     res = await rec.reconcile()
-    assert res.result is Result.ROLLED_BACK
+    assert res.result is PassStatus.ROLLED_BACK
     assert why in res.message
     # start-first: the old replicas were never stopped; the host is exactly last-good
     assert {c.id: c.name for c in fake.containers.values()} == before
@@ -140,7 +140,7 @@ async def test_failed_rollout_reverts_to_last_good_and_quarantines(
     assert held.held_last_good and fake.write_calls == writes
     # a changed spec is applied
     write_spec(tmp_path / "spec", SPEC.replace('image: "api:1"', 'image: "api:2"'))
-    assert (await rec.reconcile()).result is Result.CONVERGED
+    assert (await rec.reconcile()).result is PassStatus.CONVERGED
     assert all(fake.containers[c].config["Image"] == "api:2" for c in fake.containers
                if fake.containers[c].labels["reconciler.service"] == "api")
 
@@ -152,7 +152,7 @@ async def test_missing_image_fails_before_anything_is_touched(
     before = dict(fake.calls)
     write_spec(tmp_path / "spec", SPEC.replace('image: "auth:1"', 'image: "auth:404"'))
     res = await rec.reconcile()
-    assert res.result is Result.FAILED or res.result is Result.ROLLED_BACK
+    assert res.result is PassStatus.FAILED or res.result is PassStatus.ROLLED_BACK
     assert "auth:404" in res.message
     for method in ("create_container", "stop_container", "remove_container",
                    "start_container"):
@@ -164,7 +164,7 @@ async def test_first_deploy_failure_leaves_what_converged(tmp_path: Path,
     fake.set_behaviour("auth:1", ImageBehaviour(health="unhealthy"))
     rec, _ = make(tmp_path, fake)
     res = await rec.reconcile()
-    assert res.result is Result.FAILED
+    assert res.result is PassStatus.FAILED
     assert "no last-good spec" in res.message
     assert running(fake, "db") and running(fake, "cache")
     assert not running(fake, "api")  # the business tier never started
@@ -199,7 +199,7 @@ async def test_name_left_by_a_crash_is_adopted(tmp_path: Path, fake: FakeRuntime
     fake.list_containers = list_missing_the_leftover  # type: ignore[method-assign]
     creates = fake.calls["create_container"]
     res = await rec.reconcile()
-    assert res.result is Result.CONVERGED, res.message
+    assert res.result is PassStatus.CONVERGED, res.message
     assert fake.calls["create_container"] == creates + 1  # tried, hit the name, adopted
     assert running(fake, "cache") == [svc.container_name(1)]
     assert fake.containers[left].state == "running" and old.id not in fake.containers
@@ -213,6 +213,6 @@ async def test_a_foreign_container_on_a_name_we_need_is_not_adopted(
     desired_name = desired_now(rec, tmp_path).services["api"].container_name(4)
     foreign = fake.seed_container(desired_name, {"Image": "nginx", "Labels": {}})
     res = await rec.reconcile()
-    assert res.result in (Result.ROLLED_BACK, Result.FAILED)
+    assert res.result in (PassStatus.ROLLED_BACK, PassStatus.FAILED)
     assert "not ours" in res.message
     assert fake.containers[foreign].state == "running"
