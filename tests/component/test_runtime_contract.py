@@ -16,13 +16,15 @@ from tests.contract_cases import CASES, LABEL_PROJECT, Case, Harness, case_id
 
 IMAGE = "reconciler-test/busybox:contract"
 UNHEALTHY = "reconciler-test/unhealthy:contract"
+HOG = "reconciler-test/memory-hog:contract"
 MISSING = "reconciler-test/does-not-exist:0"
 
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeRuntime]:
-    runtime = FakeRuntime(images={IMAGE, UNHEALTHY}, pullable={"reconciler-demo/app:1.0"})
+    runtime = FakeRuntime(images={IMAGE, UNHEALTHY, HOG}, pullable={"reconciler-demo/app:1.0"})
     runtime.set_behaviour(UNHEALTHY, ImageBehaviour(health="unhealthy"))
+    runtime.set_behaviour(HOG, ImageBehaviour(oom_on_start=True))
     yield runtime
     await runtime.close()
 
@@ -36,7 +38,7 @@ def harness(fake: FakeRuntime) -> Harness:
                                           "Cmd": ["sh", "-c", "while true; do sleep 1; done"]})
 
     return Harness(runtime=fake, kind="fake", project=project, image=IMAGE,
-                   unhealthy_image=UNHEALTHY, missing_image=MISSING,
+                   unhealthy_image=UNHEALTHY, missing_image=MISSING, oom_image=HOG,
                    create_foreign=create_foreign, poll_s=0)
 
 

@@ -113,6 +113,7 @@ def harness(docker_runtime: DockerRuntime, contract_image: str, project: str) ->
 
     return Harness(runtime=docker_runtime, kind="docker", project=project, image=contract_image,
                    unhealthy_image=contract_image, missing_image=MISSING,
+                   oom_image=contract_image,
                    create_foreign=create_foreign, timeout_s=15, poll_s=0.1)
 
 
