@@ -52,3 +52,13 @@ def test_one_redaction_longest_secret_first_short_values_kept() -> None:
     text = "token=abcdef1234 prefix abcdef and ok"
     assert redact(text, [Secret("abcdef"), "abcdef1234", "ok"]) == (
         "token=(sensitive) prefix (sensitive) and ok")
+
+
+def test_the_executor_and_the_edge_never_branch_on_a_reason() -> None:
+    for module in ("execute", "edges"):
+        tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        step_reasons = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+                        and n.attr == "reason" and isinstance(n.value, ast.Name)
+                        and n.value.id in ("step", "s")]
+        assert "Reason" not in names and not step_reasons, module
