@@ -188,7 +188,7 @@ class Controller:
             # not the spec's fault: retry soon (backoff capped at 2 s), never halt
             self.failures = 1
             self.trigger("retry")
-        elif res.result is PassStatus.FAILED and res.revert is not None:
+        elif res.halt:
             self.halted_on = res.fingerprint
         if res.engine_unavailable:
             pass

@@ -72,6 +72,9 @@ class PassResult:
     # the pass stopped because the engine did not answer: nothing was quarantined or
     # reverted; the next pass retries
     engine_unavailable: bool = False
+    # the revert itself failed (`rollback.AfterRevert.HALT`): the loop starts no rollout
+    # until the spec changes
+    halt: bool = False
 
     @property
     def ok(self) -> bool:
@@ -276,7 +279,7 @@ class Reconciler:
                               quarantined=True, engine_unavailable=True)
         return PassResult(PassStatus.FAILED, f"{reason}\nREVERT FAILED: {revert.failure}; the "
                           "controller stops here and will not start another rollout", fp, rev,
-                          plan, outcome, revert, quarantined=True)
+                          plan, outcome, revert, quarantined=True, halt=True)
 
     def report_line(self, message: str) -> None:
         self.report(Progress("note", message=message))

@@ -15,7 +15,7 @@ from reconciler.persistence import State
 from reconciler.reconcile import PassResult, PassStatus, Reconciler
 from reconciler.runtimes import EngineFailure, EngineUnavailable
 from tests.component.clock import ManualClock
-from tests.component.fakes import FakeRuntime
+from tests.component.fakes import FakeRuntime, ImageBehaviour
 from tests.specfactory import write_spec
 
 SPEC = """
@@ -148,3 +148,50 @@ def test_the_loop_reads_no_clock_of_its_own() -> None:
         assert call not in source, call
 
 
+
+
+HALT_SPEC = """
+project: halt
+defaults:
+  healthcheck: {test: ["CMD", "true"], interval: 1s, timeout: 1s, retries: 1}
+  update: {min_ready: 0s, deadline: 30s}
+volumes: {data: {}}
+services:
+  web: {tier: core, image: "web:1", volumes: ["data:/d"]}
+"""
+
+
+async def test_a_failed_revert_halts_until_the_spec_changes(tmp_path: Path) -> None:
+    fake = FakeRuntime(images={"web:1", "web:2", "web:3"})
+    clock = ManualClock()
+    spec = write_spec(tmp_path / "spec", HALT_SPEC)
+    rec = Reconciler(spec_dir=spec, state=State(tmp_path / "state"), runtime=fake,
+                     clock=clock, sleep=clock.sleep, wall=clock)
+    ctl = Controller(rec, resync_s=10.0, clock=clock, wall=clock, sleep=clock.sleep,
+                     watch_spec=False, follow_events=False)
+    loop = Loop(ctl, clock, fake)
+    task = asyncio.create_task(ctl.run())
+    try:
+        await clock.settle()
+        assert loop.results[-1].result is PassStatus.CONVERGED
+        for image in ("web:1", "web:2"):  # the new one fails, and so does the way back
+            fake.set_behaviour(image, ImageBehaviour(health="unhealthy"))
+        write_spec(spec, HALT_SPEC.replace("web:1", "web:2"))
+        ctl.trigger("spec")
+        await clock.settle()
+        failed = loop.results[-1]
+        assert failed.result is PassStatus.FAILED and failed.halt, failed.message
+        assert "REVERT FAILED" in failed.message
+        writes, passes = fake.write_calls, len(loop.results)
+        ctl.trigger("spec")  # the same spec: halted, nothing is reconciled
+        await clock.advance(60)
+        assert len(loop.results) == passes and fake.write_calls == writes
+        write_spec(spec, HALT_SPEC.replace("web:1", "web:3"))  # a new spec is taken on
+        ctl.trigger("spec")
+        await clock.settle()
+        assert loop.results[-1].result is PassStatus.CONVERGED
+    finally:
+        ctl.stop.set()
+        loop.gate.set()
+        await clock.settle()
+        await asyncio.wait_for(task, timeout=5)
