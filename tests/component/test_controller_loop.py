@@ -5,6 +5,7 @@ resync timer fires. Time moves only when the test says so; nothing really sleeps
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -50,11 +51,11 @@ class Loop:
         return self.ctl.passes
 
 
-@pytest.fixture
-async def loop(tmp_path: Path) -> AsyncIterator[Loop]:
-    fake = FakeRuntime(images={"web:1"})
+@contextlib.asynccontextmanager
+async def running_loop(tmp_path: Path, fake: FakeRuntime, text: str) -> AsyncIterator[Loop]:
+    """A controller on `fake` and a manual clock, running until the block ends."""
     clock = ManualClock()
-    rec = Reconciler(spec_dir=write_spec(tmp_path / "spec", SPEC),
+    rec = Reconciler(spec_dir=write_spec(tmp_path / "spec", text),
                      state=State(tmp_path / "state"), runtime=fake, clock=clock,
                      sleep=clock.sleep, wall=clock)
     ctl = Controller(rec, resync_s=10.0, clock=clock, wall=clock, sleep=clock.sleep,
@@ -62,11 +63,19 @@ async def loop(tmp_path: Path) -> AsyncIterator[Loop]:
     harness = Loop(ctl, clock, fake)
     task = asyncio.create_task(ctl.run())
     await clock.settle()
-    yield harness
-    ctl.stop.set()
-    harness.gate.set()
-    await clock.settle()
-    await asyncio.wait_for(task, timeout=5)
+    try:
+        yield harness
+    finally:
+        ctl.stop.set()
+        harness.gate.set()
+        await clock.settle()
+        await asyncio.wait_for(task, timeout=5)
+
+
+@pytest.fixture
+async def loop(tmp_path: Path) -> AsyncIterator[Loop]:
+    async with running_loop(tmp_path, FakeRuntime(images={"web:1"}), SPEC) as harness:
+        yield harness
 
 
 async def test_the_first_pass_runs_at_start(loop: Loop) -> None:
@@ -163,16 +172,9 @@ services:
 
 async def test_a_failed_revert_halts_until_the_spec_changes(tmp_path: Path) -> None:
     fake = FakeRuntime(images={"web:1", "web:2", "web:3"})
-    clock = ManualClock()
-    spec = write_spec(tmp_path / "spec", HALT_SPEC)
-    rec = Reconciler(spec_dir=spec, state=State(tmp_path / "state"), runtime=fake,
-                     clock=clock, sleep=clock.sleep, wall=clock)
-    ctl = Controller(rec, resync_s=10.0, clock=clock, wall=clock, sleep=clock.sleep,
-                     watch_spec=False, follow_events=False)
-    loop = Loop(ctl, clock, fake)
-    task = asyncio.create_task(ctl.run())
-    try:
-        await clock.settle()
+    spec = tmp_path / "spec"
+    async with running_loop(tmp_path, fake, HALT_SPEC) as loop:
+        ctl, clock = loop.ctl, loop.clock
         assert loop.results[-1].result is PassStatus.CONVERGED
         for image in ("web:1", "web:2"):  # the new one fails, and so does the way back
             fake.set_behaviour(image, ImageBehaviour(health="unhealthy"))
@@ -190,8 +192,3 @@ async def test_a_failed_revert_halts_until_the_spec_changes(tmp_path: Path) -> N
         ctl.trigger("spec")
         await clock.settle()
         assert loop.results[-1].result is PassStatus.CONVERGED
-    finally:
-        ctl.stop.set()
-        loop.gate.set()
-        await clock.settle()
-        await asyncio.wait_for(task, timeout=5)
