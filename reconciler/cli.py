@@ -22,11 +22,11 @@ from reconciler.execute import Progress
 from reconciler.loading import LoadedSpec, SpecError, load, load_policy
 from reconciler.persistence import State, StateError, default_state_dir
 from reconciler.plans import Plan, compute
-from reconciler.runtimes import EngineUnavailable, Runtime, RuntimeError_
+from reconciler.runtimes import EngineError, EngineUnavailable, Runtime
 from reconciler.snapshots import Snapshot, empty
 
 if TYPE_CHECKING:
-    from reconciler.controller import PassResult
+    from reconciler.reconcile import PassResult
 
 EXIT_OK, EXIT_FAILED, EXIT_CHANGES = 0, 1, 2
 PREVIEW_KEY = b"reconciler-preview-without-host-key"
@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StateError as exc:
         print(f"reconciler: state: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except RuntimeError_ as exc:
+    except EngineError as exc:
         print(f"reconciler: engine: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
@@ -190,8 +190,8 @@ def color_enabled(stream: object) -> bool:
 
 async def observe_or_empty(project: str, *, timeout_s: float = 5.0) -> Snapshot:
     """The host as the engine lists it; an empty host when no engine answers."""
-    from reconciler.controller import observe
     from reconciler.dockerd import DockerRuntime  # imported late: keeps --help and validate fast
+    from reconciler.reconcile import observe
 
     try:
         runtime = await DockerRuntime.connect(timeout_s=timeout_s)
@@ -215,7 +215,7 @@ def preview_key(args: argparse.Namespace) -> bytes:
 def plan_for(desired: Desired) -> Plan:
     try:
         snapshot = asyncio.run(observe_or_empty(desired.project))
-    except RuntimeError_ as exc:
+    except EngineError as exc:
         print(f"reconciler: engine: {exc}; planning against an empty host", file=sys.stderr)
         snapshot = empty(desired.project, engine_available=False)
     if not snapshot.engine_available:
@@ -309,7 +309,7 @@ async def _runtime() -> Runtime:
 
 
 async def cmd_apply(args: argparse.Namespace) -> int:
-    from reconciler.controller import Reconciler
+    from reconciler.reconcile import Reconciler
 
     state = State(state_dir(args))
     load_spec(args, strict=True)  # a bad spec is reported as file:line, engine or not
@@ -326,22 +326,22 @@ async def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def report_pass(res: PassResult) -> int:
-    from reconciler.controller import Result
+    from reconciler.reconcile import PassStatus
 
     for problem in res.problems:
         print(f"error: {problem}", file=sys.stderr)
     head = {
-        Result.NOOP: "No changes: the host matches the spec.",
-        Result.CONVERGED: "Converged.",
-        Result.ROLLED_BACK: "Rollout FAILED and was reverted to last-good.",
-        Result.FAILED: "FAILED.",
-        Result.INVALID_SPEC: "Invalid spec: nothing was changed.",
+        PassStatus.NOOP: "No changes: the host matches the spec.",
+        PassStatus.CONVERGED: "Converged.",
+        PassStatus.ROLLED_BACK: "Rollout FAILED and was reverted to last-good.",
+        PassStatus.FAILED: "FAILED.",
+        PassStatus.INVALID_SPEC: "Invalid spec: nothing was changed.",
     }[res.result]
     if res.held_last_good:
         head = "Spec is quarantined: not applied."
     stream = sys.stdout if res.ok else sys.stderr
     print(head, file=stream)
-    if res.message and res.result is not Result.INVALID_SPEC:
+    if res.message and res.result is not PassStatus.INVALID_SPEC:
         print(res.message, file=stream)
     print(f"revision {(res.revision or res.fingerprint or '-')[:12]}, "
           f"{res.seconds:.1f}s", file=stream)
@@ -397,7 +397,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 async def cmd_rollback(args: argparse.Namespace) -> int:
-    from reconciler.controller import Reconciler
+    from reconciler.reconcile import Reconciler
 
     state = State(state_dir(args))
     with state.lock():
@@ -447,7 +447,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
     import signal
 
     from reconciler import logs
-    from reconciler.controller import Controller, Reconciler
+    from reconciler.controller import Controller
+    from reconciler.reconcile import Reconciler
     from reconciler.specs import parse_duration
 
     logs.configure()

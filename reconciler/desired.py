@@ -14,6 +14,7 @@ from typing import Any
 
 from reconciler import labels
 from reconciler.envfiles import SECRET_KEY, Secret
+from reconciler.fields import public_fields
 from reconciler.loading import LoadedSpec
 from reconciler.specs import (
     Network,
@@ -28,6 +29,8 @@ from reconciler.specs import (
 
 @dataclass(frozen=True, slots=True)
 class DesiredService:
+    """One service resolved for this host: names, env, binds, fingerprint."""
+
     project: str
     name: str
     tier: str
@@ -42,14 +45,18 @@ class DesiredService:
 
     @property
     def replicas(self) -> int:
+        """How many replicas the spec asks for."""
         return self.service.replicas
 
     def container_name(self, replica: int) -> str:
+        """The container name of one replica of this generation."""
         return labels.container_name(self.project, self.name, replica, self.fingerprint)
 
 
 @dataclass(frozen=True, slots=True)
 class Desired:
+    """The whole desired state of one project, as the planner compares it."""
+
     project: str
     tiers: tuple[str, ...]
     services: Mapping[str, DesiredService]
@@ -60,6 +67,7 @@ class Desired:
     spec_fingerprint: str
 
     def in_tier(self, tier: str) -> list[DesiredService]:
+        """The services of one tier, by name."""
         return sorted((s for s in self.services.values() if s.tier == tier),
                       key=lambda s: s.name)
 
@@ -108,41 +116,15 @@ def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None) -> Des
         mounted = {_relative(m.host_path, loaded.root): labels.keyed_digest(key, m.digest)
                    for m in loaded.mounted.get(name, ())}
         public: dict[str, Any] = {
+            **public_fields(svc),
+            # resolved against the host: the same values `blueprint` writes
             "project": spec.project,
-            "image": svc.image,
-            "command": list(svc.command) if svc.command is not None else None,
-            "entrypoint": list(svc.entrypoint) if svc.entrypoint is not None else None,
             "environment": {k: _mask(k, v, key) for k, v in sorted(svc.environment.items())},
             "env_file": env_digests,
             "volumes": shown_binds,
             "mounted_files": mounted,
             "networks": list(networks),
-            "ports": list(svc.ports),
-            "healthcheck": svc.healthcheck.model_dump(mode="json")
-            if svc.healthcheck is not None and svc.healthcheck.active else None,
-            "resources": svc.resources.model_dump(mode="json", exclude_none=True),
-            "restart": svc.restart.value,
             "labels": dict(sorted(svc.labels.items())),
-            "stop_grace_period": svc.stop_grace_period,
-            "stop_signal": svc.stop_signal,
-            "user": svc.user,
-            "working_dir": svc.working_dir,
-            "hostname": svc.hostname,
-            "privileged": svc.privileged,
-            "network_mode": svc.network_mode,
-            "pid": svc.pid,
-            "ipc": svc.ipc,
-            "cap_add": sorted(svc.cap_add),
-            "shm_size": svc.shm_size,
-            "logging": svc.logging.model_dump(mode="json") if svc.logging else None,
-            "ulimits": {k: [v.soft, v.hard] for k, v in sorted(svc.ulimits.items())},
-            "init": svc.init,
-            "read_only": svc.read_only,
-            "tmpfs": list(svc.tmpfs),
-            "security_opt": list(svc.security_opt),
-            "cap_drop": sorted(svc.cap_drop),
-            "extra_hosts": list(svc.extra_hosts),
-            "pull_policy": svc.pull_policy.value,
         }
         public = {k: v for k, v in public.items() if v not in (None, [], {}, False)}
         assert svc.tier is not None  # validated

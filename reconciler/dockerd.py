@@ -33,16 +33,17 @@ import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError, DockerStreamError
 
+from reconciler.envfiles import redact
 from reconciler.runtimes import (
     JSON,
     Conflict,
     EngineError,
     EngineEvent,
+    EngineFailure,
     EngineUnavailable,
     ExecResult,
     ImageUnavailable,
     NotFound,
-    RuntimeError_,
 )
 
 __all__ = ["DEFAULT_DOCKER_URL", "EVENT_ACTIONS", "DockerRuntime"]
@@ -65,13 +66,6 @@ _STATUS_CANNOT_CONNECT: Final = 900
 # --------------------------------------------------------------------------- error mapping
 
 
-def _redact(message: str, secrets: Iterable[str]) -> str:
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= 3:
-            message = message.replace(secret, "(redacted)")
-    return message
-
-
 def _env_secrets(config: Mapping[str, Any]) -> list[str]:
     """Every env value (and whole KEY=VALUE entry) of a create body, for redaction."""
     out: list[str] = []
@@ -88,20 +82,20 @@ def _env_secrets(config: Mapping[str, Any]) -> list[str]:
 
 def _map_error(
     exc: BaseException, what: str, *, secrets: Iterable[str] = (), pull: bool = False,
-) -> RuntimeError_:
+) -> EngineError:
     """Translate an aiodocker/aiohttp/asyncio failure into a runtime error for `what`."""
-    if isinstance(exc, RuntimeError_):
+    if isinstance(exc, EngineError):
         return exc
     if isinstance(exc, TimeoutError):
         return EngineUnavailable(f"{what}: the engine did not answer in time")
     if isinstance(exc, DockerStreamError):
-        msg = _redact(exc.message, secrets)
+        msg = redact(exc.message, secrets)
         if pull:
             return ImageUnavailable(f"{what}: {msg}")
-        return EngineError(f"{what}: {msg}")
+        return EngineFailure(f"{what}: {msg}")
     if isinstance(exc, DockerError):
         status = exc.status
-        msg = _redact(str(exc.message).strip(), secrets)
+        msg = redact(str(exc.message).strip(), secrets)
         if status == _STATUS_CANNOT_CONNECT:
             return EngineUnavailable(f"{what}: {msg}")
         if pull:
@@ -112,17 +106,17 @@ def _map_error(
             return NotFound(f"{what}: {msg}")
         if status == 409 or (status == 400 and "already in use" in msg):
             return Conflict(f"{what}: {msg}")
-        return EngineError(f"{what}: [{status}] {msg}")
+        return EngineFailure(f"{what}: [{status}] {msg}")
     if isinstance(exc, (aiohttp.ClientConnectionError, ConnectionError)):
         return EngineUnavailable(f"{what}: {type(exc).__name__}: {exc}")
     if isinstance(exc, (aiohttp.ClientError, OSError, ValueError)):
-        return EngineError(f"{what}: {type(exc).__name__}: {_redact(str(exc), secrets)}")
-    return EngineError(f"{what}: {type(exc).__name__}")
+        return EngineFailure(f"{what}: {type(exc).__name__}: {redact(str(exc), secrets)}")
+    return EngineFailure(f"{what}: {type(exc).__name__}")
 
 
 def _as_json(value: object, what: str) -> JSON:
     if not isinstance(value, dict):
-        raise EngineError(f"{what}: unexpected answer from the engine ({type(value).__name__})")
+        raise EngineFailure(f"{what}: unexpected answer from the engine ({type(value).__name__})")
     return value
 
 
@@ -130,7 +124,7 @@ def _as_json_list(value: object, what: str) -> list[JSON]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise EngineError(f"{what}: unexpected answer from the engine ({type(value).__name__})")
+        raise EngineFailure(f"{what}: unexpected answer from the engine ({type(value).__name__})")
     return list(value)
 
 
@@ -171,7 +165,7 @@ class DockerEventStream:
     accepted the subscription — the engine flushes the response headers only after it has
     registered the listener, so a resync done after `connect()` misses no event. The iterator
     ends (StopAsyncIteration) when the stream drops or after `aclose()`; a failure to connect
-    raises `EngineUnavailable`/`EngineError`. Cancelling a consumer that awaits `__anext__`
+    raises `EngineUnavailable`/`EngineFailure`. Cancelling a consumer that awaits `__anext__`
     closes the connection.
     """
 
@@ -451,7 +445,7 @@ class DockerRuntime:
         )
         container_id = raw.get("Id")
         if not isinstance(container_id, str):
-            raise EngineError(f"{what}: the engine returned no id")
+            raise EngineFailure(f"{what}: the engine returned no id")
         try:
             for net, endpoint in later:
                 await self._connect(container_id, net, endpoint)

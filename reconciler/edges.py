@@ -15,14 +15,15 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from pathlib import Path
 
 from reconciler.desired import Desired, DesiredService
-from reconciler.execute import EdgeHook, StepFailed
+from reconciler.execute import EdgeHook, FailureKind, StepFailed
 from reconciler.faults import crash_point
 from reconciler.persistence import StateError, atomic_write
-from reconciler.runtimes import EngineUnavailable, Runtime, RuntimeError_
-from reconciler.snapshots import Health, Observed, State, parse
+from reconciler.runtimes import EngineError, EngineUnavailable, Runtime
+from reconciler.snapshots import ContainerState, Health, Observed, parse
 
 PLACEHOLDER = "server 127.0.0.1:9 down;  # no healthy container"
 KEPT = "(kept: no healthy replica)"
+EDGE = FailureKind.EDGE_RELOAD
 HEADER = "# Rendered by reconciler: do not edit (rewritten on every rollout).\n"
 
 
@@ -63,10 +64,10 @@ def render_upstreams(
         if not address:
             continue
         line = f"server {address}:{svc.service.expose.port} max_fails=1 fail_timeout=2s;"
-        ready = c.state is State.RUNNING and c.health in (Health.HEALTHY, Health.NONE)
+        ready = c.state is ContainerState.RUNNING and c.health in (Health.HEALTHY, Health.NONE)
         if ready or c.id in include:
             by_service.setdefault(c.service, []).append(f"{line}  # {c.name}")
-        elif c.state is State.RUNNING and c.name in serving:
+        elif c.state is ContainerState.RUNNING and c.name in serving:
             kept.setdefault(c.service, []).append(f"{line}  # {c.name} {KEPT}")
     out = [HEADER]
     for name, svc in sorted(desired.services.items()):
@@ -141,7 +142,7 @@ class Edge(EdgeHook):
         try:
             atomic_write(self.path, text.encode(), mode=0o644)
         except StateError as exc:
-            raise StepFailed("edge upstreams", str(exc)) from None
+            raise StepFailed("edge upstreams", str(exc), kind=EDGE) from None
         crash_point("edge-write:after")
         return True
 
@@ -167,7 +168,7 @@ class Edge(EdgeHook):
             if not self.write(text):
                 return
             edges = [c for c in containers if c.service == desired.edge_service
-                     and c.state is State.RUNNING]
+                     and c.state is ContainerState.RUNNING]
             try:
                 for edge in edges:
                     await self._reload(edge)
@@ -182,19 +183,19 @@ class Edge(EdgeHook):
         new requests with the old upstreams."""
         try:
             test = await self.rt.exec_in_container(edge.id, ["nginx", "-t", "-q"])
-        except RuntimeError_ as exc:
+        except EngineError as exc:
             raise StepFailed("edge reload", f"nginx -t could not run: {exc}",
-                             engine_down=isinstance(exc, EngineUnavailable)) from None
+                             engine_down=isinstance(exc, EngineUnavailable), kind=EDGE) from None
         if test.exit_code != 0:
             raise StepFailed("edge reload", "nginx -t failed; the running config was kept:\n"
-                             + test.output.strip()[-800:])
+                             + test.output.strip()[-800:], kind=EDGE)
         before = await self._workers(edge.id)
         crash_point("edge-reload:before")
         try:
             await self.rt.kill_container(edge.id, signal="HUP")
-        except RuntimeError_ as exc:
+        except EngineError as exc:
             raise StepFailed("edge reload", f"reload signal failed: {exc}",
-                             engine_down=isinstance(exc, EngineUnavailable)) from None
+                             engine_down=isinstance(exc, EngineUnavailable), kind=EDGE) from None
         crash_point("edge-reload:after")
         if before is None:  # no `ps` in this image: a short settle instead
             await self.sleep(self.reload_poll_s * 10)
@@ -205,14 +206,15 @@ class Edge(EdgeHook):
                 return
             await self.sleep(self.reload_poll_s)
         raise StepFailed("edge reload", "nginx did not start workers with the new config within "
-                         f"{self.reload_polls * self.reload_poll_s:.0f}s (see the edge's log)")
+                         f"{self.reload_polls * self.reload_poll_s:.0f}s (see the edge's log)",
+                         kind=EDGE)
 
     async def _workers(self, cid: str) -> set[int] | None:
         """Pids of the edge's nginx workers that accept connections (not shutting down);
         None when they cannot be listed."""
         try:
             res = await self.rt.exec_in_container(cid, ["ps", "-o", "pid,args"])
-        except RuntimeError_:
+        except EngineError:
             return None
         if res.exit_code != 0:
             return None

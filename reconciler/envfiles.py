@@ -42,6 +42,7 @@ class Secret(str):
 
     @property
     def value(self) -> str:
+        """The secret itself (for Docker and for redaction only)."""
         return str.__str__(self)
 
 
@@ -61,6 +62,8 @@ class EnvFile:
 
 @dataclass(frozen=True, slots=True)
 class EnvFinding:
+    """One finding of the env-file checks: file, key and what is wrong (no value)."""
+
     path: str
     line: int | None
     key: str | None
@@ -137,3 +140,18 @@ def check_env_files(by_service: Mapping[str, Iterable[EnvFile]]) -> list[EnvFind
                                       f"{k} ({users[k][0]})" for k in keys[:-1])
                                   + ": use one password per database user"))
     return out
+
+
+SENSITIVE = "(sensitive)"
+MIN_REDACTED_LENGTH = 3  # shorter values are too common in text to hide
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret value (longest first, so overlapping ones never leave a
+    tail) replaced by "(sensitive)". The one redaction of the package: engine error messages,
+    container log tails."""
+    for secret in sorted({s.value if isinstance(s, Secret) else s for s in secrets},
+                         key=len, reverse=True):
+        if len(secret) >= MIN_REDACTED_LENGTH:
+            text = text.replace(secret, SENSITIVE)
+    return text

@@ -15,41 +15,59 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from reconciler import labels
 from reconciler.blueprint import container_config
 from reconciler.desired import Desired, DesiredService
-from reconciler.envfiles import Secret
+from reconciler.envfiles import Secret, redact
 from reconciler.faults import crash_point
-from reconciler.health import Gate, Probe, Verdict, judge
-from reconciler.plans import Action, ContainerRef, Plan, Step
+from reconciler.health import Failure, Gate, Probe, Verdict, judge
+from reconciler.plans import Action, ContainerRef, ImageAction, Lane, Plan, Step
 from reconciler.runtimes import (
     Conflict,
+    EngineError,
     EngineUnavailable,
     ImageUnavailable,
     NotFound,
     Runtime,
-    RuntimeError_,
 )
-from reconciler.specs import PullPolicy, UpdateOrder
 
 LOG_TAIL = 15
 
 
+class FailureKind(StrEnum):
+    """What kind of failure failed a run (the `reconciler_rollbacks_total{reason}` label)."""
+
+    HEALTH_GATE = Failure.HEALTH_GATE.value
+    DEADLINE = Failure.DEADLINE.value
+    CRASH_LOOP = Failure.CRASH_LOOP.value
+    PULL_ERROR = "pull_error"
+    EDGE_RELOAD = "edge_reload"
+    ENGINE_ERROR = "engine_error"
+    OTHER = "other"
+
+
 class StepFailed(Exception):
     """A step could not complete; the message is for humans and carries no secret.
-    `engine_down`: the cause was an engine that did not answer (not the rollout itself)."""
+    `engine_down`: the cause was an engine that did not answer (not the rollout itself);
+    `kind`: the failure as a kind, for metrics (never parsed out of the message)."""
 
-    def __init__(self, step_id: str, message: str, *, engine_down: bool = False) -> None:
+    def __init__(self, step_id: str, message: str, *, engine_down: bool = False,
+                 kind: FailureKind = FailureKind.OTHER) -> None:
         self.step_id = step_id
         self.message = message
         self.engine_down = engine_down
+        self.kind = kind
         super().__init__(f"{step_id}: {message}")
 
 
-def _engine_failed(step_id: str, what: str, exc: RuntimeError_) -> StepFailed:
-    return StepFailed(step_id, f"{what}: {exc}", engine_down=isinstance(exc, EngineUnavailable))
+def engine_failed(step_id: str, what: str, exc: EngineError, *,
+                  kind: FailureKind = FailureKind.ENGINE_ERROR) -> StepFailed:
+    """A `StepFailed` for an engine error (`engine_down` when the engine did not answer)."""
+    return StepFailed(step_id, f"{what}: {exc}", engine_down=isinstance(exc, EngineUnavailable),
+                      kind=kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +88,7 @@ class StepResult:
 
 
 @dataclass(slots=True)
-class Outcome:
+class ExecutionReport:
     ok: bool = True
     results: list[StepResult] = field(default_factory=list)
     failure: StepFailed | None = None
@@ -82,6 +100,14 @@ class Outcome:
     engine_unavailable: bool = False
 
     @property
+    def failure_kind(self) -> FailureKind | None:
+        """The kind of the failure (any failure before every image was present is a pull
+        error), or None when the run succeeded."""
+        if self.failure is None:
+            return None
+        return FailureKind.PULL_ERROR if not self.images_ok else self.failure.kind
+
+    @property
     def touched(self) -> bool:
         return any(r.step.action not in (Action.CREATE_NETWORK, Action.CREATE_VOLUME)
                    for r in self.results)
@@ -91,14 +117,15 @@ Reporter = Callable[[Progress], None]
 Sleeper = Callable[[float], Awaitable[None]]
 
 
-def _ignore(_: Progress) -> None:
+def ignore_progress(_: Progress) -> None:
+    """The default reporter: progress goes nowhere."""
     return None
 
 
 class Executor:
     def __init__(
         self, runtime: Runtime, *, clock: Callable[[], float] = time.monotonic,
-        sleep: Sleeper = asyncio.sleep, report: Reporter = _ignore, poll_s: float = 0.25,
+        sleep: Sleeper = asyncio.sleep, report: Reporter = ignore_progress, poll_s: float = 0.25,
         edge: EdgeHook | None = None,
     ) -> None:
         self.rt = runtime
@@ -109,10 +136,10 @@ class Executor:
         self.edge = edge
 
     async def run(self, plan: Plan, desired: Desired, *,
-                  edge: EdgeHook | None = None) -> Outcome:
+                  edge: EdgeHook | None = None) -> ExecutionReport:
         if edge is not None:
             self.edge = edge
-        outcome = Outcome()
+        outcome = ExecutionReport()
         try:
             await self._images(plan, desired)
         except StepFailed as exc:
@@ -138,8 +165,8 @@ class Executor:
                 await self._timed(step, desired, outcome)
             if self.edge is not None:
                 await self.edge.settle(desired)
-        except RuntimeError_ as exc:  # an engine call of a hook (edge) that it did not wrap
-            failure = _engine_failed("edge", "engine error", exc)
+        except EngineError as exc:  # an engine call of a hook (edge) that it did not wrap
+            failure = engine_failed("edge", "engine error", exc, kind=FailureKind.EDGE_RELOAD)
             outcome.ok, outcome.failure = False, failure
             outcome.engine_unavailable = failure.engine_down
         except StepFailed as exc:
@@ -152,48 +179,48 @@ class Executor:
     async def _images(self, plan: Plan, desired: Desired) -> None:
         for need in plan.images:
             present = await self._call("image", self.rt.image_present(need.ref))
-            if present and need.policy is not PullPolicy.ALWAYS:
+            action = need.if_present if present else need.if_missing
+            if action is ImageAction.USE:
                 continue
-            if need.policy is PullPolicy.NEVER:
+            if action is ImageAction.FAIL:
                 raise StepFailed(f"image {need.ref}", "not present and pull_policy is never")
             self.report(Progress("images", message=f"pulling {need.ref}"))
             try:
                 await self.rt.pull_image(need.ref)
             except ImageUnavailable as exc:
                 raise StepFailed(f"image {need.ref}", f"cannot pull: {exc}") from None
-            except RuntimeError_ as exc:
-                raise _engine_failed(f"image {need.ref}", "engine error", exc) from None
+            except EngineError as exc:
+                raise engine_failed(f"image {need.ref}", "engine error", exc) from None
 
     # --- tiers and services ----------------------------------------------------------------
 
-    async def _tier(self, steps: list[Step], desired: Desired, outcome: Outcome) -> None:
+    async def _tier(self, steps: list[Step], desired: Desired, outcome: ExecutionReport) -> None:
         by_service: dict[str, list[Step]] = {}
         for step in steps:
             by_service.setdefault(step.service, []).append(step)
         await _gather_first_failure([
-            self._service(desired.services[service], service_steps, desired, outcome)
-            for service, service_steps in by_service.items()
+            self._service(service_steps, desired, outcome)
+            for service_steps in by_service.values()
         ])
 
-    async def _service(self, svc: DesiredService, steps: list[Step], desired: Desired,
-                       outcome: Outcome) -> None:
-        gate = asyncio.Semaphore(svc.service.update.parallelism)
+    async def _service(self, steps: list[Step], desired: Desired,
+                       outcome: ExecutionReport) -> None:
+        """One service's steps, each in the lane the planner put it in."""
+        gate = asyncio.Semaphore(max((s.parallelism for s in steps), default=1))
 
         async def one(step: Step) -> None:
-            if step.action is Action.CREATE and not step.old:
-                # nothing serving is taken away: `parallelism` protects capacity during an
-                # update, so new replicas all start at once (as a cold start should)
+            if step.lane is Lane.FREE:
                 await self._timed(step, desired, outcome)
                 return
             async with gate:
                 await self._timed(step, desired, outcome)
 
-        await _gather_first_failure([one(s) for s in steps if s.action is not Action.REMOVE])
+        await _gather_first_failure([one(s) for s in steps if s.lane is not Lane.AFTER])
         for step in steps:
-            if step.action is Action.REMOVE:
+            if step.lane is Lane.AFTER:
                 await self._timed(step, desired, outcome)
 
-    async def _timed(self, step: Step, desired: Desired, outcome: Outcome) -> None:
+    async def _timed(self, step: Step, desired: Desired, outcome: ExecutionReport) -> None:
         started = self.clock()
         self.report(Progress("step-start", tier=step.tier, step=step.id))
         try:
@@ -210,7 +237,7 @@ class Executor:
 
     # --- one step --------------------------------------------------------------------------
 
-    async def _step(self, step: Step, desired: Desired, outcome: Outcome) -> None:
+    async def _step(self, step: Step, desired: Desired, outcome: ExecutionReport) -> None:
         if step.action is Action.CREATE_NETWORK:
             net = desired.networks[step.object_name]
             crash_point("network-create:before")
@@ -225,76 +252,67 @@ class Executor:
                 step.object_name, labels=labels.object_labels(desired.project)))
             crash_point("volume-create:after")
             return
+        # the edge is told about a step's containers when the planner says they serve in an
+        # upstream and this run has an edge to tell
+        edge = self.edge if step.upstream is not None else None
         if step.action is Action.REMOVE:
             svc = desired.services.get(step.service)
-            grace = svc.service.stop_grace_period if svc else 10.0
-            if svc is not None and svc.service.expose is not None and self.edge is not None:
-                await self.edge.retire(desired, svc, old_ids=[o.id for o in step.old])
+            if edge is not None and svc is not None:
+                await edge.retire(desired, svc, old_ids=[o.id for o in step.old])
             for old in step.old:
-                await self._retire(step, old, grace)
+                await self._retire(step, old)
             return
         svc = desired.services[step.service]
-        replica = step.replica or 1
-        grace = svc.service.stop_grace_period
         if step.action is Action.START:
             assert step.target is not None
             await self._start(step, step.target.id)
             await self._ready(step, svc, step.target.id, outcome)
             return
-        stop_first = step.action is Action.RECREATE or (
-            step.action is Action.CREATE and bool(step.old)) or (
-            step.action is Action.REPLACE and step.order is UpdateOrder.STOP_FIRST)
-        exposed = self.edge is not None and svc.service.expose is not None
         cid = step.adopt.id if step.adopt is not None else None
         if cid is None and step.action is Action.REPLACE:
             # a new generation has its own name: create it before the old one stops, so a
             # stop-first gap is only stop -> start (creating never binds ports or runs code)
-            assert step.new_name is not None
-            cid = await self._create(step, svc, replica, step.new_name)
-        if stop_first:
-            retiring = [o for o in step.old if step.adopt is None or o.id != step.adopt.id]
-            if exposed and retiring and self.edge is not None:
+            cid = await self._create(step, svc)
+        if step.stop_first:
+            if edge is not None and step.old:
                 # out of the upstreams (other replicas keep serving) and drained first
-                await self.edge.retire(desired, svc, old_ids=[o.id for o in retiring])
-            for old in retiring:
-                await self._retire(step, old, grace)
+                await edge.retire(desired, svc, old_ids=[o.id for o in step.old])
+            for old in step.old:
+                await self._retire(step, old)
         if cid is None:
-            assert step.new_name is not None
-            cid = await self._create(step, svc, replica, step.new_name)
+            cid = await self._create(step, svc)
         await self._start(step, cid)
         await self._ready(step, svc, cid, outcome)
-        if not stop_first and step.old:
-            if exposed and self.edge is not None:
-                await self.edge.cutover(desired, svc, new_id=cid,
-                                        old_ids=[o.id for o in step.old])
+        if not step.stop_first and step.old:
+            if edge is not None:
+                await edge.cutover(desired, svc, new_id=cid, old_ids=[o.id for o in step.old])
             for old in step.old:
-                await self._retire(step, old, grace)
-        elif exposed and self.edge is not None:
-            await self.edge.after_step(desired, svc)
+                await self._retire(step, old)
+        elif edge is not None:
+            await edge.after_step(desired, svc)
 
-    async def _create(self, step: Step, svc: DesiredService, replica: int, name: str) -> str:
-        body = container_config(svc, replica)
+    async def _create(self, step: Step, svc: DesiredService) -> str:
+        assert step.new_name is not None
+        name = step.new_name
+        body = container_config(svc, step.replica or 1)
         crash_point("container-create:before")
         try:
             cid = await self.rt.create_container(name, body)
         except Conflict:
-            # a crash between create and start left the name behind: adopt it only when our
-            # labels prove it is exactly this replica of this generation
+            # a crash between create and start left the name behind: adopt it only when it
+            # carries every label of the planner's claim
             try:
                 info = await self.rt.inspect_container(name)
-            except RuntimeError_ as exc:
-                raise _engine_failed(step.id, f"name {name} is taken and cannot be "
+            except EngineError as exc:
+                raise engine_failed(step.id, f"name {name} is taken and cannot be "
                                               "inspected", exc) from None
             found = (info.get("Config") or {}).get("Labels") or {}
-            if (found.get(labels.PROJECT) == svc.project
-                    and found.get(labels.SERVICE) == svc.name
-                    and found.get(labels.REPLICA) == str(replica)
-                    and found.get(labels.FINGERPRINT) == svc.fingerprint):
+            if step.claim and all(found.get(k) == v for k, v in step.claim):
                 return str(info["Id"])
             raise StepFailed(step.id, f"name {name} is taken by a container that is not ours; "
                                       "it was left untouched") from None
-        except RuntimeError_ as exc:
-            raise _engine_failed(step.id, "create failed", exc) from None
+        except EngineError as exc:
+            raise engine_failed(step.id, "create failed", exc) from None
         crash_point("container-create:after")
         return cid
 
@@ -303,26 +321,27 @@ class Executor:
         await self._call(step.id, self.rt.start_container(cid))
         crash_point("container-start:after")
 
-    async def _retire(self, step: Step, old: ContainerRef, grace: float) -> None:
-        """Stop (with the grace period) and remove one old container; gone is fine."""
+    async def _retire(self, step: Step, old: ContainerRef) -> None:
+        """Stop (with the step's grace period) and remove one old container; gone is fine."""
         crash_point("container-stop:before")
         try:
-            await self.rt.stop_container(old.id, timeout_s=grace)
+            await self.rt.stop_container(old.id, timeout_s=step.stop_grace_s)
         except NotFound:
             return
-        except RuntimeError_ as exc:
-            raise _engine_failed(step.id, f"stop {old.name} failed", exc) from None
+        except EngineError as exc:
+            raise engine_failed(step.id, f"stop {old.name} failed", exc) from None
         crash_point("container-stop:after")
         crash_point("container-remove:before")
         try:
             await self.rt.remove_container(old.id)
         except NotFound:
             return
-        except RuntimeError_ as exc:
-            raise _engine_failed(step.id, f"remove {old.name} failed", exc) from None
+        except EngineError as exc:
+            raise engine_failed(step.id, f"remove {old.name} failed", exc) from None
         crash_point("container-remove:after")
 
-    async def _ready(self, step: Step, svc: DesiredService, cid: str, outcome: Outcome) -> None:
+    async def _ready(self, step: Step, svc: DesiredService, cid: str,
+                     outcome: ExecutionReport) -> None:
         """Wait on the health gate; fail early on exit, OOM, restarts or `unhealthy`."""
         update = svc.service.update
         started = self.clock()
@@ -332,14 +351,18 @@ class Executor:
                     baseline_restarts=probe.restart_count)
         delay = min(0.05, self.poll_s)  # quick checks first, then every poll_s
         while True:
-            verdict, gate, why = judge(gate, probe, self.clock())
-            if verdict is Verdict.READY:
+            judgement = judge(gate, probe, self.clock())
+            gate = judgement.gate
+            if judgement.verdict is Verdict.READY:
                 waited = self.clock() - started
                 outcome.health_waits[svc.name] = max(outcome.health_waits.get(svc.name, 0.0),
                                                      waited)
                 return
-            if verdict is Verdict.FAILED:
-                raise StepFailed(step.id, f"{why}{await self._log_tail(cid, svc)}")
+            if judgement.verdict is Verdict.FAILED:
+                kind = (FailureKind(judgement.failure.value) if judgement.failure
+                        else FailureKind.OTHER)
+                raise StepFailed(step.id, f"{judgement.reason}"
+                                          f"{await self._log_tail(cid, svc)}", kind=kind)
             await self.sleep(delay)
             delay = min(delay * 1.5, self.poll_s)
             info = await self._call(step.id, self.rt.inspect_container(cid))
@@ -348,9 +371,10 @@ class Executor:
     async def _log_tail(self, cid: str, svc: DesiredService) -> str:
         try:
             text = await self.rt.container_logs(cid, tail=LOG_TAIL)
-        except RuntimeError_:
+        except EngineError:
             return ""
-        text = redact(text, svc.env)
+        # the values of the service's env-file secrets never reach a message
+        text = redact(text, [v for _, v in svc.env if isinstance(v, Secret)])
         lines = [ln for ln in text.splitlines() if ln.strip()][-LOG_TAIL:]
         if not lines:
             return ""
@@ -359,8 +383,8 @@ class Executor:
     async def _call(self, step_id: str, call: Awaitable[Any]) -> Any:
         try:
             return await call
-        except RuntimeError_ as exc:
-            raise _engine_failed(step_id, "engine error", exc) from None
+        except EngineError as exc:
+            raise engine_failed(step_id, "engine error", exc) from None
 
 
 async def _gather_first_failure(coros: list[Awaitable[None]]) -> None:
@@ -380,14 +404,6 @@ def _first_leaf(eg: BaseExceptionGroup[BaseException]) -> BaseException:
         if isinstance(exc, StepFailed):
             return exc
     return eg.exceptions[0]
-
-
-def redact(text: str, env: Any) -> str:
-    """Remove the values of a service's env-file secrets from text (e.g. container logs)."""
-    for _, value in env:
-        if isinstance(value, Secret) and len(value.value) >= 4:
-            text = text.replace(value.value, "(sensitive)")
-    return text
 
 
 class EdgeHook:

@@ -14,9 +14,19 @@ from typing import Any
 
 
 class Verdict(StrEnum):
+    """Where a gate stands after one observation."""
+
     WAITING = "waiting"
     READY = "ready"
     FAILED = "failed"
+
+
+class Failure(StrEnum):
+    """Why a gate failed, as a kind (the `reconciler_rollbacks_total{reason}` label)."""
+
+    CRASH_LOOP = "crash_loop"  # exited, restarting, or restarted
+    HEALTH_GATE = "health_gate"  # unhealthy, or killed by the kernel (out of memory)
+    DEADLINE = "deadline"  # not healthy within the deadline
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +41,7 @@ class Probe:
 
     @classmethod
     def from_inspect(cls, data: Mapping[str, Any]) -> Probe:
+        """The probe of one `docker inspect` answer."""
         state = data.get("State") or {}
         health = (state.get("Health") or {}).get("Status") or "none"
         return cls(
@@ -44,6 +55,9 @@ class Probe:
 
 @dataclass(frozen=True, slots=True)
 class Gate:
+    """The state of one health gate: when it started, its limits, and since when the
+    replica has been ready (None: not ready now)."""
+
     started_at: float
     min_ready: float
     deadline: float
@@ -51,29 +65,44 @@ class Gate:
     ready_since: float | None = None
 
 
-def judge(gate: Gate, probe: Probe, now: float) -> tuple[Verdict, Gate, str]:
-    """One step of the gate. Returns the verdict, the gate to carry on with, and a reason."""
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """One step of a gate: the verdict, the gate to carry on with, a reason for humans,
+    and on failure its kind."""
+
+    verdict: Verdict
+    gate: Gate
+    reason: str
+    failure: Failure | None = None
+
+
+def _failed(gate: Gate, failure: Failure, reason: str) -> Judgement:
+    return Judgement(Verdict.FAILED, gate, reason, failure)
+
+
+def judge(gate: Gate, probe: Probe, now: float) -> Judgement:
+    """One step of the gate: what the probe at `now` means for it."""
     if probe.oom_killed:
-        return Verdict.FAILED, gate, "killed by the kernel (out of memory)"
+        return _failed(gate, Failure.HEALTH_GATE, "killed by the kernel (out of memory)")
     if probe.status in ("exited", "dead"):
-        return Verdict.FAILED, gate, f"exited with code {probe.exit_code}"
+        return _failed(gate, Failure.CRASH_LOOP, f"exited with code {probe.exit_code}")
     if probe.status == "restarting":
-        return Verdict.FAILED, gate, (f"exited with code {probe.exit_code} and is being "
-                                      "restarted (crash loop)")
+        return _failed(gate, Failure.CRASH_LOOP, f"exited with code {probe.exit_code} and is "
+                       "being restarted (crash loop)")
     if probe.restart_count > gate.baseline_restarts:
-        return Verdict.FAILED, gate, (f"restarted {probe.restart_count - gate.baseline_restarts}"
-                                      " time(s) (crash loop)")
+        return _failed(gate, Failure.CRASH_LOOP, f"restarted "
+                       f"{probe.restart_count - gate.baseline_restarts} time(s) (crash loop)")
     if probe.health == "unhealthy":
-        return Verdict.FAILED, gate, "health check reports unhealthy"
+        return _failed(gate, Failure.HEALTH_GATE, "health check reports unhealthy")
     ok = probe.status == "running" and probe.health in ("healthy", "none")
     if ok:
         since = gate.ready_since if gate.ready_since is not None else now
         gate = replace(gate, ready_since=since)
         if now - since >= gate.min_ready:
-            return Verdict.READY, gate, "healthy"
+            return Judgement(Verdict.READY, gate, "healthy")
     else:
         gate = replace(gate, ready_since=None)
     if now - gate.started_at >= gate.deadline:
-        return Verdict.FAILED, gate, (f"not healthy within the deadline of {gate.deadline:g}s "
-                                      f"(status {probe.status}, health {probe.health})")
-    return Verdict.WAITING, gate, probe.health
+        return _failed(gate, Failure.DEADLINE, f"not healthy within the deadline of "
+                       f"{gate.deadline:g}s (status {probe.status}, health {probe.health})")
+    return Judgement(Verdict.WAITING, gate, probe.health)

@@ -29,23 +29,28 @@ UNKNOWN = "unknown"
 
 
 def canonical(data: Any) -> str:
+    """Compact, key-sorted JSON: the byte form a fingerprint is computed over."""
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
 def keyed_digest(key: bytes, data: str | bytes, *, length: int = 12) -> str:
+    """HMAC-SHA256 of `data` with the host key, hex, cut to `length`."""
     raw = data.encode() if isinstance(data, str) else data
     return hmac.new(key, raw, hashlib.sha256).hexdigest()[:length]
 
 
 def fingerprint(key: bytes, public_config: Mapping[str, Any]) -> str:
+    """The keyed fingerprint of a service's public config."""
     return keyed_digest(key, canonical(public_config), length=FINGERPRINT_LENGTH)
 
 
 def container_name(project: str, service: str, replica: int, fp: str) -> str:
+    """`<project>-<service>-<replica>-<fingerprint prefix>`."""
     return f"{project}-{service}-{replica}-{fp[:NAME_FINGERPRINT_LENGTH]}"
 
 
 def project_selector(project: str) -> str:
+    """The label filter that selects everything of one project."""
     return f"{PROJECT}={project}"
 
 
@@ -53,6 +58,7 @@ def container_labels(
     *, project: str, service: str, tier: str, replica: int, fp: str,
     public_config: Mapping[str, Any], user_labels: Mapping[str, str], edge: bool = False,
 ) -> dict[str, str]:
+    """Every label of one container: the user's plus ours (ours win)."""
     labels = dict(user_labels)
     labels.update({
         PROJECT: project, SERVICE: service, TIER: tier, REPLICA: str(replica),

@@ -36,6 +36,8 @@ KeyPath = tuple[str | int, ...]
 
 @dataclass(frozen=True, slots=True)
 class Location:
+    """Where a value came from: file and line (None when unknown)."""
+
     file: str
     line: int | None
 
@@ -68,12 +70,17 @@ class SpecError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class MountedFile:
+    """A file bind-mounted from the spec tree, with the digest of its contents."""
+
     host_path: str
     digest: str  # sha256 of the content (a directory: of its tree); "" when missing
 
 
 @dataclass(frozen=True, slots=True)
 class LoadedSpec:
+    """A validated spec with everything read from disk for it (env files, mounted
+    files, digests), so the core never reads files itself."""
+
     directory: str
     spec: Spec  # defaults merged into every service
     profiles: tuple[str, ...]
@@ -89,6 +96,7 @@ class LoadedSpec:
 
     @property
     def digest(self) -> str:
+        """Digest of the spec files (base name and content digest of each)."""
         h = hashlib.sha256()
         for name in sorted(self.files):
             h.update(f"{os.path.basename(name)}\0{self.files[name]}\n".encode())
@@ -110,10 +118,12 @@ class LoadedSpec:
 
     @property
     def unknown_env(self) -> bool:
+        """True when an env file could not be read (the fingerprint is then unknown)."""
         return any(not e.readable for envs in self.env_files.values() for e in envs)
 
 
 def format_path(path: KeyPath) -> str:
+    """A key path as written in YAML: `services.api.ports[0]`."""
     out = ""
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))

@@ -1,24 +1,35 @@
 """The planner: `compute(desired, snapshot) -> Plan`. Pure, total and deterministic.
 
 Every container of ours in the snapshot and every desired replica ends up in exactly one
-decision; every step carries a reason for humans (the executor never branches on it). Steps
-are ordered: networks and volumes, then tier by tier in spec order (services by name,
-replicas ascending), then removal of services gone from the spec, last.
+decision; every step carries a reason for humans (the executor never branches on it, and
+neither does `Plan`). Steps are ordered: networks and volumes, then tier by tier in spec
+order (services by name, replicas ascending), then removal of services gone from the spec,
+last.
+
+Everything the executor needs to act is a field the planner set: the phase a step runs in,
+its lane (throttled by `update.parallelism`, free, or after the others), whether the old
+containers stop before the new one starts, the stop grace, which upstream the step changes,
+which labels prove that a container found under the new name is this step's own (adoption
+after a crash between create and start), and per image what to do when it is present or
+missing. The executor only reads them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from reconciler import labels
 from reconciler.desired import Desired, DesiredService
-from reconciler.snapshots import Health, Observed, Snapshot, State
+from reconciler.snapshots import ContainerState, Health, Observed, Snapshot
 from reconciler.specs import PullPolicy, Restart, UpdateOrder
 
 
 class Action(StrEnum):
+    """What a step does."""
+
     CREATE_NETWORK = "create-network"
     CREATE_VOLUME = "create-volume"
     CREATE = "create"
@@ -28,7 +39,36 @@ class Action(StrEnum):
     REMOVE = "remove"
 
 
+class Phase(StrEnum):
+    """When a step runs: before the tiers, inside its tier, or after every tier."""
+
+    OBJECTS = "objects"  # networks and volumes
+    TIER = "tier"
+    LAST = "last"  # containers of services gone from the spec (or unlabelled ones)
+
+
+class Lane(StrEnum):
+    """How a container step of one service runs next to the service's other steps."""
+
+    THROTTLED = "throttled"  # at most `Step.parallelism` at a time (it takes capacity away)
+    FREE = "free"  # all at once: nothing serving is taken away (new replicas)
+    AFTER = "after"  # one at a time, once the service's other steps are done (removals)
+
+
+class ImageAction(StrEnum):
+    """What the executor does with an image, for each of present / missing."""
+
+    USE = "use"
+    PULL = "pull"
+    FAIL = "fail"
+
+
+DEFAULT_STOP_GRACE_S = 10.0  # compose's default `stop_grace_period`
+
+
 class Reason(StrEnum):
+    """Why a step exists: for humans (plans, history, drift metrics), never for control."""
+
     NETWORK_MISSING = "network missing"
     VOLUME_MISSING = "volume missing"
     NEW_SERVICE = "new service"
@@ -50,17 +90,22 @@ class Reason(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ContainerRef:
+    """A container a step acts on, as the snapshot saw it."""
+
     id: str
     name: str
-    state: State
+    state: ContainerState
 
     @classmethod
     def of(cls, c: Observed) -> ContainerRef:
+        """The reference of an observed container."""
         return cls(id=c.id, name=c.name, state=c.state)
 
 
 @dataclass(frozen=True, slots=True)
 class FieldChange:
+    """One field of the public config that a step changes (shown in plans)."""
+
     field: str
     old: Any
     new: Any
@@ -68,18 +113,29 @@ class FieldChange:
 
 @dataclass(frozen=True, slots=True)
 class Step:
+    """One decision of the planner, with every fact the executor needs to carry it out."""
+
     action: Action
     reason: Reason
     tier: str = ""
     service: str = ""
     replica: int | None = None
-    order: UpdateOrder | None = None  # REPLACE only
+    order: UpdateOrder | None = None  # REPLACE only (shown in plans)
     new_name: str | None = None  # CREATE / REPLACE / RECREATE
-    old: tuple[ContainerRef, ...] = ()  # containers this step stops and removes
+    old: tuple[ContainerRef, ...] = ()  # containers this step stops and removes (never `adopt`)
     adopt: ContainerRef | None = None  # an existing new-generation container to finish with
     target: ContainerRef | None = None  # START: the container to start
     object_name: str = ""  # CREATE_NETWORK / CREATE_VOLUME
     changes: tuple[FieldChange, ...] = ()
+    phase: Phase = Phase.TIER
+    lane: Lane = Lane.THROTTLED
+    parallelism: int = 1  # THROTTLED: how many steps of the service run at once
+    stop_first: bool = False  # stop and remove `old` before the new container starts
+    stop_grace_s: float = DEFAULT_STOP_GRACE_S  # for stopping `old`
+    upstream: str | None = None  # the edge upstream this step's containers serve in
+    # labels that prove a container already under `new_name` is this step's own (left by a
+    # crash between create and start): the executor adopts it on a name conflict
+    claim: tuple[tuple[str, str], ...] = ()
 
     @property
     def id(self) -> str:
@@ -95,8 +151,19 @@ class Step:
 
 @dataclass(frozen=True, slots=True)
 class ImageNeed:
+    """An image the plan's steps need, and what to do when it is present or missing."""
+
     ref: str
     policy: PullPolicy
+    if_present: ImageAction = ImageAction.USE
+    if_missing: ImageAction = ImageAction.PULL
+
+    @classmethod
+    def of(cls, ref: str, policy: PullPolicy) -> ImageNeed:
+        """`pull_policy` decided: always pulls, never fails when absent, missing pulls."""
+        return cls(ref, policy,
+                   if_present=ImageAction.PULL if policy is PullPolicy.ALWAYS else ImageAction.USE,
+                   if_missing=ImageAction.FAIL if policy is PullPolicy.NEVER else ImageAction.PULL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +177,8 @@ class UpstreamChange:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
+    """The planner's whole answer for one pass: ordered steps plus what they imply."""
+
     project: str
     tiers: tuple[str, ...]
     steps: tuple[Step, ...] = ()
@@ -121,19 +190,23 @@ class Plan:
 
     @property
     def empty(self) -> bool:
+        """True when the host already matches the desired state."""
         return not self.steps
 
     def in_tier(self, tier: str) -> list[Step]:
-        return [s for s in self.steps
-                if s.tier == tier and not s.object_name and s.reason not in _LAST]
+        """The container steps of one tier, in plan order."""
+        return [s for s in self.steps if s.phase is Phase.TIER and s.tier == tier]
 
     def orphans(self) -> list[Step]:
-        return [s for s in self.steps if s.reason in _LAST]
+        """The steps that run after every tier (containers of services gone from the spec)."""
+        return [s for s in self.steps if s.phase is Phase.LAST]
 
     def objects(self) -> list[Step]:
-        return [s for s in self.steps if s.object_name]
+        """The network and volume steps (they run before the tiers)."""
+        return [s for s in self.steps if s.phase is Phase.OBJECTS]
 
     def counts(self) -> dict[str, int]:
+        """Steps by kind for the summary line: create, replace, start, remove."""
         counts = {"create": 0, "replace": 0, "start": 0, "remove": 0}
         for s in self.steps:
             if s.action in (Action.CREATE, Action.CREATE_NETWORK, Action.CREATE_VOLUME):
@@ -145,9 +218,6 @@ class Plan:
             else:
                 counts["remove"] += 1
         return counts
-
-
-_LAST = frozenset({Reason.ORPHAN, Reason.UNLABELLED})
 
 
 def field_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[FieldChange, ...]:
@@ -207,19 +277,20 @@ def _repair(svc: DesiredService, c: Observed, base: Mapping[str, Any]) -> list[S
     """A container of the desired generation: in sync, or drift with a defined action."""
     ref = ContainerRef.of(c)
     recreate: dict[str, Any] = {"new_name": c.name, "old": (ref,)}
-    if c.state is State.RUNNING:
+    if c.state is ContainerState.RUNNING:
         if c.health is Health.UNHEALTHY:
             return [Step(Action.RECREATE, Reason.UNHEALTHY, **recreate, **base)]
         return []
-    if c.state is State.EXITED:
+    if c.state is ContainerState.EXITED:
         if svc.service.restart is Restart.NO and c.exit_code == 0:
             return []  # a one-shot job that finished
         return [Step(Action.START, Reason.STOPPED, target=ref, **base)]
-    if c.state is State.CREATED:
+    if c.state is ContainerState.CREATED:
         return [Step(Action.START, Reason.CREATED_NOT_STARTED, target=ref, **base)]
-    reason = {State.PAUSED: Reason.PAUSED, State.RESTARTING: Reason.RESTARTING}.get(
+    reason = {ContainerState.PAUSED: Reason.PAUSED,
+              ContainerState.RESTARTING: Reason.RESTARTING}.get(
         c.state, Reason.DEAD)
-    if c.state is State.REMOVING:
+    if c.state is ContainerState.REMOVING:
         return [Step(Action.CREATE, Reason.REPLICA_MISSING, new_name=c.name, old=(ref,),
                      **base)]
     return [Step(Action.RECREATE, reason, **recreate, **base)]
@@ -230,10 +301,12 @@ def compute(desired: Desired, snapshot: Snapshot) -> Plan:
     steps: list[Step] = []
     for name in sorted(set(desired.networks) - snapshot.networks):
         if not desired.networks[name].external:
-            steps.append(Step(Action.CREATE_NETWORK, Reason.NETWORK_MISSING, object_name=name))
+            steps.append(Step(Action.CREATE_NETWORK, Reason.NETWORK_MISSING, object_name=name,
+                              phase=Phase.OBJECTS))
     for name in sorted(set(desired.volumes) - snapshot.volumes):
         if not desired.volumes[name].external:
-            steps.append(Step(Action.CREATE_VOLUME, Reason.VOLUME_MISSING, object_name=name))
+            steps.append(Step(Action.CREATE_VOLUME, Reason.VOLUME_MISSING, object_name=name,
+                              phase=Phase.OBJECTS))
 
     by_service: dict[str, list[Observed]] = {}
     for c in snapshot.containers:
@@ -249,7 +322,8 @@ def compute(desired: Desired, snapshot: Snapshot) -> Plan:
             for c in sorted(found, key=lambda c: (c.replica or 0, c.name)):
                 if c.replica is None or c.replica < 1:
                     steps.append(Step(Action.REMOVE, Reason.UNLABELLED, tier=svc.tier,
-                                      service=svc.name, old=(ContainerRef.of(c),)))
+                                      service=svc.name, old=(ContainerRef.of(c),),
+                                      phase=Phase.LAST))
                 elif c.replica > svc.replicas:
                     steps.append(Step(Action.REMOVE, Reason.SCALED_DOWN, tier=svc.tier,
                                       service=svc.name, replica=c.replica,
@@ -259,41 +333,97 @@ def compute(desired: Desired, snapshot: Snapshot) -> Plan:
     for c in sorted(orphans, key=lambda c: (c.service, c.replica or 0, c.name, c.id)):
         reason = Reason.ORPHAN if c.service else Reason.UNLABELLED
         steps.append(Step(Action.REMOVE, reason, tier=c.tier, service=c.service,
-                          replica=c.replica, old=(ContainerRef.of(c),)))
+                          replica=c.replica, old=(ContainerRef.of(c),), phase=Phase.LAST))
 
+    steps = [_how(s, desired) for s in steps]
     needs: dict[str, PullPolicy] = {}
     for s in steps:
         if s.action in (Action.CREATE, Action.REPLACE, Action.RECREATE):
             wanted = desired.services[s.service].service
             if needs.get(wanted.image) is not PullPolicy.ALWAYS:
                 needs[wanted.image] = wanted.pull_policy
-    images = [ImageNeed(ref, needs[ref]) for ref in sorted(needs)]
+    images = [ImageNeed.of(ref, needs[ref]) for ref in sorted(needs)]
     return Plan(project=desired.project, tiers=desired.tiers, steps=tuple(steps),
                 images=tuple(images), engine_available=snapshot.engine_available,
-                upstreams=upstream_changes(desired, steps), edge=desired.edge_service)
+                upstreams=upstream_changes(steps), edge=desired.edge_service)
 
 
-def upstream_changes(desired: Desired, steps: Iterable[Step]) -> tuple[UpstreamChange, ...]:
+def _how(step: Step, desired: Desired) -> Step:
+    """Decide how the executor carries out a step: lane, stop order, grace, upstream and the
+    labels that prove a leftover container under the new name is this step's own."""
+    if step.phase is Phase.OBJECTS:
+        return step
+    svc = desired.services.get(step.service)
+    grace = svc.service.stop_grace_period if svc is not None else DEFAULT_STOP_GRACE_S
+    upstream = (svc.name if svc is not None and svc.service.expose is not None
+                and desired.edge_service is not None else None)
+    if step.action is Action.REMOVE:
+        return replace(step, lane=Lane.AFTER, stop_grace_s=grace, upstream=upstream,
+                       parallelism=svc.service.update.parallelism if svc is not None else 1)
+    assert svc is not None  # every other container step is for a desired service
+    stop_first = (step.action is Action.RECREATE
+                  or (step.action is Action.CREATE and bool(step.old))
+                  or (step.action is Action.REPLACE and step.order is UpdateOrder.STOP_FIRST))
+    # `parallelism` protects capacity during an update: new replicas that take nothing
+    # serving away all start at once (as a cold start should)
+    lane = Lane.FREE if step.action is Action.CREATE and not step.old else Lane.THROTTLED
+    claim: tuple[tuple[str, str], ...] = ()
+    if step.new_name is not None:
+        claim = ((labels.PROJECT, svc.project), (labels.SERVICE, svc.name),
+                 (labels.REPLICA, str(step.replica or 1)),
+                 (labels.FINGERPRINT, svc.fingerprint))
+    return replace(step, lane=lane, parallelism=svc.service.update.parallelism,
+                   stop_first=stop_first, stop_grace_s=grace, upstream=upstream, claim=claim)
+
+
+def upstream_changes(steps: Iterable[Step]) -> tuple[UpstreamChange, ...]:
     """Which containers each exposed service's upstream gains (created, replacing or
     started ones, once healthy) and loses (running ones the plan stops), from the steps."""
     added: dict[str, list[str]] = {}
     removed: dict[str, list[str]] = {}
     for s in steps:
-        svc = desired.services.get(s.service)
-        if svc is None or svc.service.expose is None:
+        if s.upstream is None:
             continue
-        gone = [o.name for o in s.old if o.state is State.RUNNING
-                and (s.adopt is None or o.id != s.adopt.id)]
-        removed.setdefault(s.service, []).extend(gone)
+        gone = [o.name for o in s.old if o.state is ContainerState.RUNNING]
+        removed.setdefault(s.upstream, []).extend(gone)
         if s.action is Action.START and s.target is not None:
-            added.setdefault(s.service, []).append(s.target.name)
+            added.setdefault(s.upstream, []).append(s.target.name)
         elif (s.action in (Action.CREATE, Action.REPLACE, Action.RECREATE) and s.new_name
-              and (s.adopt is None or s.adopt.state is not State.RUNNING)):
+              and (s.adopt is None or s.adopt.state is not ContainerState.RUNNING)):
             # an adopted running container (an interrupted rollout) is already serving
-            added.setdefault(s.service, []).append(s.new_name)
+            added.setdefault(s.upstream, []).append(s.new_name)
     out = []
     for name in sorted(set(added) | set(removed)):
         plus, minus = tuple(added.get(name, ())), tuple(removed.get(name, ()))
         if plus or minus:
             out.append(UpstreamChange(name, added=plus, removed=minus))
     return tuple(out)
+
+
+# Plan step reasons that mean the host drifted from the spec, by `reconciler_drift_total{kind}`.
+DRIFT_BY_REASON: Mapping[Reason, str] = {
+    Reason.REPLICA_MISSING: "removed",
+    Reason.STOPPED: "stopped",
+    Reason.CREATED_NOT_STARTED: "stopped",
+    Reason.DEAD: "dead",
+    Reason.PAUSED: "stopped",
+    Reason.RESTARTING: "dead",
+    Reason.UNHEALTHY: "unhealthy",
+}
+
+
+def drift_kind(reason: Reason) -> str | None:
+    """The drift kind of a step's reason, or None when the step is not a drift repair."""
+    return DRIFT_BY_REASON.get(reason)
+
+
+def drift_kinds(plan: Plan | None, *, spec_unchanged: bool) -> list[str]:
+    """Repairs in a plan, by kind (a pass's plan is the single source of drift). With the
+    spec unchanged since it last converged, a "new service" is one whose every container
+    went away."""
+    if plan is None:
+        return []
+    kinds = [k for s in plan.steps if (k := drift_kind(s.reason)) is not None]
+    if spec_unchanged:
+        kinds += ["removed" for s in plan.steps if s.reason is Reason.NEW_SERVICE]
+    return kinds

@@ -27,6 +27,7 @@ LEGEND = ("  + create    -/+ replace (stop-first)    +/- replace (start-first)  
 
 
 def symbol(step: Step) -> str:
+    """The plan symbol of a step: `+`, `-/+`, `+/-`, `~` or `-`."""
     if step.action is Action.REPLACE:
         return "+/-" if step.order is UpdateOrder.START_FIRST else "-/+"
     return SYMBOLS[step.action]
@@ -82,6 +83,7 @@ def _paint(text: str, sym: str, color: bool) -> str:
 
 
 def text(plan: Plan, *, color: bool = False, revision: str | None = None) -> str:
+    """The plan as text, like `terraform plan`: per tier, per service, then a summary."""
     lines = [f'Plan for project "{plan.project}"'
              + (f" at revision {revision[:12]}" if revision else "")]
     if not plan.engine_available:
@@ -150,6 +152,7 @@ def _edge_lines(plan: Plan) -> list[str]:
 
 
 def step_dict(step: Step) -> dict[str, Any]:
+    """One step as JSON-ready data (`--json`)."""
     return {
         "id": step.id,
         "action": step.action.value,
@@ -175,6 +178,7 @@ def _json_value(field: str, value: Any) -> Any:
 
 
 def as_json(plan: Plan, *, revision: str | None = None) -> str:
+    """The plan as JSON (`reconciler --dry-run --json`)."""
     data = {
         "project": plan.project,
         "revision": revision,

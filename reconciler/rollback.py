@@ -1,7 +1,10 @@
-"""Which spec to converge to. Pure: fingerprints in, a choice out.
+"""Which spec to converge to, and what a failure leads to. Pure: fingerprints and facts in,
+a choice out.
 
 Never chooses a quarantined candidate, and never reverts to a spec identical to the one that
-just failed (that would retry the bad rollout under another name).
+just failed (that would retry the bad rollout under another name). The quarantine policy
+(an engine outage quarantines nothing, nor does a failed repair of last-good; a failed
+revert halts) lives here too, so the reconcile pass only sequences it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from enum import StrEnum
 
 
 class Target(StrEnum):
+    """The spec a pass converges to."""
+
     CANDIDATE = "candidate"
     LAST_GOOD = "last-good"
     NOTHING = "nothing"
@@ -19,6 +24,8 @@ class Target(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Choice:
+    """The target of a pass and why (for humans)."""
+
     target: Target
     reason: str
 
@@ -38,3 +45,43 @@ def revert_to(failed: str, *, last_good: str | None) -> str | None:
     if last_good is None or last_good == failed:
         return None
     return last_good
+
+
+class AfterFailure(StrEnum):
+    """What a failed rollout of the candidate leads to."""
+
+    RETRY = "retry"  # the engine did not answer: no quarantine, no revert, the next pass retries
+    REPAIR_FAILED = "repair-failed"  # repairing drift to last-good failed: no quarantine
+    QUARANTINE = "quarantine"  # quarantine the candidate (and revert, see `revert_to`)
+
+
+def after_failure(candidate: str, *, last_good: str | None,
+                  engine_unavailable: bool) -> AfterFailure:
+    """The policy for a failed rollout of `candidate`.
+
+    An engine outage says nothing about the spec: no quarantine. A failed repair of the
+    known-good spec is not a bad rollout, there is nothing to revert to, and quarantining the
+    good spec would stop every later repair. Anything else quarantines the candidate.
+    """
+    if engine_unavailable:
+        return AfterFailure.RETRY
+    if last_good is not None and last_good == candidate:
+        return AfterFailure.REPAIR_FAILED
+    return AfterFailure.QUARANTINE
+
+
+class AfterRevert(StrEnum):
+    """What a revert to last-good leads to."""
+
+    ROLLED_BACK = "rolled-back"  # the host is on last-good again
+    RETRY = "retry"  # the engine did not answer: the next pass converges to last-good
+    HALT = "halt"  # the revert itself failed: stop, never start another forward rollout
+
+
+def after_revert(*, ok: bool, engine_unavailable: bool) -> AfterRevert:
+    """The policy once a revert has run (`ok`: it converged, or there was nothing to do)."""
+    if ok:
+        return AfterRevert.ROLLED_BACK
+    if engine_unavailable:
+        return AfterRevert.RETRY
+    return AfterRevert.HALT

@@ -16,27 +16,27 @@ from typing import Any, Protocol
 JSON = dict[str, Any]
 
 
-class RuntimeError_(Exception):
+class EngineError(Exception):
     """Base of every engine error the shell handles. Messages never contain secrets."""
 
 
-class EngineUnavailable(RuntimeError_):
+class EngineUnavailable(EngineError):
     """The engine does not answer (socket missing, connection refused, timeout)."""
 
 
-class NotFound(RuntimeError_):
+class NotFound(EngineError):
     """The object (container, image, network, volume) does not exist."""
 
 
-class Conflict(RuntimeError_):
+class Conflict(EngineError):
     """The name is taken (HTTP 409, or 400 "already in use" on some engine versions)."""
 
 
-class ImageUnavailable(RuntimeError_):
+class ImageUnavailable(EngineError):
     """An image is neither present nor pullable."""
 
 
-class EngineError(RuntimeError_):
+class EngineFailure(EngineError):
     """Any other engine failure (HTTP 5xx, unexpected answer)."""
 
 
@@ -61,7 +61,7 @@ class EventStream(Protocol):
 
     `async for ev in runtime.events(label=...)` just works (the first `__anext__` connects).
     To resync without a gap, `await stream.connect()` first (returns once the engine has
-    registered the subscription; raises `EngineUnavailable`/`EngineError` if it cannot),
+    registered the subscription; raises `EngineUnavailable`/`EngineFailure` if it cannot),
     then list, then iterate. The iterator ends when the connection drops or after
     `aclose()`; it never reconnects by itself. Cancelling the consumer closes it.
     """

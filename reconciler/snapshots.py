@@ -18,7 +18,9 @@ from reconciler import labels
 _EXIT = re.compile(r"^Exited \((-?\d+)\)")
 
 
-class State(StrEnum):
+class ContainerState(StrEnum):
+    """A container's state as Docker's list reports it."""
+
     CREATED = "created"
     RUNNING = "running"
     PAUSED = "paused"
@@ -29,6 +31,8 @@ class State(StrEnum):
 
 
 class Health(StrEnum):
+    """A container's health as Docker's list `Status` text reports it."""
+
     NONE = "none"
     STARTING = "starting"
     HEALTHY = "healthy"
@@ -37,13 +41,15 @@ class Health(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Observed:
+    """One container of ours as the engine's list reported it."""
+
     id: str
     name: str
     service: str
     tier: str
     replica: int | None
     fingerprint: str
-    state: State
+    state: ContainerState
     health: Health
     image: str
     created: int = 0
@@ -55,6 +61,8 @@ class Observed:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
+    """Everything of one project on the host: containers, networks, volumes."""
+
     project: str
     containers: tuple[Observed, ...] = ()
     networks: frozenset[str] = frozenset()
@@ -62,6 +70,7 @@ class Snapshot:
     engine_available: bool = True
 
     def of_service(self, service: str) -> list[Observed]:
+        """The containers of one service."""
         return [c for c in self.containers if c.service == service]
 
 
@@ -76,14 +85,16 @@ def parse_health(status: str) -> Health:
     return Health.NONE
 
 
-def parse_state(value: str) -> State:
+def parse_state(value: str) -> ContainerState:
+    """Docker's `State` text; anything unknown counts as dead."""
     try:
-        return State(value)
+        return ContainerState(value)
     except ValueError:
-        return State.DEAD
+        return ContainerState.DEAD
 
 
 def parse_container(item: Mapping[str, Any]) -> Observed | None:
+    """One list item -> `Observed` (labels decide service, replica, fingerprint)."""
     lbl: Mapping[str, str] = item.get("Labels") or {}
     names = item.get("Names") or []
     name = str(names[0]).lstrip("/") if names else str(item.get("Id", ""))[:12]
@@ -134,4 +145,5 @@ def parse(
 
 
 def empty(project: str, *, engine_available: bool = True) -> Snapshot:
+    """A snapshot of a host with nothing of ours (or no engine at all)."""
     return Snapshot(project=project, engine_available=engine_available)

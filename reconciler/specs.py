@@ -105,18 +105,24 @@ EnvMap = Annotated[
 
 
 class UpdateOrder(StrEnum):
+    """How a service is updated: `auto` resolves to stop-first or start-first."""
+
     AUTO = "auto"
     START_FIRST = "start-first"
     STOP_FIRST = "stop-first"
 
 
 class PullPolicy(StrEnum):
+    """compose `pull_policy`: when an image is pulled."""
+
     MISSING = "missing"
     ALWAYS = "always"
     NEVER = "never"
 
 
 class Restart(StrEnum):
+    """compose `restart`: Docker's restart policy."""
+
     NO = "no"
     ALWAYS = "always"
     ON_FAILURE = "on-failure"
@@ -128,6 +134,8 @@ class _Model(BaseModel):
 
 
 class Healthcheck(_Model):
+    """compose `healthcheck` (durations in seconds)."""
+
     test: StrList | None = None
     interval: Duration = 30.0
     timeout: Duration = 30.0
@@ -148,10 +156,13 @@ class Healthcheck(_Model):
 
     @property
     def active(self) -> bool:
+        """True when the spec defines a test and does not disable it."""
         return not self.disable and self.test is not None and self.test[0] != "NONE"
 
 
 class Update(_Model):
+    """How a service rolls out: order, parallelism, health gate timing, drain."""
+
     order: UpdateOrder = UpdateOrder.AUTO
     parallelism: int = Field(default=1, ge=1)
     min_ready: Duration = 5.0
@@ -160,16 +171,22 @@ class Update(_Model):
 
 
 class Resources(_Model):
+    """Memory (bytes) and CPU limits of each container."""
+
     memory: Size | None = None
     cpus: float | None = Field(default=None, gt=0)
 
 
 class Expose(_Model):
+    """The port the edge's upstream for this service targets."""
+
     port: int = Field(ge=1, le=65535)
     path: str = "/"
 
 
 class DependsOn(_Model):
+    """compose `depends_on` entry (same or earlier tier only)."""
+
     condition: Literal["service_healthy", "service_started", "service_completed_successfully"] = (
         "service_healthy"
     )
@@ -182,6 +199,8 @@ def _depends(value: object) -> object:
 
 
 class Service(_Model):
+    """One service of the spec: compose keys plus `tier`, `update` and `expose`."""
+
     tier: str | None = None
     image: str
     pull_policy: PullPolicy = PullPolicy.MISSING
@@ -242,6 +261,8 @@ class Logging(_Model):
 
 
 class Ulimit(_Model):
+    """One ulimit: soft and hard."""
+
     soft: int
     hard: int
 
@@ -255,6 +276,8 @@ def _ulimits(value: object) -> object:
 
 
 class Network(_Model):
+    """A network of the spec (created as `<project>_<name>` unless external)."""
+
     internal: bool = False
     driver: str = "bridge"
     external: bool = False
@@ -262,17 +285,23 @@ class Network(_Model):
 
 
 class Volume(_Model):
+    """A named volume of the spec (created as `<project>_<name>` unless external)."""
+
     external: bool = False
     name: str | None = None
     driver: str = "local"
 
 
 class Edge(_Model):
+    """The nginx service whose upstreams the reconciler renders, and where."""
+
     service: str
     upstreams_file: str = "/etc/nginx/conf.d/upstreams.conf"
 
 
 class Spec(_Model):
+    """The whole spec: project, tiers, defaults for services, networks, volumes, edge."""
+
     project: Annotated[str, Field(pattern=_NAME, max_length=40)]
     tiers: tuple[str, ...] = DEFAULT_TIERS
     defaults: dict[str, Any] = Field(default_factory=dict)
@@ -284,16 +313,20 @@ class Spec(_Model):
     )
 
     def network(self, name: str) -> Network:
+        """The definition of network `name` (defaults for `name: {}` or `name:`)."""
         return self.networks.get(name) or Network()
 
     def volume(self, name: str) -> Volume:
+        """The definition of volume `name` (defaults for `name: {}` or `name:`)."""
         return self.volumes.get(name) or Volume()
 
     def network_name(self, name: str) -> str:
+        """The engine name of network `name`."""
         net = self.network(name)
         return net.name or (name if net.external else f"{self.project}_{name}")
 
     def volume_name(self, name: str) -> str:
+        """The engine name of volume `name`."""
         vol = self.volume(name)
         return vol.name or (name if vol.external else f"{self.project}_{name}")
 
@@ -323,6 +356,8 @@ class HostPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Mount:
+    """A parsed `volumes:` entry of a service."""
+
     source: str
     target: str
     read_only: bool
@@ -342,6 +377,8 @@ def parse_mount(entry: str) -> Mount:
 
 @dataclass(frozen=True, slots=True)
 class PortBinding:
+    """A parsed `ports:` entry of a service."""
+
     host_ip: str
     host_port: str  # "" when only the container port is given (random host port)
     container_port: str

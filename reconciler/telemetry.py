@@ -41,49 +41,11 @@ WAIT_BUCKETS = (0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 90, 120, 180, 300, 600)
 _LONG_HEX = re.compile(r"[0-9a-fA-F]{20,}")
 _MAX_LABEL = 64
 
-# Plan step reasons (plans.Reason values) that mean the host drifted from the spec.
-_DRIFT_BY_REASON: dict[str, str] = {
-    "replica missing": "removed",
-    "container stopped": "stopped",
-    "container created but never started": "stopped",
-    "container paused": "stopped",
-    "container dead": "dead",
-    "container restarting": "dead",
-    "container unhealthy": "unhealthy",
-}
-
-
 def label_value(value: str) -> str:
     """A label value safe to export: long hex ids (container ids, full hashes) cut to 12
     characters, length capped, empty replaced by "none"."""
     value = _LONG_HEX.sub(lambda m: m.group(0)[:12], value.strip())
     return value[:_MAX_LABEL] or "none"
-
-
-def drift_kind(reason: str) -> str | None:
-    """The `reconciler_drift_total{kind}` of a plan step's reason, or None if not drift.
-    ("config" drift, a container whose fingerprint changed while the spec did not, and "oom",
-    seen on the event stream, are for the caller to report.)"""
-    return _DRIFT_BY_REASON.get(str(reason))
-
-
-def rollback_reason(message: str, *, images_ok: bool = True) -> str:
-    """The `reconciler_rollbacks_total{reason}` of a failed rollout, from the executor's
-    failure message (health.judge's wording) and whether every image was present."""
-    if not images_ok:
-        return "pull_error"
-    text = message.lower()
-    if "deadline" in text:
-        return "deadline"
-    if "restarted" in text or "exited with code" in text:
-        return "crash_loop"
-    if "unhealthy" in text or "out of memory" in text:
-        return "health_gate"
-    if "nginx" in text or "edge" in text or "reload" in text or "upstream" in text:
-        return "edge_reload"
-    if "failed:" in text or "cannot be inspected" in text or "is taken" in text:
-        return "engine_error"
-    return "other"
 
 
 class Metrics:

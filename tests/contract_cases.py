@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.health import Probe
 from reconciler.runtimes import (
     JSON,
     Conflict,
@@ -27,6 +28,7 @@ from reconciler.runtimes import (
     NotFound,
     Runtime,
 )
+from reconciler.snapshots import ContainerState, parse_container
 
 LABEL_PROJECT = "reconciler.project"
 LABEL_SERVICE = "reconciler.service"
@@ -47,6 +49,7 @@ class Harness:
     image: str  # present; its containers become healthy when their check passes
     unhealthy_image: str  # present; a failing healthcheck ("exit 1") turns them unhealthy
     missing_image: str  # neither present nor pullable
+    oom_image: str  # present; runs `Cmd` (a memory hog gets killed over its memory limit)
     create_foreign: Callable[[str], Awaitable[str]]  # a running container WITHOUT our labels
     timeout_s: float = 15.0  # bound of every "eventually" on the real engine
     poll_s: float = 0.1  # 0: the fake, check once and never sleep
@@ -470,6 +473,63 @@ async def case_no_healthcheck_has_no_health(h: Harness) -> None:
     assert "(" not in str((await h.listed())[cid]["Status"])
 
 
+async def case_crash_loop_is_restarting_with_a_restart_count(h: Harness) -> None:
+    """A process that keeps exiting under a restart policy: `restarting` (which Docker
+    reports as Running too), a restart count, the last exit code; what the health gate and
+    the planner read of it."""
+    rt = h.runtime
+    cid = await rt.create_container(h.name("crashy-1"), h.config(
+        "crashy", cmd=["sh", "-c", "exit 1"],
+        host_config={"RestartPolicy": {"Name": "on-failure"}}))
+    await rt.start_container(cid)
+    seen: dict[str, Any] = {}
+
+    async def restarting() -> bool:
+        info = await rt.inspect_container(cid)
+        item = (await h.listed()).get(cid, {})
+        seen.update(info=info, item=item)
+        return bool(info["State"]["Status"] == "restarting" and item.get("State") == "restarting"
+                    and info["RestartCount"] >= 1)
+
+    await h.eventually(restarting, what="restarting after a crash")
+    state = seen["info"]["State"]
+    assert (state["Restarting"], state["Running"], state["ExitCode"]) == (True, True, 1)
+    assert str(seen["item"]["Status"]).startswith("Restarting (1) ")
+    probe = Probe.from_inspect(seen["info"])
+    assert (probe.status, probe.exit_code) == ("restarting", 1) and probe.restart_count >= 1
+    observed = parse_container(seen["item"])
+    assert observed is not None and observed.state is ContainerState.RESTARTING
+    await rt.stop_container(cid, timeout_s=1)  # a stop ends the loop
+
+    async def stopped() -> bool:
+        return bool((await h.state(cid))["Status"] == "exited")
+
+    await h.eventually(stopped, what="stopped")
+
+
+#: grows a shell string to 64 MiB unless the memory limit kills it first (bounded either way)
+MEMORY_HOG = 'i=0; x=a; while [ $i -lt 26 ]; do x="$x$x"; i=$((i+1)); done; echo survived'
+
+
+async def case_oom_kill_is_reported(h: Harness) -> None:
+    """A container over its memory limit is killed by the kernel: exited, 137, OOMKilled."""
+    rt = h.runtime
+    limit = 16 * 1024 * 1024
+    cid = await rt.create_container(h.name("hog-1"), h.config(
+        "hog", image=h.oom_image, cmd=["sh", "-c", MEMORY_HOG],
+        host_config={"Memory": limit, "MemorySwap": limit}))
+    await rt.start_container(cid)
+
+    async def exited() -> bool:
+        return bool((await h.state(cid))["Status"] == "exited")
+
+    await h.eventually(exited, what="killed for memory", timeout_s=60)
+    info = await rt.inspect_container(cid)
+    assert (info["State"]["OOMKilled"], info["State"]["ExitCode"]) == (True, 137)
+    assert str((await h.listed())[cid]["Status"]).startswith("Exited (137) ")
+    assert Probe.from_inspect(info).oom_killed
+
+
 CASES: list[Case] = [
     case_create_with_two_networks_is_listed_by_label,
     case_list_by_label_ignores_foreign_container,
@@ -492,6 +552,8 @@ CASES: list[Case] = [
     case_healthcheck_healthy,
     case_healthcheck_unhealthy,
     case_no_healthcheck_has_no_health,
+    case_crash_loop_is_restarting_with_a_restart_count,
+    case_oom_kill_is_reported,
 ]
 
 

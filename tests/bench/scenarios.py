@@ -303,10 +303,10 @@ def cli_start(bench: Bench) -> None:
 
 
 async def _inprocess_noop(d: Deployed, passes: int) -> dict[str, list[float]]:
-    from reconciler.controller import Reconciler, Result, observe
     from reconciler.dockerd import DockerRuntime
     from reconciler.loading import load_policy
     from reconciler.persistence import State
+    from reconciler.reconcile import PassStatus, Reconciler, observe
 
     assert d.state is not None
     runtime = await DockerRuntime.connect()
@@ -315,7 +315,7 @@ async def _inprocess_noop(d: Deployed, passes: int) -> dict[str, list[float]]:
         rec = Reconciler(spec_dir=d.spec, state=State(d.state), runtime=counting,
                          policy=load_policy())
         first = await rec.reconcile()  # warm: connection pool, lazy imports
-        if first.result is not Result.NOOP:
+        if first.result is not PassStatus.NOOP:
             raise RuntimeError(f"in-process pass is not a no-op: {first.result} {first.message}")
         out: dict[str, list[float]] = {"pass_s": [], "calls": [], "load_s": [], "observe_s": []}
         for _ in range(passes):
@@ -324,7 +324,7 @@ async def _inprocess_noop(d: Deployed, passes: int) -> dict[str, list[float]]:
             res = await rec.reconcile()
             out["pass_s"].append(time.perf_counter() - t0)
             out["calls"].append(float(counting.total))
-            if res.result is not Result.NOOP:
+            if res.result is not PassStatus.NOOP:
                 raise RuntimeError(f"in-process pass is not a no-op: {res.result}")
             t0 = time.perf_counter()
             rec.load_candidate()

@@ -66,11 +66,13 @@ class ImageBehaviour:
     health: the health status a container WITH a Healthcheck reaches on start.
     exit_on_start: when set, the container exits with this code right after starting.
     stop_exit_code: the exit code after `stop_container` (a clean TERM handler: 0).
+    oom_on_start: the container is killed by the kernel right after starting (a memory hog).
     """
 
     health: Health = "healthy"
     exit_on_start: int | None = None
     stop_exit_code: int = 0
+    oom_on_start: bool = False
 
 
 def normalise_ref(ref: str) -> str:
@@ -437,6 +439,12 @@ class FakeRuntime:
             self._exit(c, behaviour.exit_on_start)
             self._maybe_restart(c)
             return
+        if behaviour.oom_on_start:
+            c.oom_killed = True
+            self._emit(c, "oom")
+            self._exit(c, 137)
+            self._maybe_restart(c)
+            return
         if len(cmd) >= 3 and cmd[0] in ("sh", "/bin/sh") and cmd[1] == "-c":
             lines, code, finished = _mini_shell(str(cmd[2]))
             c.logs.extend(lines)
@@ -509,6 +517,9 @@ class FakeRuntime:
             return f"Exited ({c.exit_code}) {ago} ago"
         if c.state == "created":
             return "Created"
+        if c.state == "restarting":
+            ago = human_duration(self.now - (c.finished_at or self.now))
+            return f"Restarting ({c.exit_code}) {ago} ago"
         return c.state.capitalize()
 
     def _list_item(self, c: FakeContainer) -> JSON:
@@ -531,7 +542,7 @@ class FakeRuntime:
     def _inspect(self, c: FakeContainer) -> JSON:
         state: JSON = {
             "Status": c.state,
-            "Running": c.state == "running",
+            "Running": c.state in ("running", "restarting"),  # as Docker reports it
             "Paused": c.state == "paused",
             "Restarting": c.state == "restarting",
             "OOMKilled": c.oom_killed,
@@ -648,6 +659,11 @@ class FakeRuntime:
     async def stop_container(self, container_id: str, *, timeout_s: float) -> None:
         self._enter("stop_container")
         c = self.container(container_id)
+        if c.state == "restarting":  # a stop cancels the pending restart
+            c.restart_at = None
+            c.state = "exited"
+            self._emit(c, "stop")
+            return
         if c.state != "running":
             return  # the engine answers 304, no events
         self._emit(c, "kill", signal="15")

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from reconciler.controller import Reconciler, Result
+from reconciler.blueprint import container_config
+from reconciler.desired import Desired, build
 from reconciler.execute import Progress
+from reconciler.loading import load
 from reconciler.persistence import State
+from reconciler.reconcile import PassStatus, Reconciler
 from tests.component.fakes import FakeRuntime, ImageBehaviour
 from tests.specfactory import write_spec
 
@@ -75,7 +79,7 @@ async def test_cold_start_runs_tiers_in_order_and_waits_min_ready(
         tmp_path: Path, fake: FakeRuntime) -> None:
     rec, events = make(tmp_path, fake)
     res = await rec.reconcile()
-    assert res.result is Result.CONVERGED, res.message
+    assert res.result is PassStatus.CONVERGED, res.message
     order = [e.tier for e in events if e.kind == "tier-start"]
     assert order == ["infrastructure", "core", "business"]
     # each tier gate held every replica healthy for min_ready (2 s on the fake clock)
@@ -84,7 +88,7 @@ async def test_cold_start_runs_tiers_in_order_and_waits_min_ready(
     # a second pass makes no engine write at all
     writes = fake.write_calls
     again = await rec.reconcile()
-    assert again.result is Result.NOOP and fake.write_calls == writes
+    assert again.result is PassStatus.NOOP and fake.write_calls == writes
 
 
 def peak_in_flight(events: list[Progress], tier: str) -> int:
@@ -107,7 +111,7 @@ async def test_parallelism_bounds_updates_but_not_new_replicas(
     assert peak_in_flight(events, "business") == 3  # a cold start takes nothing away
     events.clear()
     write_spec(tmp_path / "spec", SPEC.replace('image: "api:1"', 'image: "api:2"'))
-    assert (await rec.reconcile()).result is Result.CONVERGED
+    assert (await rec.reconcile()).result is PassStatus.CONVERGED
     assert peak_in_flight(events, "business") == 2  # update.parallelism
 
 
@@ -119,12 +123,12 @@ async def test_failed_rollout_reverts_to_last_good_and_quarantines(
         tmp_path: Path, fake: FakeRuntime, image: str, behaviour: ImageBehaviour,
         why: str) -> None:
     rec, _ = make(tmp_path, fake)
-    assert (await rec.reconcile()).result is Result.CONVERGED
+    assert (await rec.reconcile()).result is PassStatus.CONVERGED
     before = {c.id: c.name for c in fake.containers.values()}
     fake.set_behaviour(image, behaviour)
     write_spec(tmp_path / "spec", SPEC.replace('image: "api:1"', f'image: "{image}"'))
     res = await rec.reconcile()
-    assert res.result is Result.ROLLED_BACK
+    assert res.result is PassStatus.ROLLED_BACK
     assert why in res.message
     # start-first: the old replicas were never stopped; the host is exactly last-good
     assert {c.id: c.name for c in fake.containers.values()} == before
@@ -136,7 +140,7 @@ async def test_failed_rollout_reverts_to_last_good_and_quarantines(
     assert held.held_last_good and fake.write_calls == writes
     # a changed spec is applied
     write_spec(tmp_path / "spec", SPEC.replace('image: "api:1"', 'image: "api:2"'))
-    assert (await rec.reconcile()).result is Result.CONVERGED
+    assert (await rec.reconcile()).result is PassStatus.CONVERGED
     assert all(fake.containers[c].config["Image"] == "api:2" for c in fake.containers
                if fake.containers[c].labels["reconciler.service"] == "api")
 
@@ -148,7 +152,7 @@ async def test_missing_image_fails_before_anything_is_touched(
     before = dict(fake.calls)
     write_spec(tmp_path / "spec", SPEC.replace('image: "auth:1"', 'image: "auth:404"'))
     res = await rec.reconcile()
-    assert res.result is Result.FAILED or res.result is Result.ROLLED_BACK
+    assert res.result is PassStatus.FAILED or res.result is PassStatus.ROLLED_BACK
     assert "auth:404" in res.message
     for method in ("create_container", "stop_container", "remove_container",
                    "start_container"):
@@ -160,33 +164,55 @@ async def test_first_deploy_failure_leaves_what_converged(tmp_path: Path,
     fake.set_behaviour("auth:1", ImageBehaviour(health="unhealthy"))
     rec, _ = make(tmp_path, fake)
     res = await rec.reconcile()
-    assert res.result is Result.FAILED
+    assert res.result is PassStatus.FAILED
     assert "no last-good spec" in res.message
     assert running(fake, "db") and running(fake, "cache")
     assert not running(fake, "api")  # the business tier never started
 
 
-async def test_name_left_by_a_crash_is_adopted_but_a_foreign_one_is_not(
+def desired_now(rec: Reconciler, tmp_path: Path) -> Desired:
+    key = rec.state.key(create=False)
+    assert key is not None
+    return build(load(tmp_path / "spec", strict=False), key)
+
+
+async def test_name_left_by_a_crash_is_adopted(tmp_path: Path, fake: FakeRuntime) -> None:
+    rec, _ = make(tmp_path, fake)
+    await rec.reconcile()
+    old = next(c for c in fake.containers.values() if c.labels["reconciler.service"] == "cache")
+    # a crash between create and start of the new generation: its container exists, never
+    # started, and the next pass's list call does not see it yet (the engine finished the
+    # create after the list), so the plan creates it and the create hits the name
+    write_spec(tmp_path / "spec", SPEC.replace('image: "cache:1"', 'image: "cache:1", '
+                                               'environment: {V: "2"}'))
+    svc = desired_now(rec, tmp_path).services["cache"]
+    left = fake.seed_container(svc.container_name(1), container_config(svc, 1), running=False)
+    listed = fake.list_containers
+    hidden = {"once": True}
+
+    async def list_missing_the_leftover(*, label: str) -> list[dict[str, Any]]:
+        items = await listed(label=label)
+        if hidden.pop("once", False):
+            return [c for c in items if c["Id"] != left]
+        return items
+
+    fake.list_containers = list_missing_the_leftover  # type: ignore[method-assign]
+    creates = fake.calls["create_container"]
+    res = await rec.reconcile()
+    assert res.result is PassStatus.CONVERGED, res.message
+    assert fake.calls["create_container"] == creates + 1  # tried, hit the name, adopted
+    assert running(fake, "cache") == [svc.container_name(1)]
+    assert fake.containers[left].state == "running" and old.id not in fake.containers
+
+
+async def test_a_foreign_container_on_a_name_we_need_is_not_adopted(
         tmp_path: Path, fake: FakeRuntime) -> None:
     rec, _ = make(tmp_path, fake)
     await rec.reconcile()
-    # simulate a crash between create and start: the new container exists, not started
-    cache = next(c for c in fake.containers.values()
-                 if c.labels["reconciler.service"] == "cache")
-    await fake.stop_container(cache.id, timeout_s=1)
-    res = await rec.reconcile()
-    assert res.result is Result.CONVERGED and running(fake, "cache") == [cache.name]
-    # a foreign container squatting on a name we need is never touched
     write_spec(tmp_path / "spec", SPEC.replace("replicas: 3", "replicas: 4"))
-    desired_name = None
-    from reconciler.desired import build
-    from reconciler.loading import load
-    loaded = load(tmp_path / "spec", strict=False)
-    key = rec.state.key(create=False)
-    assert key is not None
-    desired_name = build(loaded, key).services["api"].container_name(4)
+    desired_name = desired_now(rec, tmp_path).services["api"].container_name(4)
     foreign = fake.seed_container(desired_name, {"Image": "nginx", "Labels": {}})
     res = await rec.reconcile()
-    assert res.result in (Result.ROLLED_BACK, Result.FAILED)
+    assert res.result in (PassStatus.ROLLED_BACK, PassStatus.FAILED)
     assert "not ours" in res.message
     assert fake.containers[foreign].state == "running"

@@ -10,19 +10,21 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from reconciler.runtimes import JSON, EngineError, EngineUnavailable, ImageUnavailable
+from reconciler.runtimes import JSON, EngineFailure, EngineUnavailable, ImageUnavailable
 from tests.component.fakes import FakeRuntime, ImageBehaviour
 from tests.contract_cases import CASES, LABEL_PROJECT, Case, Harness, case_id
 
 IMAGE = "reconciler-test/busybox:contract"
 UNHEALTHY = "reconciler-test/unhealthy:contract"
+HOG = "reconciler-test/memory-hog:contract"
 MISSING = "reconciler-test/does-not-exist:0"
 
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeRuntime]:
-    runtime = FakeRuntime(images={IMAGE, UNHEALTHY}, pullable={"reconciler-demo/app:1.0"})
+    runtime = FakeRuntime(images={IMAGE, UNHEALTHY, HOG}, pullable={"reconciler-demo/app:1.0"})
     runtime.set_behaviour(UNHEALTHY, ImageBehaviour(health="unhealthy"))
+    runtime.set_behaviour(HOG, ImageBehaviour(oom_on_start=True))
     yield runtime
     await runtime.close()
 
@@ -36,7 +38,7 @@ def harness(fake: FakeRuntime) -> Harness:
                                           "Cmd": ["sh", "-c", "while true; do sleep 1; done"]})
 
     return Harness(runtime=fake, kind="fake", project=project, image=IMAGE,
-                   unhealthy_image=UNHEALTHY, missing_image=MISSING,
+                   unhealthy_image=UNHEALTHY, missing_image=MISSING, oom_image=HOG,
                    create_foreign=create_foreign, poll_s=0)
 
 
@@ -123,9 +125,9 @@ async def test_calls_write_calls_and_fail_next(fake: FakeRuntime) -> None:
         await fake.pull_image("nope:1")
     assert fake.calls["create_container"] == 2
     assert fake.write_calls == 5
-    fake.fail_next("list_containers", EngineError("x"), times=2)
+    fake.fail_next("list_containers", EngineFailure("x"), times=2)
     for _ in range(2):
-        with pytest.raises(EngineError):
+        with pytest.raises(EngineFailure):
             await fake.list_containers(label=LABEL_PROJECT)
     assert await fake.list_containers(label=LABEL_PROJECT)
 

@@ -75,9 +75,11 @@ def test_git_commits_go_live_bad_ones_are_reverted_force_pushes_refused(
         commit(dev, bad, "bad auth")
         n = len(ctl.passes())
         reverted = ctl.wait_pass("rolled_back", after=n, timeout=60)
-        assert "reverted to last-good" in reverted["message"] or reverted["result"] == "rolled_back"
+        # the pass log carries the message's first line: the failed step and why
+        assert "auth" in reverted["message"] and reverted["steps"] > 0, reverted
         assert host.ids() == before
-        assert json.loads((host.state / "quarantine.json").read_text())
+        quarantine = json.loads((host.state / "quarantine.json").read_text())
+        assert quarantine and "auth" in json.dumps(quarantine), quarantine
         # the next good commit is applied
         fixed = swap(v2, 'APP_VERSION: "2.0"}', 'APP_VERSION: "4.0"}')
         rev4 = commit(dev, fixed, "auth 4.0")

@@ -23,7 +23,7 @@ import pytest
 from reconciler.desired import build
 from reconciler.edges import render_upstreams, upstream_servers, worker_pids
 from reconciler.loading import load
-from reconciler.snapshots import Health, Observed, State
+from reconciler.snapshots import ContainerState, Health, Observed
 from tests.dockerkit import APP, NGINX, REPO, Host, docker, swap, wait_until
 from tests.loadgen import LoadResult, run_load
 
@@ -244,7 +244,7 @@ def test_shipped_nginx_conf_passes_nginx_t_with_the_demo_upstreams(tmp_path: Pat
     desired = build(load(REPO / "deploy" / "demo", strict=False), KEY)
     net = desired.services["api-gateway"].networks[-1]
     gw = [Observed(id=f"g{i}", name=f"demo-api-gateway-{i}", service="api-gateway",
-                   tier="business", replica=i, fingerprint="f", state=State.RUNNING,
+                   tier="business", replica=i, fingerprint="f", state=ContainerState.RUNNING,
                    health=Health.HEALTHY, image="app", addresses={net: f"172.30.0.{i + 1}"})
           for i in (1, 2)]
     for case, containers in (("healthy", gw), ("none healthy", [])):

@@ -476,11 +476,16 @@ class FaultProxy:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self.server.wait_closed()
+            for _ in range(3):  # closed transports release their sockets on the next turns
+                await asyncio.sleep(0)
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        if not self.thread.is_alive():
+            self.loop.close()  # an unclosed loop is a ResourceWarning (an error in tests)
 
 
 # --- a private dockerd ------------------------------------------------------------------------

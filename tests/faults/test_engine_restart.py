@@ -41,7 +41,7 @@ def test_engine_restart_mid_rollout_is_not_a_failed_rollout(host: Host) -> None:
 
             def converged() -> bool:
                 for p in ctl.passes()[n:]:
-                    if p.get("result") == "converged" and p.get("steps", 0) >= 0:
+                    if p.get("result") == "converged" and p.get("steps", 0) > 0:
                         cs = kit.containers(host, engine.url)
                         return (kit.all_healthy(cs) and kit.one_per_replica(cs) and any(
                             "APP_VERSION=2" in c["Config"]["Env"] for c in cs))

@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 
 from reconciler.dockerd import DockerRuntime
-from reconciler.runtimes import Conflict, EngineError, EngineUnavailable, NotFound
+from reconciler.runtimes import Conflict, EngineFailure, EngineUnavailable, NotFound
 from tests.contract_cases import CASES, LABEL_PROJECT, Case, Harness, case_id
 
 IMAGE = "reconciler-test/busybox:contract"
@@ -113,6 +113,7 @@ def harness(docker_runtime: DockerRuntime, contract_image: str, project: str) ->
 
     return Harness(runtime=docker_runtime, kind="docker", project=project, image=contract_image,
                    unhealthy_image=contract_image, missing_image=MISSING,
+                   oom_image=contract_image,
                    create_foreign=create_foreign, timeout_s=15, poll_s=0.1)
 
 
@@ -204,7 +205,7 @@ async def test_stub_timeouts_and_error_mapping(stub_engine: str) -> None:
             await runtime.inspect_container("nope")
         with pytest.raises(Conflict):
             await runtime.start_container("dup")
-        with pytest.raises(EngineError) as err:
+        with pytest.raises(EngineFailure) as err:
             await runtime.create_container(
                 "x", {"Image": "i", "Env": ["SECRET_TOKEN=do-not-print-me"]})
         assert "do-not-print-me" not in str(err.value)

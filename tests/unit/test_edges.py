@@ -23,7 +23,7 @@ from reconciler.edges import (
 from reconciler.execute import StepFailed
 from reconciler.plans import compute
 from reconciler.runtimes import ExecResult
-from reconciler.snapshots import Health, Observed, State
+from reconciler.snapshots import ContainerState, Health, Observed
 from tests.specfactory import container_json, desired_from
 from tests.unit.test_planner import observed
 
@@ -59,7 +59,8 @@ def desired(tmp_path_factory: pytest.TempPathFactory) -> Desired:
     return desired_from(tmp_path_factory.mktemp("edge"), SPEC)
 
 
-def c(cid: str, service: str = "api", *, replica: int = 1, state: State = State.RUNNING,
+def c(cid: str, service: str = "api", *, replica: int = 1,
+      state: ContainerState = ContainerState.RUNNING,
       health: Health = Health.HEALTHY, nets: dict[str, str] | None = None) -> Observed:
     return Observed(id=cid, name=f"shop-{service}-{replica}-{cid}", service=service,
                     tier="business", replica=replica, fingerprint="f", state=state,
@@ -74,7 +75,7 @@ CASES: list[tuple[str, list[Observed], dict[str, Any], dict[str, list[str]]]] = 
      {"admin": [], "api": ["10.1.0.1:8080", "10.1.0.2:8080"]}),
     ("starting, unhealthy and stopped containers are left out",
      [c("a1", health=Health.STARTING), c("a2", health=Health.UNHEALTHY),
-      c("a3", state=State.EXITED), c("a4")], {},
+      c("a3", state=ContainerState.EXITED), c("a4")], {},
      {"admin": [], "api": ["10.1.0.4:8080"]}),
     ("no healthcheck counts as ready",
      [c("a1", health=Health.NONE)], {}, {"admin": [], "api": ["10.1.0.1:8080"]}),
@@ -130,7 +131,7 @@ def test_no_healthy_replica_keeps_the_served_ones_never_new_ones(desired: Desire
                             serving=served_names(served))
     assert upstream_servers(text)["api"] == ["10.1.0.3:8080"]
     # stopped, or being retired: not kept
-    assert upstream_servers(render_upstreams(desired, [c("a1", state=State.EXITED)],
+    assert upstream_servers(render_upstreams(desired, [c("a1", state=ContainerState.EXITED)],
                                              serving={"shop-api-1-a1"}))["api"] == []
     assert upstream_servers(render_upstreams(desired, flapping, exclude={"a1"},
                                              serving={"shop-api-1-a1"}))["api"] == []

@@ -9,7 +9,8 @@ import pytest
 
 from reconciler import snapshots
 from reconciler.desired import Desired
-from reconciler.plans import Plan, compute
+from reconciler.plans import ImageAction, ImageNeed, Lane, Phase, Plan, compute
+from reconciler.specs import PullPolicy
 from tests.specfactory import container_json, desired_from, foreign_json
 
 BASE = """
@@ -150,7 +151,9 @@ def case_unhealthy_container(tmp_path: Path) -> tuple[Desired, snapshots.Snapsho
 @case
 def case_foreign_container_ignored(tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, list[str]]:
     d = desired_from(tmp_path, BASE)
-    return d, observed(d, *in_sync(d), foreign_json()), []
+    other = container_json(d, "legacy", 1, cid="id-other-project")  # would be an orphan...
+    other["Labels"]["reconciler.project"] = "shop-staging"  # ...but it is not ours
+    return d, observed(d, *in_sync(d), foreign_json(), other), []
 
 
 @case
@@ -212,3 +215,113 @@ def test_images_needed_are_listed_once(tmp_path: Path) -> None:
     d = desired_from(tmp_path, BASE)
     images = compute(d, snapshots.empty("shop")).images
     assert [(i.ref, i.policy.value) for i in images] == [("api:1", "missing"), ("db:1", "missing")]
+
+
+# --- how each step is carried out: decided here, only read by the executor --------------------
+
+def how(plan: Plan) -> list[str]:
+    """One line per step: id, phase, lane (parallelism), stop order, grace, upstream, claim."""
+    out = []
+    for s in plan.steps:
+        parts = [s.id, s.phase.value]
+        if s.phase is not Phase.OBJECTS:
+            parts += [f"{s.lane.value}/{s.parallelism}",
+                      "stop-first" if s.stop_first else "start-first",
+                      f"grace={s.stop_grace_s:g}", f"upstream={s.upstream}",
+                      "claim" if s.claim else "no-claim"]
+        out.append(" ".join(parts))
+    return out
+
+
+HOW_SPEC = BASE.replace("""    replicas: 2
+""", """    replicas: 2
+    stop_grace_period: 30s
+    update: {parallelism: 2}
+""")
+
+
+def test_how_a_cold_start_runs(tmp_path: Path) -> None:
+    d = desired_from(tmp_path, HOW_SPEC)
+    assert how(compute(d, snapshots.empty("shop"))) == [
+        "create-network shop_backend objects",
+        "create-volume shop_db-data objects",
+        "create db[1] tier free/1 start-first grace=10 upstream=None claim",
+        "create api[1] tier free/2 start-first grace=30 upstream=None claim",
+        "create api[2] tier free/2 start-first grace=30 upstream=None claim",
+    ]
+
+
+def test_how_updates_and_repairs_run(tmp_path: Path) -> None:
+    old = desired_from(tmp_path / "old", HOW_SPEC)
+    new = desired_from(tmp_path / "new", HOW_SPEC.replace("image: db:1", "image: db:2")
+                       .replace("replicas: 2", "replicas: 1"))
+    items = [container_json(old, "db", 1), container_json(new, "api", 1, state="dead",
+                                                          status="Dead"),
+             container_json(new, "api", 2), container_json(new, "legacy", 1)]
+    items[3]["Labels"]["reconciler.tier"] = "business"  # an orphan in a tier that still exists
+    plan = compute(new, observed(new, *items))
+    legacy = items[3]["Names"][0][1:]
+    assert how(plan) == [
+        "replace db[1] stop-first tier throttled/1 stop-first grace=10 upstream=None claim",
+        "recreate api[1] tier throttled/2 stop-first grace=30 upstream=None claim",
+        f"remove api[2] {items[2]['Names'][0][1:]} tier after/2 start-first grace=30 "
+        "upstream=None no-claim",
+        f"remove legacy[1] {legacy} last after/1 start-first grace=10 upstream=None no-claim",
+    ]
+    assert [s.id for s in plan.in_tier("business")] == [s.id for s in plan.steps[1:3]]
+    assert [s.id for s in plan.orphans()] == [plan.steps[3].id]
+
+
+def test_a_container_being_removed_is_replaced_stop_first(tmp_path: Path) -> None:
+    d = desired_from(tmp_path, HOW_SPEC)
+    items = in_sync(d)
+    items[0] = container_json(d, "db", 1, state="removing", status="Removal In Progress")
+    assert how(compute(d, observed(d, *items))) == [
+        "create db[1] tier throttled/1 stop-first grace=10 upstream=None claim",
+    ]
+
+
+def test_the_claim_is_exactly_this_replica_of_this_generation(tmp_path: Path) -> None:
+    d = desired_from(tmp_path, HOW_SPEC)
+    step = compute(d, snapshots.empty("shop")).steps[-1]
+    assert dict(step.claim) == {"reconciler.project": "shop", "reconciler.service": "api",
+                                "reconciler.replica": "2",
+                                "reconciler.fingerprint": d.services["api"].fingerprint}
+
+
+def test_interrupted_update_adopts_and_never_stops_what_it_adopts(tmp_path: Path) -> None:
+    old = desired_from(tmp_path, BASE)
+    new = variant(tmp_path, "image: api:1", "image: api:2")
+    items = [*in_sync(old), container_json(new, "api", 1, status="Up 1 second (health: starting)")]
+    step = compute(new, observed(new, *items)).steps[0]
+    assert step.adopt is not None and step.adopt.id not in {o.id for o in step.old}
+    assert not step.stop_first and step.lane is Lane.THROTTLED
+
+
+EDGE_SPEC = """
+project: shop
+networks: {edge: {}}
+edge: {service: nginx, upstreams_file: /etc/nginx/conf.d/upstreams.conf}
+services:
+  api: {tier: business, image: "api:1", networks: [edge], expose: {port: 8080}}
+  worker: {tier: business, image: "worker:1", networks: [edge]}
+  nginx: {tier: external, image: "nginx:1", networks: [edge]}
+"""
+
+
+def test_only_exposed_services_change_an_upstream(tmp_path: Path) -> None:
+    d = desired_from(tmp_path, EDGE_SPEC)
+    plan = compute(d, snapshots.empty("shop"))
+    assert {s.service: s.upstream for s in plan.steps if s.service} == {
+        "api": "api", "worker": None, "nginx": None}
+
+
+@pytest.mark.parametrize(("policy", "present", "missing"), [
+    (PullPolicy.MISSING, ImageAction.USE, ImageAction.PULL),
+    (PullPolicy.ALWAYS, ImageAction.PULL, ImageAction.PULL),
+    (PullPolicy.NEVER, ImageAction.USE, ImageAction.FAIL),
+])
+def test_pull_policy_is_decided_in_the_plan(policy: PullPolicy, present: ImageAction,
+                                            missing: ImageAction) -> None:
+    need = ImageNeed.of("x:1", policy)
+    assert (need.if_present, need.if_missing) == (present, missing)

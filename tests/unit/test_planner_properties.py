@@ -55,8 +55,22 @@ def host(d: Desired, items: list[tuple[Any, ...]], foreign: int) -> list[dict[st
         item = container_json(d, service, replica, state=state, status=status, fingerprint=fp,
                               cid=f"c{i}", created=created)
         out.append(item)
-    out += [foreign_json(f"foreign-{n}") for n in range(foreign)]
+    out += [lookalike(d, n) for n in range(foreign)]
     return out
+
+
+def lookalike(d: Desired, n: int) -> dict[str, Any]:
+    """A container that is not ours but looks it: another project's labels on the same
+    service, replica and fingerprint (even `reconciler.project` with a suffix), or none."""
+    if n % 3 == 2:
+        return foreign_json(f"foreign-{n}")
+    item = container_json(d, "b", 1, cid=f"id-foreign-{n}")
+    item["Names"] = [f"/foreign-{n}"]
+    item["Labels"] = {**item["Labels"],
+                      "reconciler.project": d.project + ("-staging" if n % 3 else "")}
+    if n % 3 == 0:  # the project label under a near-miss key
+        item["Labels"]["reconciler.project.old"] = item["Labels"].pop("reconciler.project")
+    return item
 
 
 def apply_model(d: Desired, items: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any]]:
@@ -93,7 +107,9 @@ def test_plans_are_deterministic_and_ignore_foreign(tmp_path_factory: Any, items
     raw = host(d, items, foreign)
     shuffled = raw[:]
     random.Random(seed).shuffle(shuffled)
-    first, second = compute(d, snap(d, raw)), compute(d, snap(d, shuffled))
+    snapshot = snap(d, raw)
+    assert len(snapshot.containers) == len(items)  # every container of ours, no lookalike
+    first, second = compute(d, snapshot), compute(d, snap(d, shuffled))
     assert first == second
     touched = {o.id for s in first.steps for o in s.old}
     touched |= {s.target.id for s in first.steps if s.target}
