@@ -448,7 +448,7 @@ def _load(
         raise _NeedLines
     problems = [_locate(f, locations, dummy) for f in findings]
     refused_env = {e.path for envs in env_files.values() for e in envs
-                   if e.problem and e.problem.startswith(_OUTSIDE)}
+                   if e.problem and _OUTSIDE in e.problem}
     env_problems = [_env_problem(f, warning=not strict)
                     for f in check_env_files({n: env_files[n] for n in env_files})
                     if f.path not in refused_env]
@@ -494,7 +494,8 @@ def _read_env_file(base: Path, declared: str, *, roots: list[str], policy: HostP
     root = next((r for r in roots if _inside(real, r)), None)
     if root is None or ".git" in real.split("/"):
         where = ", ".join(policy.env_file_roots) or "none"
-        problem = (f"{_OUTSIDE} and the host's env_file_roots ({where}): not read")
+        problem = (f"{_OUTSIDE} and the host's env_file_roots ({where}): not read"
+                   if root is None else f"inside .git: never read ({_OUTSIDE} is allowed)")
         return (EnvFile(shown, declared, readable=False, problem=problem),
                 [(f"env file {shown}" + (f" (really {real})" if real != shown else "")
                   + f" is {problem} (host policy: env_file_roots)", not strict)])
