@@ -3,7 +3,7 @@ files only, bounded.
 
 A FIFO, socket or device is refused by its `lstat`, never opened (opening a FIFO blocks, a
 device may have side effects); a symlink is never followed where the caller asked for the
-file itself (`O_NOFOLLOW`); a read stops at its byte limit. Pure helpers over `os`: no
+file itself (`O_NOFOLLOW`); a read stops at its byte limit. Reads and stats only: no
 Docker, no writes.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _CHUNK = 1024 * 1024
@@ -128,7 +128,3 @@ def loose_dirs(path: str, root: str) -> list[str]:
             out.append(directory)
     return out
 
-
-def git_dirs(parts: Iterable[str]) -> bool:
-    """True when a path component is `.git` (the repo's credentials live there)."""
-    return any(p == ".git" for p in parts)
