@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import secrets
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,7 +30,9 @@ if TYPE_CHECKING:
     from reconciler.reconcile import PassResult
 
 EXIT_OK, EXIT_FAILED, EXIT_CHANGES = 0, 1, 2
-PREVIEW_KEY = b"reconciler-preview-without-host-key"
+# a host without a key previews with a key of this process: a fixed, public key would make
+# the fingerprints shown (over env-file contents) as good as unkeyed
+PREVIEW_KEY = secrets.token_bytes(32)
 
 
 def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -174,8 +177,9 @@ def print_problems(exc: SpecError, *, stream: TextIO | None = None) -> None:
           file=out)
 
 
-def load_spec(args: argparse.Namespace, *, strict: bool) -> LoadedSpec:
-    return load(spec_dir(args), strict=strict, profiles=args.profile, policy=load_policy())
+def load_spec(args: argparse.Namespace, *, strict: bool, key: bytes | None = None) -> LoadedSpec:
+    return load(spec_dir(args), strict=strict, profiles=args.profile, policy=load_policy(),
+                key=key)
 
 
 def print_warnings(loaded: LoadedSpec) -> None:
@@ -228,9 +232,10 @@ def plan_for(desired: Desired) -> Plan:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    loaded = load_spec(args, strict=False)
+    key = preview_key(args)
+    loaded = load_spec(args, strict=False, key=key)
     print_warnings(loaded)
-    desired = build(loaded, preview_key(args))
+    desired = build(loaded, key)
     plan = plan_for(desired)
     try:
         held = State(state_dir(args)).quarantined().get(loaded.fingerprint)
@@ -349,9 +354,9 @@ def report_pass(res: PassResult) -> int:
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
-    loaded = load_spec(args, strict=False)
     state = State(state_dir(args))
     key = preview_key(args)
+    loaded = load_spec(args, strict=False, key=key)
     desired = build(loaded, key)
     snapshot = await observe_or_empty(desired.project)
     if not snapshot.engine_available:

@@ -103,8 +103,13 @@ def check_env_files(by_service: Mapping[str, Iterable[EnvFile]]) -> list[EnvFind
     for service in sorted(by_service):
         for env in by_service[service]:
             if not env.readable:
-                out.append(EnvFinding(env.path, None, None,
-                                      f"env file of {service}: {env.problem or 'not readable'}"))
+                if env.is_symlink and env.path not in checked:  # never followed
+                    checked.add(env.path)
+                    out.append(EnvFinding(env.path, None, None,
+                                          "is a symlink: env files must be regular files"))
+                elif not env.is_symlink:
+                    out.append(EnvFinding(env.path, None, None, f"env file of {service}: "
+                                                                f"{env.problem or 'not readable'}"))
                 continue
             for key, value in sorted(env.values.items()):
                 if DB_PASSWORD_KEY.search(key):

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import secrets
 import stat
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +24,30 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from reconciler import hostfiles
 from reconciler.envfiles import EnvFile, EnvFinding, check_env_files, parse_dotenv
-from reconciler.specs import Finding, HostPolicy, Spec, merge_defaults, parse_mount, validate
+from reconciler.labels import keyed_digest
+from reconciler.specs import (
+    Finding,
+    HostPolicy,
+    Spec,
+    merge_defaults,
+    parse_mount,
+    validate,
+)
 
 MAX_FILE_BYTES = 1024 * 1024
 MAX_DEPTH = 32
 MAX_ALIASES = 256
 MAX_NODES = 200_000
 MAX_BOUND_TREE_FILES = 2000
+MAX_DIGEST_BYTES = 128 * 1024 * 1024  # bind-mounted spec files read into fingerprints, per load
+MAX_ENV_FILE_BYTES = 256 * 1024
+MAX_POLICY_BYTES = 64 * 1024
+
+# Without the host's key (a preview on a host that never applied), fingerprints are keyed
+# with a key of this process: never an unkeyed hash over env-file contents.
+_PROCESS_KEY = secrets.token_bytes(32)
 
 KeyPath = tuple[str | int, ...]
 
@@ -93,6 +111,7 @@ class LoadedSpec:
     revision: str | None = None
     locations: Mapping[KeyPath, Location] = field(default_factory=dict)
     root: str = ""  # the repo (or spec dir) bind sources are relative to in fingerprints
+    key: bytes | None = field(default=None, repr=False)  # the host key (None: this process's)
 
     @property
     def digest(self) -> str:
@@ -104,17 +123,19 @@ class LoadedSpec:
 
     @property
     def fingerprint(self) -> str:
-        """Identity of the whole desired state: spec files + env files + mounted files."""
-        h = hashlib.sha256(self.digest.encode())
+        """Identity of the whole desired state: spec files + env files + mounted files, as an
+        HMAC with the host key (it is shown in metrics, status and history, and it covers
+        env-file contents: unkeyed, a weak password could be brute-forced from it)."""
+        parts = [self.digest]
         for service in sorted(self.env_files):
             for env in self.env_files[service]:
                 content = "\n".join(f"{k}={v.value}" for k, v in sorted(env.values.items()))
-                h.update(f"{env.path}\0{env.readable}\0{content}".encode())
+                parts.append(f"{env.path}\0{env.readable}\0{content}")
         for service in sorted(self.mounted):
             for mounted in self.mounted[service]:
-                h.update(f"{mounted.host_path}\0{mounted.digest}".encode())
-        h.update(",".join(self.profiles).encode())
-        return h.hexdigest()[:12]
+                parts.append(f"{mounted.host_path}\0{mounted.digest}")
+        parts.append(",".join(self.profiles))
+        return keyed_digest(self.key or _PROCESS_KEY, "\1".join(parts), length=12)
 
     @property
     def unknown_env(self) -> bool:
@@ -272,8 +293,12 @@ def load(
     profiles: Iterable[str] = (),
     policy: HostPolicy | None = None,
     bind_root: str | os.PathLike[str] | None = None,
+    key: bytes | None = None,
 ) -> LoadedSpec:
     """Load, merge and validate a spec directory. Raises `SpecError` with every problem.
+
+    `key`: the host key the spec-wide fingerprint is keyed with (None: a key of this
+    process, for previews on a host without one).
 
     `bind_root`: the tree bind mounts may come from (default: the git checkout holding the spec
     dir, else the spec dir); a kept last-good copy passes its own copy root. A valid spec is
@@ -281,9 +306,10 @@ def load(
     (the round-trip parser is several times slower)."""
     kwargs = {"strict": strict, "profiles": profiles, "policy": policy, "bind_root": bind_root}
     try:
-        return _load(directory, lines=False, **kwargs)  # type: ignore[arg-type]
+        loaded = _load(directory, lines=False, **kwargs)  # type: ignore[arg-type]
     except _NeedLines:
-        return _load(directory, lines=True, **kwargs)  # type: ignore[arg-type]
+        loaded = _load(directory, lines=True, **kwargs)  # type: ignore[arg-type]
+    return loaded if key is None else replace(loaded, key=key)
 
 
 class _NeedLines(Exception):
@@ -380,37 +406,65 @@ def _load(
     repo = (Path(bind_root).resolve() if bind_root is not None
             else (_git_root(spec_dir) or spec_dir))
     allowed_roots = [str(spec_dir), str(repo)]
+    # the repo's .git (remote URL, tokens) is never mountable, nor a directory holding it
+    forbidden = [str(d / ".git") for d in {spec_dir, repo} if os.path.lexists(d / ".git")]
+    host_policy = policy or HostPolicy()
+    env_roots = [*allowed_roots, *(os.path.realpath(r) for r in host_policy.env_file_roots)]
 
     bind_sources: dict[tuple[str, int], str] = {}
     env_files: dict[str, tuple[EnvFile, ...]] = {}
     mounted: dict[str, tuple[MountedFile, ...]] = {}
+    env_findings: list[Finding] = []
     for name, svc in spec.services.items():
-        base = Path(service_files[name]).resolve().parent
+        # relative paths are relative to the spec dir (spec files are regular files in it):
+        # resolved with every symlink, so a committed `./hostroot -> /` is seen as `/`
         for i, entry in enumerate(svc.volumes):
             mount = parse_mount(entry)
             if mount.source and not mount.named:
                 source = os.path.expanduser(mount.source)
-                bind_sources[(name, i)] = os.path.normpath(base / source)
-        env_files[name] = tuple(_read_env_file(base, declared) for declared in svc.env_file)
+                bind_sources[(name, i)] = os.path.realpath(spec_dir / source)
+        read = []
+        for j, declared in enumerate(svc.env_file):
+            env, problems_here = _read_env_file(spec_dir, declared, roots=env_roots,
+                                                policy=host_policy, strict=strict)
+            read.append(env)
+            env_findings.extend(Finding(("services", name, "env_file", j), message,
+                                        warning=warn) for message, warn in problems_here)
+        env_files[name] = tuple(read)
 
-    findings = validate(spec, profiles=profile_list, policy=policy,
-                        allowed_roots=allowed_roots, resolve_path=bind_sources)
+    findings = validate(spec, profiles=profile_list, policy=host_policy,
+                        allowed_roots=allowed_roots, resolve_path=bind_sources,
+                        forbidden=forbidden)
+    findings += env_findings
+    refused = {(f.path[1], f.path[3]) for f in findings if not f.warning
+               and len(f.path) == 4 and f.path[0] == "services" and f.path[2] == "volumes"}
+    budget = [MAX_DIGEST_BYTES]
+    digested: dict[str, tuple[str, str | None]] = {}
     for (name, i), host in sorted(bind_sources.items()):
-        if any(_inside(host, r) for r in allowed_roots):
-            digest = _digest_tree(Path(host))
-            if digest == "":
-                findings.append(Finding(("services", name, "volumes", i),
-                                        f"bind source {host} does not exist"))
-            mounted.setdefault(name, ())
-            mounted[name] = (*mounted[name], MountedFile(host, digest))
+        if (name, i) in refused or not any(_inside(host, r) for r in allowed_roots):
+            continue  # refused or outside the spec tree: never read
+        if host not in digested:
+            digested[host] = _digest_tree(Path(host), budget)
+        digest, problem = digested[host]
+        if problem:
+            findings.append(Finding(("services", name, "volumes", i), problem))
+        elif digest == "":
+            findings.append(Finding(("services", name, "volumes", i),
+                                    f"bind source {host} does not exist"))
+        mounted.setdefault(name, ())
+        mounted[name] = (*mounted[name], MountedFile(host, digest))
 
     if findings and not lines:
         raise _NeedLines
     problems = [_locate(f, locations, dummy) for f in findings]
+    refused_env = {e.path for envs in env_files.values() for e in envs
+                   if e.problem and _OUTSIDE in e.problem}
     env_problems = [_env_problem(f, warning=not strict)
-                    for f in check_env_files({n: env_files[n] for n in env_files})]
+                    for f in check_env_files({n: env_files[n] for n in env_files})
+                    if f.path not in refused_env]
     errors = [p for p in problems + env_problems if not p.warning]
     warnings = [p for p in problems + env_problems if p.warning]
+    warnings += _policy_notices(host_policy)
     if errors:
         raise SpecError(errors + warnings)
     return LoadedSpec(
@@ -423,32 +477,62 @@ def _load(
 
 
 def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
+    return hostfiles.inside(path, root)
 
 
-def _read_env_file(base: Path, declared: str) -> EnvFile:
+def _policy_notices(policy: HostPolicy) -> list[Problem]:
+    return [Problem(Location(policy.source, line), (key,), message, warning=True)
+            for line, key, message in policy.notices]
+
+
+_OUTSIDE = "outside the spec checkout"
+
+
+def _read_env_file(base: Path, declared: str, *, roots: list[str], policy: HostPolicy,
+                   strict: bool) -> tuple[EnvFile, list[tuple[str, bool]]]:
+    """Read one env file if it lies in an allowed place (the spec checkout or the host's
+    `env_file_roots`, by real path; anywhere else it is never read: an error, a warning in
+    a preview). Returns the file and findings (message, warning) for the spec key that
+    names it; findings name the file, never a value."""
     path = Path(os.path.expanduser(declared))
     path = path if path.is_absolute() else base / path
     shown = os.path.normpath(path)
+    if os.path.islink(path):  # never followed: the hygiene check reports it
+        return EnvFile(shown, declared, readable=False, is_symlink=True,
+                       problem="is a symlink: env files must be regular files"), []
+    real = os.path.realpath(path)
+    root = next((r for r in roots if _inside(real, r)), None)
+    if root is None or ".git" in real.split("/"):
+        where = ", ".join(policy.env_file_roots) or "none"
+        problem = (f"{_OUTSIDE} and the host's env_file_roots ({where}): not read"
+                   if root is None else f"inside .git: never read ({_OUTSIDE} is allowed)")
+        return (EnvFile(shown, declared, readable=False, problem=problem),
+                [(f"env file {shown}" + (f" (really {real})" if real != shown else "")
+                  + f" is {problem} (host policy: env_file_roots)", not strict)])
     try:
         lst = os.lstat(path)
     except FileNotFoundError:
-        return EnvFile(shown, declared, readable=False, problem="file not found")
+        return EnvFile(shown, declared, readable=False, problem="file not found"), []
     except OSError as exc:
-        return EnvFile(shown, declared, readable=False, problem=exc.strerror or "unreadable")
-    is_link = stat.S_ISLNK(lst.st_mode)
+        return EnvFile(shown, declared, readable=False,
+                       problem=exc.strerror or "unreadable"), []
+    if not stat.S_ISREG(lst.st_mode):
+        return EnvFile(shown, declared, readable=False,
+                       problem=f"is {hostfiles.kind(lst.st_mode)}, not a regular file"), []
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            return EnvFile(shown, declared, readable=False, problem="not a regular file",
-                           is_symlink=is_link)
-        text = path.read_text(encoding="utf-8")
+        raw, st = hostfiles.read_regular_stat(real, limit=MAX_ENV_FILE_BYTES)
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or "unreadable"
-        return EnvFile(shown, declared, readable=False, problem=reason, is_symlink=is_link)
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        return EnvFile(shown, declared, readable=False, problem=reason), []
+    found = []
+    loose = hostfiles.loose_dirs(real, root)
+    if loose:
+        found.append((f"env file {shown}: directory {loose[0]} is group- or world-writable "
+                      "(someone else could replace the file): chmod go-w", not strict))
     values, lines, _errors = parse_dotenv(text)
-    return EnvFile(shown, declared, readable=True, is_symlink=is_link,
-                   mode=stat.S_IMODE(st.st_mode), values=values, lines=lines)
+    return EnvFile(shown, declared, readable=True, mode=stat.S_IMODE(st.st_mode),
+                   values=values, lines=lines), found
 
 
 def _env_problem(finding: EnvFinding, *, warning: bool) -> Problem:
@@ -457,28 +541,61 @@ def _env_problem(finding: EnvFinding, *, warning: bool) -> Problem:
                    warning=warning)
 
 
-def _digest_tree(path: Path) -> str:
-    """sha256 of a file, or of a directory's files (names + contents); "" when missing."""
+def _digest_tree(path: Path, budget: list[int]) -> tuple[str, str | None]:
+    """sha256 of a file, or of a directory's tree (names, contents, link targets), by lstat:
+    links are hashed as their target text, never followed; a FIFO, socket or device is
+    refused by name, never opened; `budget[0]` bytes at most are read (shared by a load).
+    Returns (digest, problem); digest "" when missing."""
     h = hashlib.sha256()
-    if path.is_file():
-        h.update(path.read_bytes())
-        return h.hexdigest()
-    if path.is_dir():
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "", None
+    except OSError as exc:
+        return "", f"bind source {path}: {exc.strerror}"
+    try:
+        if stat.S_ISREG(st.st_mode):
+            budget[0] -= hostfiles.hash_regular(path, h.update, budget=budget[0])
+            return h.hexdigest(), None
+        if not stat.S_ISDIR(st.st_mode):
+            return "", (f"bind source {path} is {hostfiles.kind(st.st_mode)}: only regular "
+                        "files and directories are mounted from the spec")
         count = 0
         for dirpath, dirnames, filenames in os.walk(path):
-            dirnames[:] = sorted(d for d in dirnames if d != ".git")
-            for name in sorted(filenames):
+            dirnames.sort()
+            for name in sorted(dirnames + filenames):
+                full = Path(dirpath) / name
+                rel = str(full.relative_to(path))
+                if name == ".git":
+                    return "", (f"bind source {path} contains {rel}: a .git is never "
+                                "mountable (remote URL, credentials)")
+                lst = os.lstat(full)
+                if stat.S_ISDIR(lst.st_mode):
+                    continue
                 count += 1
                 if count > MAX_BOUND_TREE_FILES:
-                    return h.hexdigest()
-                full = Path(dirpath) / name
-                h.update(str(full.relative_to(path)).encode() + b"\0")
-                try:
-                    h.update(full.read_bytes())
-                except OSError:
-                    h.update(b"(unreadable)")
-        return h.hexdigest()
-    return ""
+                    return h.hexdigest(), None
+                h.update(rel.encode() + b"\0")
+                if stat.S_ISLNK(lst.st_mode):  # resolved in the container, not on the host
+                    h.update(b"(symlink) " + os.fsencode(os.readlink(full)))
+                elif stat.S_ISREG(lst.st_mode):
+                    try:
+                        budget[0] -= hostfiles.hash_regular(full, h.update, budget=budget[0])
+                    except hostfiles.Refused:
+                        raise
+                    except OSError:
+                        h.update(b"(unreadable)")
+                else:
+                    return "", (f"bind source {path} contains {rel}, which is "
+                                f"{hostfiles.kind(lst.st_mode)}: only regular files and "
+                                "directories are mounted from the spec (never opened)")
+        return h.hexdigest(), None
+    except hostfiles.Refused as exc:
+        return "", (f"bind source {path}: more than {MAX_DIGEST_BYTES // (1024 * 1024)} MiB "
+                    "of bind-mounted spec files to fingerprint: refused"
+                    if "fingerprint" in exc.reason else f"bind source {path}: {exc.reason}")
+    except OSError as exc:
+        return "", f"bind source {path}: {exc.strerror or 'unreadable'}"
 
 
 def _git_root(start: Path) -> Path | None:
@@ -488,28 +605,51 @@ def _git_root(start: Path) -> Path | None:
     return None
 
 
+_GIT_REF = re.compile(r"refs/[A-Za-z0-9._/+-]+")
+_GIT_SHA = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
+MAX_GIT_FILE_BYTES = 4096
+MAX_PACKED_REFS_BYTES = 8 * 1024 * 1024
+
+
+def _git_text(path: Path, limit: int = MAX_GIT_FILE_BYTES) -> str:
+    return hostfiles.read_regular(path, limit=limit).decode("utf-8", "replace")
+
+
 def _git_revision(start: Path) -> str | None:
-    """The commit id of HEAD when the spec dir is in a git checkout (read, no subprocess)."""
+    """The commit id of HEAD when the spec dir is in a git checkout (read, no subprocess).
+    HEAD's ref must be a `refs/...` name that stays inside the git dir; what is read must be
+    a small regular file, and only a commit id is returned (never other file content)."""
     root = _git_root(start)
     if root is None:
         return None
     git = root / ".git"
     try:
         if git.is_file():  # worktree: "gitdir: <path>"
-            git = (root / git.read_text().split(":", 1)[1].strip()).resolve()
-        head = (git / "HEAD").read_text().strip()
+            git = Path(os.path.realpath(root / _git_text(git).split(":", 1)[1].strip()))
+        head = _git_text(git / "HEAD").strip()
         if not head.startswith("ref:"):
-            return head[:40] or None
+            return head if _GIT_SHA.fullmatch(head) else None
         ref = head.split(":", 1)[1].strip()
-        ref_file = git / ref
-        if ref_file.exists():
-            return ref_file.read_text().strip()[:40] or None
-        packed = git / "packed-refs"
-        if packed.exists():
-            for line in packed.read_text().splitlines():
-                if line.endswith(" " + ref):
-                    return line.split(" ", 1)[0]
-    except OSError:
+        if not _GIT_REF.fullmatch(ref) or ".." in ref.split("/"):
+            return None
+        bases = [git]
+        if (git / "commondir").is_file():  # a linked worktree: refs live in the main git dir
+            bases.append(Path(os.path.realpath(git / _git_text(git / "commondir").strip())))
+        for base in bases:
+            ref_file = base / ref
+            if not _inside(os.path.realpath(ref_file), os.path.realpath(base)):
+                return None
+            if os.path.lexists(ref_file):
+                sha = _git_text(ref_file).strip()
+                return sha if _GIT_SHA.fullmatch(sha) else None
+        for base in bases:
+            packed = base / "packed-refs"
+            if os.path.lexists(packed):
+                for line in _git_text(packed, MAX_PACKED_REFS_BYTES).splitlines():
+                    sha, _, name = line.partition(" ")
+                    if name == ref and _GIT_SHA.fullmatch(sha):
+                        return sha
+    except (OSError, IndexError):
         return None
     return None
 
@@ -579,26 +719,115 @@ def _locate(finding: Finding, locations: Mapping[KeyPath, Location],
 POLICY_PATH = "/etc/reconciler/policy.yaml"
 
 
+_POLICY_BOOLS = ("allow_privileged", "allow_host_namespaces", "allow_docker_socket")
+_POLICY_PATHS = ("allow_bind_mounts", "env_file_roots")
+POLICY_KEYS = (*_POLICY_BOOLS, "allow_capabilities", *_POLICY_PATHS)
+
+
 def load_policy(path: str | None = None) -> HostPolicy:
     """The host's own allow-list (never from the spec repo): `$RECONCILER_POLICY` or
-    /etc/reconciler/policy.yaml. Absent file: nothing dangerous is allowed."""
+    /etc/reconciler/policy.yaml. Absent file: nothing dangerous is allowed.
+
+    Fails closed: a policy file not owned by root (or the running user), group- or
+    world-writable, or with any key of the wrong type (`no`, "false" or a string where a
+    list belongs) raises `SpecError` naming the file, line and key; nothing is allowed."""
     where = Path(path or os.environ.get("RECONCILER_POLICY") or POLICY_PATH)
-    if not where.exists():
+    shown = str(where)
+
+    def refuse(message: str, line: int | None = None, key: str | None = None) -> SpecError:
+        return SpecError([Problem(Location(shown, line), (key,) if key else (),
+                                  f"{message}; host policy refused, nothing dangerous is "
+                                  "allowed")])
+
+    try:
+        st = os.stat(where)
+    except FileNotFoundError:
         return HostPolicy()
-    data, locations = read_yaml(where, str(where))
-    allowed = {"allow_privileged", "allow_host_namespaces", "allow_capabilities",
-               "allow_docker_socket", "allow_bind_mounts"}
-    problems = [Problem(locations.get((k,), Location(str(where), None)), (k,), "unknown key")
-                for k in data if k not in allowed]
+    except OSError as exc:
+        raise refuse(f"cannot read the host policy: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise refuse(f"the host policy is {hostfiles.kind(st.st_mode)}, not a regular file")
+    if st.st_uid not in (0, os.geteuid()):
+        raise refuse(f"the host policy is owned by uid {st.st_uid}: it must be owned by root "
+                     "(or the user running reconciler)")
+    if st.st_mode & 0o022:
+        raise refuse(f"the host policy has mode {stat.S_IMODE(st.st_mode):04o}: it must not "
+                     "be group- or world-writable (chmod go-w)")
+    if st.st_size > MAX_POLICY_BYTES:
+        raise refuse(f"the host policy is larger than {MAX_POLICY_BYTES} bytes")
+    data, locations = read_yaml(where, shown)
+    values, problems, notices = parse_policy(data)
     if problems:
-        raise SpecError(problems)
+        raise SpecError(Problem(locations.get((key,), Location(shown, None)), (key,),
+                                f"{message}; host policy refused, nothing dangerous is "
+                                "allowed") for key, message in problems)
     return HostPolicy(
-        allow_privileged=bool(data.get("allow_privileged", False)),
-        allow_host_namespaces=bool(data.get("allow_host_namespaces", False)),
-        allow_capabilities=frozenset(str(c).upper() for c in data.get("allow_capabilities", [])),
-        allow_docker_socket=bool(data.get("allow_docker_socket", False)),
-        allow_bind_mounts=tuple(str(p) for p in data.get("allow_bind_mounts", [])),
+        **values,
+        source=shown,
+        notices=tuple((locations.get((key,), Location(shown, None)).line, key, message)
+                      for key, message in notices),
     )
+
+
+def parse_policy(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]],
+                                                  list[tuple[str, str]]]:
+    """Policy mapping -> (HostPolicy keyword values, problems, notices), each problem and
+    notice as (key, message). Strict: YAML booleans only, lists of absolute paths only."""
+    values: dict[str, Any] = {}
+    problems: list[tuple[str, str]] = []
+    notices: list[tuple[str, str]] = []
+    for key, value in data.items():
+        if key not in POLICY_KEYS:
+            problems.append((key, "unknown key (known: " + ", ".join(POLICY_KEYS) + ")"))
+        elif key in _POLICY_BOOLS:
+            if isinstance(value, bool):
+                values[key] = value
+            else:
+                problems.append((key, f"must be true or false (a YAML boolean), not "
+                                      f"{_shown(value)}"))
+        elif key == "allow_capabilities":
+            caps = _policy_list(key, value, problems)
+            bad = [c for c in caps if not re.fullmatch(r"[A-Za-z_]+", c)]
+            if bad:
+                problems.append((key, f"{_shown(bad[0])} is not a capability name"))
+            values[key] = frozenset(c.upper().removeprefix("CAP_") for c in caps)
+        else:
+            paths = _policy_list(key, value, problems)
+            for item in paths:
+                problem = _policy_path_problem(item)
+                if problem:
+                    problems.append((key, problem))
+                elif item == "/":
+                    notices.append((key, "`/` allows every path of the host "
+                                         + ("to be bind-mounted" if key == "allow_bind_mounts"
+                                            else "to hold env files")))
+            values[key] = tuple(p.rstrip("/") or "/" for p in paths)
+    return values, problems, notices
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _policy_list(key: str, value: object, problems: list[tuple[str, str]]) -> list[str]:
+    if not isinstance(value, list):
+        problems.append((key, f"must be a list (e.g. [a, b]), not {_shown(value)}"))
+        return []
+    if not all(isinstance(v, str) for v in value):
+        problems.append((key, "must be a list of strings"))
+        return []
+    return list(value)
+
+
+def _policy_path_problem(path: str) -> str | None:
+    if not path.startswith("/"):
+        return f"{_shown(path)} is not an absolute path"
+    if "\0" in path or any(p in (".", "..") for p in path.split("/")):
+        return f"{_shown(path)} must be a plain absolute path (no . or .. parts)"
+    if path != "/" and not path.strip("/"):
+        return f"{_shown(path)} means the whole host: write exactly / to allow that"
+    return None
 
 
 def input_stamp(loaded: LoadedSpec, *, now_ns: int | None = None) -> tuple[Any, ...] | None:

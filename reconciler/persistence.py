@@ -14,12 +14,14 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconciler import hostfiles
 from reconciler.faults import crash_point
 
 KEY_FILE = "host.key"
@@ -32,6 +34,7 @@ KEY_BYTES = 32
 HISTORY_KEEP = 500
 REVISIONS_KEEP = 20
 ROOM_BYTES = 256 * 1024  # headroom a pass needs besides a history rewrite and a spec copy
+MAX_STATE_FILE_BYTES = 64 * 1024 * 1024
 
 
 class StateError(Exception):
@@ -75,13 +78,42 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         raise StateError(f"cannot write {path}: {exc.strerror}") from None
 
 
-def _read_json(path: Path) -> Any:
+def read_state_file(path: Path) -> bytes:
+    """A state file's bytes, never through a symlink (`FileNotFoundError` when absent)."""
     try:
-        raw = path.read_bytes()
+        return hostfiles.read_regular(path, limit=MAX_STATE_FILE_BYTES)
     except FileNotFoundError:
-        return None
+        raise
+    except hostfiles.Refused as exc:
+        raise StateError(f"refusing {path}: it {exc.reason}") from None
     except OSError as exc:
         raise StateError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def check_state_dir(root: Path) -> None:
+    """The state dir holds the host key and decides what runs: refuse one that another user
+    owns or that others can write (they could plant a key, a lock link, a last-good)."""
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StateError(f"cannot use the state dir {root}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise StateError(f"the state dir {root} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise StateError(f"the state dir {root} is owned by uid {st.st_uid}, not by the user "
+                         f"running reconciler (uid {os.geteuid()}): refused")
+    if st.st_mode & 0o022:
+        raise StateError(f"the state dir {root} has mode {stat.S_IMODE(st.st_mode):04o}: it "
+                         "must not be group- or world-writable (chmod 0700)")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        raw = read_state_file(path)
+    except FileNotFoundError:
+        return None
     if not raw.strip():
         raise StateCorrupt(f"{path} is empty (torn write?)")
     try:
@@ -92,12 +124,11 @@ def _read_json(path: Path) -> Any:
 
 def read_key(state_dir: Path) -> bytes | None:
     """The per-host HMAC key, or None when this host never applied anything."""
+    check_state_dir(state_dir)
     try:
-        raw = (state_dir / KEY_FILE).read_bytes()
+        raw = read_state_file(state_dir / KEY_FILE)
     except FileNotFoundError:
         return None
-    except OSError as exc:
-        raise StateError(f"cannot read the host key: {exc.strerror}") from None
     if len(raw) != KEY_BYTES:
         raise StateCorrupt(f"{state_dir / KEY_FILE} is {len(raw)} bytes, expected {KEY_BYTES}")
     return raw
@@ -153,7 +184,16 @@ class State:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        check_state_dir(self.root)
+        try:
+            fd = os.open(self.root / LOCK,
+                         os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StateError(f"cannot open the lock {self.root / LOCK}: {exc.strerror}"
+                             + (" (a symlink: refused)" if exc.errno == 40 else "")) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StateError(f"the lock {self.root / LOCK} is not a regular file: refused")
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -248,7 +288,7 @@ class State:
             if entry.result == "converged" and entry.fingerprint not in seen:
                 kept = self.root / REVISIONS / entry.fingerprint / "good.json"
                 if kept.is_file():
-                    seen[entry.fingerprint] = GoodRevision(**json.loads(kept.read_text()))
+                    seen[entry.fingerprint] = GoodRevision(**json.loads(read_state_file(kept)))
         return list(seen.values())
 
     def _prune_revisions(self, *, keep: GoodRevision) -> None:
@@ -292,11 +332,9 @@ class State:
 
     def history(self) -> list[HistoryEntry]:
         try:
-            text = (self.root / HISTORY).read_text()
+            text = read_state_file(self.root / HISTORY).decode("utf-8", "replace")
         except FileNotFoundError:
             return []
-        except OSError as exc:
-            raise StateError(f"cannot read history: {exc.strerror}") from None
         out = []
         for line in text.splitlines():
             if not line.strip():

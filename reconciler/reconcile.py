@@ -119,14 +119,15 @@ class Reconciler:
         """The spec on disk; an unchanged spec (same files, same stats) is not read again."""
         if self._cached is not None and input_stamp(self._cached[0]) == self._cached[1]:
             return self._cached[0]
-        loaded = load(self.spec_dir, strict=True, profiles=self.profiles, policy=self.policy)
+        loaded = load(self.spec_dir, strict=True, profiles=self.profiles, policy=self.policy,
+                      key=self.state.key(create=True))
         stamp = input_stamp(loaded)
         self._cached = (loaded, stamp) if stamp is not None else None
         return loaded
 
     def load_good(self, good: GoodRevision) -> LoadedSpec:
         return load(good.directory, strict=True, profiles=self.profiles, policy=self.policy,
-                    bind_root=good.root or None)
+                    bind_root=good.root or None, key=self.state.key(create=True))
 
     async def converge(self, loaded: LoadedSpec) -> tuple[Desired, Plan, ExecutionReport | None]:
         key = self.state.key(create=True)

@@ -343,6 +343,9 @@ class Finding:
     warning: bool = False
 
 
+DEFAULT_ENV_FILE_ROOTS: tuple[str, ...] = ("/opt/env",)
+
+
 @dataclass(frozen=True, slots=True)
 class HostPolicy:
     """What the host (never the spec repo) allows. Default: nothing dangerous."""
@@ -352,6 +355,30 @@ class HostPolicy:
     allow_capabilities: frozenset[str] = frozenset()
     allow_docker_socket: bool = False
     allow_bind_mounts: tuple[str, ...] = ()  # absolute path prefixes
+    env_file_roots: tuple[str, ...] = DEFAULT_ENV_FILE_ROOTS  # env files may come from here
+    source: str = ""  # the policy file it was read from ("" = built-in default)
+    # what the operator must see (e.g. `/` allowed): (line in `source`, key, message)
+    notices: tuple[tuple[int | None, str, str], ...] = ()
+
+
+# Docker's grammar for volume and network names; anything else (a path, `container:x`) is
+# not a name and would be taken by Docker for something else (a bind mount, a namespace).
+DOCKER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
+MAX_NAME_LENGTH = 128
+# network names (and network_mode values) that are the host's or another container's stack
+HOST_NETWORKS = frozenset({"host", "none", "bridge", "default"})
+
+
+def name_problem(value: str) -> str | None:
+    """Why `value` is not a Docker volume/network name (None when it is one)."""
+    if not DOCKER_NAME.fullmatch(value):
+        shown = value if len(value) <= 60 else value[:60] + "..."
+        what = "a path" if "/" in value or value.startswith(("~", ".")) else "not a name"
+        return (f"{shown!r} is {what}: names match [a-zA-Z0-9][a-zA-Z0-9_.-]* (host paths "
+                "are bind mounts, which the host policy governs)")
+    if len(value) > MAX_NAME_LENGTH:
+        return f"name is longer than {MAX_NAME_LENGTH} characters"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,12 +513,14 @@ def validate(
     policy: HostPolicy | None = None,
     allowed_roots: Sequence[str] = (),
     resolve_path: Mapping[tuple[str, int], str] | None = None,
+    forbidden: Sequence[str] = (),
 ) -> list[Finding]:
     """Semantic rules over a structurally valid spec. Returns findings in key-path order.
 
     `allowed_roots`: absolute directories bind mounts may come from (the spec dir, its repo).
     `resolve_path`: (service, volume index) -> absolute host path of a relative bind source,
-    computed by the loader (which knows which file defined the service).
+    computed by the loader (which knows which file defined the service), symlinks resolved.
+    `forbidden`: paths no bind mount may reach or contain (the spec repo's `.git`).
     """
     policy = policy or HostPolicy()
     findings: list[Finding] = []
@@ -535,7 +564,7 @@ def validate(
                 findings.append(Finding((*base, "ports", i), f"invalid port {entry!r}"))
         for i, entry in enumerate(svc.volumes):
             findings.extend(_check_mount(spec, name, i, entry, policy, allowed_roots,
-                                         resolve_path or {}))
+                                         resolve_path or {}, forbidden))
         if svc.expose is not None and spec.edge is None:
             findings.append(Finding((*base, "expose"), "expose needs a top-level `edge`"))
         order = resolved_order(spec, svc)
@@ -549,7 +578,7 @@ def validate(
         if svc.replicas > 1 and any(_port_ok(p) and parse_port(p).host_port for p in svc.ports):
             findings.append(Finding((*base, "replicas"), "more than one replica cannot publish a "
                                     "fixed host port"))
-        findings.extend(_check_security(name, svc, policy))
+        findings.extend(_check_security(name, svc, policy, spec.services))
         for key in sorted(svc.environment):
             if SECRET_KEY.search(key) and svc.environment[key]:
                 findings.append(Finding((*base, "environment", key), "looks like a secret in "
@@ -590,16 +619,41 @@ def validate(
                                     f"edge service {spec.edge.service!r} is not defined"))
         elif not spec.edge.upstreams_file.startswith("/"):
             findings.append(Finding(("edge", "upstreams_file"), "must be an absolute path"))
-    for key, mapping in (("networks", spec.networks), ("volumes", spec.volumes)):
-        for obj in mapping:
-            if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", obj):
-                findings.append(Finding((key, obj), f"invalid name {obj!r}"))
+    findings.extend(_check_names(spec, policy))
     return sorted(findings, key=lambda f: tuple(str(p) for p in f.path))
+
+
+def _check_names(spec: Spec, policy: HostPolicy) -> list[Finding]:
+    """Volume and network names (keys and `name:`) are Docker names, never paths; a network
+    that is the host's stack (`host`, `bridge`, ...) is host-namespace access."""
+    out: list[Finding] = []
+    sections: tuple[tuple[str, Mapping[str, Network | Volume | None]], ...] = (
+        ("networks", spec.networks), ("volumes", spec.volumes))
+    for key, mapping in sections:
+        for obj, item in mapping.items():
+            problem = name_problem(obj)
+            if problem:
+                out.append(Finding((key, obj), f"invalid name: {problem}"))
+                continue
+            if item is not None and item.name is not None:
+                problem = name_problem(item.name)
+                if problem:
+                    out.append(Finding((key, obj, "name"), f"invalid name: {problem}"))
+                    continue
+            resolved = (spec.network_name(obj) if key == "networks" else spec.volume_name(obj))
+            if (key == "networks" and resolved.lower() in HOST_NETWORKS
+                    and not policy.allow_host_namespaces):
+                where = (key, obj, "name") if item is not None and item.name else (key, obj)
+                out.append(Finding(where, f"network {resolved!r} is the host's network stack, "
+                                          "not a network of this project: refused (host "
+                                          "policy: allow_host_namespaces)"))
+    return out
 
 
 def _check_mount(
     spec: Spec, service: str, index: int, entry: str, policy: HostPolicy,
     allowed_roots: Sequence[str], resolve_path: Mapping[tuple[str, int], str],
+    forbidden: Sequence[str] = (),
 ) -> list[Finding]:
     path: tuple[str | int, ...] = ("services", service, "volumes", index)
     mount = parse_mount(entry)
@@ -612,16 +666,22 @@ def _check_mount(
             return [Finding(path, f"undefined volume {mount.source!r}")]
         return []
     host = resolve_path.get((service, index), mount.source)
+    if ".git" in host.split("/") or any(_inside(f, host) for f in forbidden):
+        return [Finding(path, f"bind mount of {host} would expose the spec repository's .git "
+                              "(its remote URL and credentials): never mountable")]
     if host in DOCKER_SOCKETS or host.endswith("/docker.sock"):
         if policy.allow_docker_socket:
             return []
         return [Finding(path, "mounting the Docker socket is refused (host policy: "
                               "allow_docker_socket)")]
     roots = [*allowed_roots, *policy.allow_bind_mounts]
-    if any(_inside(host, root) for root in roots):
-        return []
-    return [Finding(path, f"bind mount of {host} is outside the spec directory and the host's "
-                          "allow-list (host policy: allow_bind_mounts)")]
+    if not any(_inside(host, root) for root in roots):
+        return [Finding(path, f"bind mount of {host} is outside the spec directory and the "
+                              "host's allow-list (host policy: allow_bind_mounts)")]
+    if any(_inside(sock, host) for sock in DOCKER_SOCKETS) and not policy.allow_docker_socket:
+        return [Finding(path, f"bind mount of {host} contains the Docker socket: refused "
+                              "(host policy: allow_docker_socket)")]
+    return []
 
 
 def _inside(path: str, root: str) -> bool:
@@ -629,7 +689,39 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root + "/") or root == "/"
 
 
-def _check_security(name: str, svc: Service, policy: HostPolicy) -> list[Finding]:
+# namespace modes that stay inside the container (or the project) without any policy
+_OWN_MODES = {"network_mode": frozenset({"none"}), "pid": frozenset(),
+              "ipc": frozenset({"private", "shareable", "none"})}
+
+
+def _check_namespace(base: tuple[str | int, ...], key: str, value: str, policy: HostPolicy,
+                     services: Iterable[str]) -> list[Finding]:
+    """`host`, `bridge` and `container:<any container>` join the host's or a foreign
+    container's namespaces (host policy); `service:<name>` must name a service of this
+    project; anything else is refused rather than handed to Docker to interpret."""
+    mode, sep, target = value.partition(":")
+    if value in _OWN_MODES[key]:
+        return []
+    if sep and mode == "service":
+        if target in services:
+            return []
+        return [Finding((*base, key), f"{key}: service:{target[:60]} is not a service of "
+                                      "this project")]
+    host_modes = ("host", "bridge", "default") if key == "network_mode" else ("host",)
+    if value in host_modes or (sep and mode == "container"):
+        if policy.allow_host_namespaces:
+            return []
+        what = f"{mode}:..." if sep else value
+        return [Finding((*base, key), f"{key}: {what} joins the host's or another container's "
+                                      "namespace: refused (host policy: "
+                                      "allow_host_namespaces)")]
+    allowed = [*sorted(_OWN_MODES[key]), "host", "container:NAME", "service:NAME"]
+    return [Finding((*base, key), f"{key}: unsupported value (use one of "
+                                  f"{', '.join(allowed)}; to join a network, use `networks`)")]
+
+
+def _check_security(name: str, svc: Service, policy: HostPolicy,
+                    services: Iterable[str] = ()) -> list[Finding]:
     base: tuple[str | int, ...] = ("services", name)
     out: list[Finding] = []
     if svc.privileged and not policy.allow_privileged:
@@ -637,9 +729,8 @@ def _check_security(name: str, svc: Service, policy: HostPolicy) -> list[Finding
                            "privileged containers are refused (host policy: allow_privileged)"))
     for key in ("network_mode", "pid", "ipc"):
         value = getattr(svc, key)
-        if value == "host" and not policy.allow_host_namespaces:
-            out.append(Finding((*base, key), f"{key}: host is refused "
-                                             "(host policy: allow_host_namespaces)"))
+        if value is not None:
+            out.extend(_check_namespace(base, key, value, policy, services))
     for i, opt in enumerate(svc.security_opt):
         if opt.replace("=", ":").split(":")[0] != "no-new-privileges" and (
                 not policy.allow_privileged):

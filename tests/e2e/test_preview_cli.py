@@ -90,9 +90,14 @@ def test_dry_run_in_the_repo_root_plans_the_production_stack(tmp_path: Path) -> 
 
 
 @pytest.mark.docker
-def test_secret_canary_never_appears(host: Host) -> None:
+def test_secret_canary_never_appears(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the env file lives outside the spec (so no spec copy in the state dir holds it), in a
+    # directory the host policy lists in env_file_roots
     env = host.root / "secrets" / "auth.env"
     env.parent.mkdir()
+    policy = host.root / "policy.yaml"
+    policy.write_text(f"env_file_roots: [{env.parent}]\n")
+    monkeypatch.setenv("RECONCILER_POLICY", str(policy))
     env.write_text(f"AUTH_TOKEN_SECRET={CANARY}\nJWT_SECRET={CANARY}-{CANARY}\n")
     env.chmod(0o600)
     spec = swap(STACK, "    environment: {APP_NAME: auth}",

@@ -150,12 +150,15 @@ def total(body: str, name: str) -> float:
 
 
 def test_dashboard_and_alerts_against_a_real_prometheus(
-    host: Host, prometheus: Callable[[int], Running]
+    host: Host, prometheus: Callable[[int], Running], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started = time.monotonic()
     tool("promtool")
     env_file = host.root / "env" / "auth.env"
     env_file.parent.mkdir()
+    policy = host.root / "policy.yaml"  # env files outside the spec: listed by the host
+    policy.write_text(f"env_file_roots: [{env_file.parent}]\n")
+    monkeypatch.setenv("RECONCILER_POLICY", str(policy))
     env_file.write_text(f"CANARY_SECRET={CANARY}\n")
     env_file.chmod(0o600)
     good = swap(STACK, "deadline: 20s", "deadline: 8s")

@@ -96,6 +96,7 @@ def case_changed_image(tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, lis
 
 @case
 def case_changed_env_file_content(tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, list[str]]:
+    (tmp_path / ".git").mkdir()  # one checkout holds both spec dirs and the env file
     env = tmp_path / "db.env"
     env.write_text("DB_PASSWORD=first-strong-secret-value\n")
     env.chmod(0o600)

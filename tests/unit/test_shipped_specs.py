@@ -65,7 +65,7 @@ def test_production_spec_only_warns_about_absent_env_files(prod: LoadedSpec) -> 
     assert prod.warnings, "the host's env files are not in the repo: expect warnings"
     for warning in prod.warnings:
         assert "env file of" in warning.message and "file not found" in warning.message, warning
-        assert warning.location.file.startswith("/opt/metro/env/"), warning
+        assert warning.location.file.startswith("/opt/env/"), warning
 
 
 def test_production_spec_with_admin_profile_only_warns_about_env_files(
@@ -140,7 +140,7 @@ def test_production_secrets_only_in_host_env_files(prod_admin: LoadedSpec) -> No
         for key in svc.environment:
             assert not SECRETISH.search(key), f"{name}: {key} belongs in an env file"
         for declared in svc.env_file:
-            assert declared == f"/opt/metro/env/{name}.env", (name, declared)
+            assert declared == f"/opt/env/{name}.env", (name, declared)
 
 
 def test_stateful_services_are_stop_first_on_named_volumes(prod: LoadedSpec) -> None:
