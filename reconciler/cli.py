@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     history = sub.add_parser("history", help="every apply, revert and rollback")
     _common(history, suppress=True)
 
-    from reconciler.importing import add_parser as add_import_parser
+    from reconciler.importer.cli import add_parser as add_import_parser
 
     _common(add_import_parser(sub), suppress=True)
 
@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "rollback":
             return asyncio.run(cmd_rollback(args))
         if command == "import-compose":
-            from reconciler.importing import cmd_import_compose
+            from reconciler.importer.cli import cmd_import_compose
 
             return cmd_import_compose(args)
         return asyncio.run(cmd_run(args))

@@ -50,6 +50,7 @@ class Located:
     value: Any  # dict[str, Located] | list[Located] | str | int | float | bool | None
     file: str
     line: int | None
+    source: str | None = None  # the text as written, when the importer interpolated it
 
 
 class YamlRefused(Exception):
