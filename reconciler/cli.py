@@ -22,6 +22,7 @@ from reconciler.execute import Progress
 from reconciler.loading import LoadedSpec, SpecError, load, load_policy
 from reconciler.persistence import State, StateError, default_state_dir
 from reconciler.plans import Plan, compute
+from reconciler.printable import SafeStream
 from reconciler.runtimes import EngineUnavailable, Runtime, RuntimeError_
 from reconciler.snapshots import Snapshot, empty
 
@@ -101,6 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI. Everything it prints goes through `printable.SafeStream`: names and messages
+    from a spec or a compose file cannot send terminal escape sequences."""
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = SafeStream(sys.stdout), SafeStream(sys.stderr)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command or ("plan" if args.dry_run else "run")
     for name in ("git_pull", "metrics_addr", "resync"):
