@@ -120,11 +120,16 @@ def _parse(text: str, name: str, budget: Budget, *, pure: bool) -> Located | Non
         line = mark.line + 1 if mark is not None else None
         message = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
         raise YamlRefused(name, line, message.split(" with value")[0][:200]) from None
-    except (YAMLError, RecursionError, ValueError, TypeError) as exc:
+    except YAMLError as exc:
         if not pure:
             raise _Fallback from None
-        raise YamlRefused(name, None, " ".join(str(exc).split()).split(" with value")[0][:200]
-                          if isinstance(exc, YAMLError) else "invalid YAML") from None
+        raise YamlRefused(name, None,
+                          " ".join(str(exc).split()).split(" with value")[0][:200]) from None
+    except Exception as exc:
+        if not pure:
+            raise _Fallback from None
+        raise YamlRefused(name, None, f"invalid YAML (the parser failed: "
+                                      f"{type(exc).__name__})") from None
     if len(docs) > 1:
         raise YamlRefused(name, None, "one YAML document per file")
     try:

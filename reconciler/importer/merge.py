@@ -126,7 +126,8 @@ def resolve_extends(raw: dict[str, Y], remarks: list[Remark]) -> dict[str, Y]:
         rest = Y({k: v for k, v in y.value.items() if k != "extends"}, y.file, y.line)
         base_name = as_text(ext.value) if isinstance(ext.value, str) else (
             as_text(ext.value["service"].value) if isinstance(ext.value, dict)
-            and "service" in ext.value else "")
+            and "service" in ext.value and not isinstance(ext.value["service"].value,
+                                                          dict | list) else "")
         if isinstance(ext.value, dict) and "file" in ext.value:
             remarks.append(Remark(Kind.UNSUPPORTED, ext.file, ext.line,
                                   ("services", name, "extends"),

@@ -16,8 +16,8 @@ from reconciler import yamlread
 from reconciler.loading import format_path
 from reconciler.yamlread import Located as Y
 
-__all__ = ["ComposeError", "CycleReport", "ImportResult", "Kind", "Remark", "Source", "Y",
-           "as_text", "err", "parse", "plain"]
+__all__ = ["ComposeError", "CycleReport", "ImportResult", "Kind", "NotText", "Remark",
+           "Source", "Y", "as_text", "err", "parse", "plain"]
 
 
 class Kind(StrEnum):
@@ -124,8 +124,15 @@ def plain(y: Y | None) -> Any:
     return yamlread.to_plain(y)
 
 
+class NotText(ValueError):
+    """A list or a mapping where compose expects a scalar."""
+
+
 def as_text(value: Any) -> str:
-    """A scalar as compose writes it (`true`/`false` for booleans)."""
+    """A scalar as compose writes it (`true`/`false` for booleans); `NotText` for a list or
+    a mapping (never their Python repr)."""
+    if isinstance(value, dict | list):
+        raise NotText
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 
 from reconciler.importer import deploy, keys, mounts
 from reconciler.importer.draft import Draft
-from reconciler.importer.model import Kind, Y, as_text
+from reconciler.importer.model import Kind, NotText, Y, as_text
 
 SERVICE_ORDER = (
     "tier", "image", "pull_policy", "replicas", "profiles", "command", "entrypoint",
@@ -110,7 +110,11 @@ def convert_service(name: str, y: Y, *, project_dir: str = "", out_dir: str = ""
         if handler is None:
             svc.unsupported(value, (key,), HINTS.get(key, ""))
         else:
-            handler(svc, value, items)
+            try:
+                handler(svc, value, items)
+            except NotText:
+                svc.remark(Kind.ERROR, value, (key,), "expected a scalar (or a list of "
+                           "scalars), found a nested list or mapping")
     if "replicas" in svc.data and svc.data["replicas"] == 1:
         del svc.data["replicas"]
     return svc

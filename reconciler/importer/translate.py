@@ -21,6 +21,7 @@ from reconciler.importer.model import (
     CycleReport,
     ImportResult,
     Kind,
+    NotText,
     Remark,
     Source,
     Y,
@@ -94,7 +95,7 @@ def import_compose(
     top: dict[str, Y] = merged.value
 
     compose_project = compose_project_name(
-        as_text(top["name"].value) if "name" in top and top["name"].value
+        _scalar(top["name"], ("name",), remarks) if "name" in top and top["name"].value
         else environ.get("COMPOSE_PROJECT_NAME") or project_fallback)
     project = sanitise_project(compose_project)
     for key, value in top.items():
@@ -271,6 +272,14 @@ def _secrets_outside_environment(top: Mapping[str, Y],
     return out
 
 
+def _scalar(y: Y, path: tuple[str | int, ...], remarks: list[Remark]) -> str:
+    try:
+        return as_text(y.value)
+    except NotText:
+        remarks.append(err(y.file, y.line, path, "expected a string, found a list or a mapping"))
+        return ""
+
+
 def _top_networks(y: Y, remarks: list[Remark]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     if not isinstance(y.value, dict):
@@ -283,11 +292,11 @@ def _top_networks(y: Y, remarks: list[Remark]) -> dict[str, dict[str, Any]]:
                 if isinstance(value.value, dict):  # legacy `external: {name: x}`
                     entry["external"] = True
                     if "name" in value.value:
-                        entry["name"] = as_text(value.value["name"].value)
+                        entry["name"] = _scalar(value.value["name"], (*path, "name"), remarks)
                 elif value.value is True:
                     entry[key] = True
             elif key in ("driver", "name"):
-                entry[key] = as_text(value.value)
+                entry[key] = _scalar(value, path, remarks)
             elif key == "attachable":
                 remarks.append(Remark(Kind.NOTE, value.file, value.line, path, "dropped "
                                       "(swarm only)"))
@@ -310,11 +319,11 @@ def _top_volumes(y: Y, remarks: list[Remark]) -> dict[str, dict[str, Any]]:
                 if isinstance(value.value, dict):
                     entry["external"] = True
                     if "name" in value.value:
-                        entry["name"] = as_text(value.value["name"].value)
+                        entry["name"] = _scalar(value.value["name"], (*path, "name"), remarks)
                 elif value.value is True:
                     entry["external"] = True
             elif key in ("driver", "name"):
-                entry[key] = as_text(value.value)
+                entry[key] = _scalar(value, path, remarks)
             else:
                 hint = ("create the volume yourself (docker volume create ... with these "
                         "options) and mark it `external: true`") if key == "driver_opts" else ""
