@@ -23,6 +23,7 @@ from reconciler.execute import Progress
 from reconciler.loading import LoadedSpec, SpecError, load, load_policy
 from reconciler.persistence import State, StateError, default_state_dir
 from reconciler.plans import Plan, compute
+from reconciler.printable import SafeStream
 from reconciler.runtimes import EngineError, EngineUnavailable, Runtime
 from reconciler.snapshots import Snapshot, empty
 
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     history = sub.add_parser("history", help="every apply, revert and rollback")
     _common(history, suppress=True)
 
-    from reconciler.importing import add_parser as add_import_parser
+    from reconciler.importer.cli import add_parser as add_import_parser
 
     _common(add_import_parser(sub), suppress=True)
 
@@ -108,6 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI. Everything it prints goes through `printable.SafeStream`: names and messages
+    from a spec or a compose file cannot send terminal escape sequences."""
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = SafeStream(sys.stdout), SafeStream(sys.stderr)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command or ("plan" if args.dry_run else "run")
     for name in ("git_pull", "metrics_addr", "resync"):
@@ -129,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "rollback":
             return asyncio.run(cmd_rollback(args))
         if command == "import-compose":
-            from reconciler.importing import cmd_import_compose
+            from reconciler.importer.cli import cmd_import_compose
 
             return cmd_import_compose(args)
         if command == "export":

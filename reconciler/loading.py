@@ -20,13 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from reconciler import hostfiles
+from reconciler import hostfiles, yamlread
 from reconciler.envfiles import EnvFile, EnvFinding, check_env_files, parse_dotenv
 from reconciler.labels import keyed_digest
+from reconciler.safefiles import UnsafeFile, kind_of, read_regular_file
 from reconciler.specs import (
     Finding,
     HostPolicy,
@@ -35,15 +33,14 @@ from reconciler.specs import (
     parse_mount,
     validate,
 )
+from reconciler.yamlread import Budget, YamlRefused
 
-MAX_FILE_BYTES = 1024 * 1024
-MAX_DEPTH = 32
-MAX_ALIASES = 256
-MAX_NODES = 200_000
 MAX_BOUND_TREE_FILES = 2000
 MAX_DIGEST_BYTES = 128 * 1024 * 1024  # bind-mounted spec files read into fingerprints, per load
-MAX_ENV_FILE_BYTES = 256 * 1024
+MAX_ENV_FILE_BYTES = 256 * 1024  # one env file
 MAX_POLICY_BYTES = 64 * 1024
+MAX_SPEC_FILES = 200  # *.yaml/*.yml files in one spec directory
+MAX_SPEC_BYTES = 8 * 1024 * 1024  # all of them together (each: yamlread.MAX_FILE_BYTES)
 
 # Without the host's key (a preview on a host that never applied), fingerprints are keyed
 # with a key of this process: never an unkeyed hash over env-file contents.
@@ -154,125 +151,28 @@ def format_path(path: KeyPath) -> str:
 # --- YAML -----------------------------------------------------------------------------------
 
 
-class _Plain:
-    """Converts parsed YAML to plain data with caps on depth, aliases and total values
-    (alias expansion: a billion-laughs document is refused, never expanded); with
-    round-trip nodes it also records each key's line."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.nodes = 0
-        self.aliases = 0
-        self.seen: set[int] = set()
-        self.locations: dict[KeyPath, Location] = {}
-
-    def _refuse(self, line: int | None, path: KeyPath, message: str) -> SpecError:
-        return SpecError([Problem(Location(self.name, line), path, message)])
-
-    def convert(self, node: Any, path: KeyPath, line: int | None, depth: int = 0) -> Any:
-        self.nodes += 1
-        if self.nodes > MAX_NODES:
-            raise self._refuse(line, (), f"more than {MAX_NODES} values after alias "
-                                         "expansion (YAML bomb?)")
-        if depth > MAX_DEPTH:
-            raise self._refuse(line, (), f"nesting deeper than {MAX_DEPTH} levels")
-        if line is not None:
-            self.locations.setdefault(path, Location(self.name, line))
-        if isinstance(node, dict | list):
-            if id(node) in self.seen:
-                self.aliases += 1
-                if self.aliases > MAX_ALIASES:
-                    raise self._refuse(line, (), f"more than {MAX_ALIASES} aliases "
-                                                 "(YAML bomb?)")
-            self.seen.add(id(node))
-        if isinstance(node, dict):
-            out: dict[str, Any] = {}
-            for key, value in node.items():
-                if not isinstance(key, str | int | float | bool) or key is None:
-                    raise self._refuse(line, path, "mapping keys must be strings")
-                skey = str(key) if not isinstance(key, bool) else str(key).lower()
-                kline = line
-                if isinstance(node, CommentedMap):
-                    try:
-                        kline = node.lc.key(key)[0] + 1
-                    except (KeyError, TypeError, AttributeError):
-                        kline = line
-                out[skey] = self.convert(value, (*path, skey), kline, depth + 1)
-            return out
-        if isinstance(node, list):
-            items = []
-            for i, value in enumerate(node):
-                iline = line
-                if isinstance(node, CommentedSeq):
-                    try:
-                        iline = node.lc.item(i)[0] + 1
-                    except (KeyError, TypeError, AttributeError, IndexError):
-                        iline = line
-                items.append(self.convert(value, (*path, i), iline, depth + 1))
-            return items
-        if isinstance(node, str):
-            return str(node)
-        if node is None or isinstance(node, bool | int | float):
-            return node
-        return str(node)  # timestamps and other scalars: keep the text
+def _refused(exc: YamlRefused) -> SpecError:
+    return SpecError([Problem(Location(exc.file, exc.line), exc.path, exc.message)])
 
 
-def read_yaml(path: Path, display: str, *,
-              lines: bool = True) -> tuple[dict[str, Any], dict[KeyPath, Location]]:
-    """Parse one file (YAML 1.2, duplicate keys rejected, capped). `lines=False` takes the
-    fast C parser and records no key lines; the loader re-reads with lines only to report
-    problems. The round-trip parser is the authority: the C parser (YAML 1.1 syntax) is
-    stricter in corners, so any error it raises is decided by the round-trip parser."""
+def read_yaml(path: Path, display: str, *, lines: bool = True, data: bytes | None = None,
+              budget: Budget | None = None) -> tuple[dict[str, Any], dict[KeyPath, Location]]:
+    """Parse one file with the shared capped reader (`yamlread`: YAML 1.2, duplicate keys
+    rejected, depth/alias/size caps checked before anything is built). `lines=False` takes
+    the fast C parser and records no key lines; the loader re-reads with lines only to report
+    problems. `data`: the file's bytes when the caller has read them already."""
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise SpecError([Problem(Location(display, None), (),
-                                     f"file is larger than {MAX_FILE_BYTES} bytes")])
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError([Problem(Location(display, None), (),
-                                 f"cannot read: {exc.strerror}")]) from None
-    except UnicodeDecodeError:
-        raise SpecError([Problem(Location(display, None), (), "not UTF-8 text")]) from None
-    if not lines:
-        fast = YAML(typ="safe", pure=False)
-        fast.allow_duplicate_keys = False
-        try:
-            return _plain_doc(list(fast.load_all(text)), display, lines=False)
-        except (YAMLError, RecursionError):
-            pass
-    rt = YAML(typ="rt")
-    rt.allow_duplicate_keys = False
-    try:
-        docs = list(rt.load_all(text))
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        message = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
-        if "duplicate key" in message:
-            message = message.split(" with value")[0]
-        raise SpecError([Problem(Location(display, line), (), message)]) from None
-    except YAMLError as exc:
-        raise SpecError([Problem(Location(display, None), (),
-                                 " ".join(str(exc).split())[:200])]) from None
-    except RecursionError:
-        raise SpecError([Problem(Location(display, None), (),
-                                 f"nesting deeper than {MAX_DEPTH} levels")]) from None
-    return _plain_doc(docs, display, lines=True)
-
-
-def _plain_doc(docs: list[Any], display: str, *,
-               lines: bool) -> tuple[dict[str, Any], dict[KeyPath, Location]]:
-    docs = [d for d in docs if d is not None]
-    if not docs:
+        text = (yamlread.decode(data, display) if data is not None
+                else yamlread.read_text(str(path), display))
+        root = yamlread.parse(text, display, lines=lines, budget=budget)
+    except YamlRefused as exc:
+        raise _refused(exc) from None
+    if root is None:
         return {}, {}
-    if len(docs) > 1:
-        raise SpecError([Problem(Location(display, None), (), "one YAML document per file")])
-    plain = _Plain(display)
-    data = plain.convert(docs[0], (), 1 if lines else None)
-    if not isinstance(data, dict):
+    if not isinstance(root.value, dict):
         raise SpecError([Problem(Location(display, 1), (), "the file must be a mapping")])
-    return data, plain.locations
+    locations = {k: Location(display, line) for k, line in yamlread.lines_of(root).items()}
+    return yamlread.to_plain(root), locations
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -329,21 +229,22 @@ def _load(
     if not root.is_dir():
         raise SpecError([Problem(Location(_display(root), None), (),
                                  "spec directory not found")])
-    files = sorted(root / p.name for p in root.iterdir()
-                   if p.suffix in (".yaml", ".yml") and p.is_file() and not p.name.startswith("."))
-    if not files:
+    contents, problems = _spec_files(root)
+    files = list(contents)
+    if not files and not problems:
         raise SpecError([Problem(Location(_display(root), None), (),
                                  "no *.yaml or *.yml files in the spec directory")])
     raw: dict[str, Any] = {}
     origin: dict[KeyPath, str] = {}  # top-level key / (section, name) -> file
     locations: dict[KeyPath, Location] = {}
-    problems: list[Problem] = []
     digests: dict[str, str] = {}
+    budget = Budget()  # the YAML caps hold for the whole directory
     for path in files:
         display = _display(path)
-        digests[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+        digests[str(path)] = hashlib.sha256(contents[path]).hexdigest()
         try:
-            data, locs = read_yaml(path, display, lines=lines)
+            data, locs = read_yaml(path, display, lines=lines, data=contents[path],
+                                   budget=budget)
         except SpecError as exc:
             problems.extend(exc.problems)
             continue
@@ -438,13 +339,13 @@ def _load(
     findings += env_findings
     refused = {(f.path[1], f.path[3]) for f in findings if not f.warning
                and len(f.path) == 4 and f.path[0] == "services" and f.path[2] == "volumes"}
-    budget = [MAX_DIGEST_BYTES]
+    digest_budget = [MAX_DIGEST_BYTES]
     digested: dict[str, tuple[str, str | None]] = {}
     for (name, i), host in sorted(bind_sources.items()):
         if (name, i) in refused or not any(_inside(host, r) for r in allowed_roots):
             continue  # refused or outside the spec tree: never read
         if host not in digested:
-            digested[host] = _digest_tree(Path(host), budget)
+            digested[host] = _digest_tree(Path(host), digest_budget)
         digest, problem = digested[host]
         if problem:
             findings.append(Finding(("services", name, "volumes", i), problem))
@@ -474,6 +375,58 @@ def _load(
         revision=None if bind_root is not None else _git_revision(spec_dir),
         locations=locations, root=str(repo),
     )
+
+
+def _spec_files(root: Path) -> tuple[dict[Path, bytes], list[Problem]]:
+    """The spec files of `root` (not hidden, `*.yaml`/`*.yml`), each read once and bounded:
+    regular files, or symlinks to regular files inside the spec directory (resolved with
+    every link on the way); FIFOs, devices, sockets and links that leave the directory are
+    refused by name, never opened. At most MAX_SPEC_FILES files and MAX_SPEC_BYTES in all."""
+    here = Location(_display(root), None)
+    try:
+        names = sorted(e.name for e in os.scandir(root)
+                       if e.name.endswith((".yaml", ".yml")) and not e.name.startswith("."))
+    except OSError as exc:
+        return {}, [Problem(here, (), f"cannot read the spec directory: {exc.strerror}")]
+    if len(names) > MAX_SPEC_FILES:
+        return {}, [Problem(here, (), f"{len(names)} spec files: more than {MAX_SPEC_FILES} "
+                                      "*.yaml/*.yml files in one spec directory")]
+    real_root = os.path.realpath(root)
+    contents: dict[Path, bytes] = {}
+    problems: list[Problem] = []
+    total = 0
+    for name in names:
+        path = root / name
+        where = Location(_display(path), None)
+        target = str(path)
+        try:
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                target = os.path.realpath(path)
+                if not _inside(target, real_root):
+                    problems.append(Problem(where, (), "is a symlink to a file outside the "
+                                                       "spec directory (refused)"))
+                    continue
+                st = os.stat(target)
+        except OSError as exc:
+            problems.append(Problem(where, (), f"cannot read: {exc.strerror}"))
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            continue  # a directory named *.yaml is not a spec file
+        if not stat.S_ISREG(st.st_mode):
+            problems.append(Problem(where, (), f"is {kind_of(st.st_mode)}, not a regular file "
+                                               "(refused, never opened)"))
+            continue
+        try:
+            contents[path] = read_regular_file(target, yamlread.MAX_FILE_BYTES)
+        except UnsafeFile as exc:
+            problems.append(Problem(where, (), exc.reason))
+            continue
+        total += len(contents[path])
+        if total > MAX_SPEC_BYTES:
+            return {}, [Problem(here, (), f"the spec files hold more than {MAX_SPEC_BYTES} "
+                                          "bytes together")]
+    return contents, problems
 
 
 def _inside(path: str, root: str) -> bool:

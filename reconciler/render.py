@@ -11,6 +11,7 @@ from typing import Any
 
 from reconciler.labels import UNKNOWN
 from reconciler.plans import Action, FieldChange, Plan, Step
+from reconciler.printable import clean
 from reconciler.specs import UpdateOrder
 
 SYMBOLS = {
@@ -83,7 +84,14 @@ def _paint(text: str, sym: str, color: bool) -> str:
 
 
 def text(plan: Plan, *, color: bool = False, revision: str | None = None) -> str:
-    """The plan as text, like `terraform plan`: per tier, per service, then a summary."""
+    """The plan as text. Names and values from the spec are shown with control characters
+    escaped (a tier named with a terminal escape sequence cannot repaint the terminal)."""
+    painted: dict[int, str] = {}  # line index -> symbol whose color paints it
+
+    def paint(line: str, sym: str) -> str:
+        painted[len(lines)] = sym
+        return line
+
     lines = [f'Plan for project "{plan.project}"'
              + (f" at revision {revision[:12]}" if revision else "")]
     if not plan.engine_available:
@@ -93,14 +101,14 @@ def text(plan: Plan, *, color: bool = False, revision: str | None = None) -> str
     if plan.empty:
         lines.append("")
         lines.append("No changes. The host matches the spec.")
-        return "\n".join(lines) + "\n"
+        return "\n".join(clean(line) for line in lines) + "\n"
     lines += ["", LEGEND]
     objects = plan.objects()
     if objects:
         lines += ["", "Networks and volumes"]
         for step in objects:
             kind = "network" if step.action is Action.CREATE_NETWORK else "volume"
-            lines.append(_paint(f"  + {kind} {step.object_name}", "+", color))
+            lines.append(paint(f"  + {kind} {step.object_name}", "+"))
     for n, tier in enumerate(plan.tiers, start=1):
         steps = plan.in_tier(tier)
         lines += ["", f"Tier {n}/{len(plan.tiers)}: {tier}"]
@@ -108,19 +116,20 @@ def text(plan: Plan, *, color: bool = False, revision: str | None = None) -> str
             lines.append("  (no changes)")
             continue
         for step in steps:
-            lines.append(_paint("  " + _step_line(step), symbol(step), color))
+            lines.append(paint("  " + _step_line(step), symbol(step)))
             for change in step.changes:
                 lines.append("        " + _change_line(change))
     orphans = plan.orphans()
     if orphans:
         lines += ["", "Removed from the spec (after every tier passed)"]
         for step in orphans:
-            lines.append(_paint("  " + _step_line(step), "-", color))
+            lines.append(paint("  " + _step_line(step), "-"))
     lines += _edge_lines(plan)
     c = plan.counts()
     lines += ["", f"Plan: {c['create']} to create, {c['replace']} to replace, "
                   f"{c['start']} to start, {c['remove']} to remove."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(_paint(clean(line), painted.get(i, ""), color)
+                     for i, line in enumerate(lines)) + "\n"
 
 
 def edge_update(plan: Plan) -> str | None:

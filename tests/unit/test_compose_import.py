@@ -15,8 +15,8 @@ import pytest
 from ruamel.yaml import YAML
 
 from reconciler import cli
-from reconciler.compose import Kind, Source, image_role, import_compose
 from reconciler.desired import build
+from reconciler.importer import Kind, Source, image_role, import_compose
 from reconciler.loading import load
 
 ROOT = Path(__file__).resolve().parents[2]
