@@ -83,9 +83,10 @@ fi
 
 # 2. Debian packages -----------------------------------------------------------------------
 # busybox-static: the small images; nginx: the edge image's binary; prometheus: promtool and
-# prometheus in tests; docker-compose: the benchmark comparison; git: spec checkouts.
+# prometheus in tests; docker-compose: the benchmark comparison; git: spec checkouts;
+# docker-registry + apache2-utils (htpasswd): the private-registry credentials test.
 missing=()
-for pkg in busybox-static nginx prometheus docker-compose git python3-venv; do
+for pkg in busybox-static nginx prometheus docker-compose git python3-venv docker-registry apache2-utils; do
     installed "$pkg" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -13,7 +13,7 @@ import json
 import os
 import secrets
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -21,6 +21,7 @@ from reconciler import render
 from reconciler.desired import Desired, build
 from reconciler.execute import Progress
 from reconciler.loading import LoadedSpec, SpecError, load, load_policy
+from reconciler.operate import OperateError
 from reconciler.persistence import State, StateError, default_state_dir
 from reconciler.plans import Plan, compute
 from reconciler.printable import SafeStream
@@ -28,7 +29,7 @@ from reconciler.runtimes import EngineError, EngineUnavailable, Runtime
 from reconciler.snapshots import Snapshot, empty
 
 if TYPE_CHECKING:
-    from reconciler.reconcile import PassResult
+    from reconciler.reconcile import PassResult, Reconciler
 
 EXIT_OK, EXIT_FAILED, EXIT_CHANGES = 0, 1, 2
 # a host without a key previews with a key of this process: a fixed, public key would make
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Converge one Docker host to a declarative spec, tier by tier.",
     )
     _common(parser, suppress=False)
+    parser.add_argument("--version", action="version", version=f"reconciler {version()}")
     parser.add_argument("--dry-run", action="store_true",
                         help="preview the plan: exit 0 in sync, 2 changes, 1 error")
     parser.add_argument("--json", action="store_true", default=False,
@@ -88,9 +90,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="desired vs running vs healthy, per tier and service")
     _common(status, suppress=True)
+    status.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the status as JSON (for scripts)")
 
     history = sub.add_parser("history", help="every apply, revert and rollback")
     _common(history, suppress=True)
+    history.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                         help="print the history as JSON (for scripts)")
+
+    logs = sub.add_parser("logs", help="the logs of every replica of a service, prefixed")
+    _common(logs, suppress=True)
+    logs.add_argument("service", metavar="SERVICE")
+    logs.add_argument("-f", "--follow", action="store_true", help="follow until Ctrl-C")
+    logs.add_argument("--tail", metavar="N", type=int, default=None,
+                      help="lines per container (default: all with -f, else the last "
+                           "500)")
+    logs.add_argument("--since", metavar="WHEN",
+                      help="only lines since a duration ago (10m) or a time (RFC 3339)")
+
+    restart = sub.add_parser("restart", help="rolling, health-gated restart of a service")
+    _common(restart, suppress=True)
+    restart.add_argument("service", metavar="SERVICE")
+
+    exec_ = sub.add_parser("exec", help="run a command in a replica: exec SERVICE -- CMD")
+    _common(exec_, suppress=True)
+    exec_.add_argument("--replica", metavar="N", type=int, default=None,
+                       help="the replica (default: the first running one)")
+    exec_.add_argument("service", metavar="SERVICE")
+    exec_.add_argument("cmd", metavar="CMD", nargs=argparse.REMAINDER)
 
     from reconciler.importer.cli import add_parser as add_import_parser
 
@@ -138,6 +165,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(cmd_status(args))
         if command == "history":
             return cmd_history(args)
+        if command in ("logs", "exec", "restart"):
+            return asyncio.run(OPERATE[command](args))
         if command == "rollback":
             return asyncio.run(cmd_rollback(args))
         if command == "import-compose":
@@ -157,6 +186,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except EngineError as exc:
         print(f"reconciler: engine: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OperateError as exc:
+        print(f"reconciler: {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
@@ -325,17 +357,22 @@ async def _runtime() -> Runtime:
     return await DockerRuntime.connect(timeout_s=engine_timeout())
 
 
-async def cmd_apply(args: argparse.Namespace) -> int:
+def reconciler_for(args: argparse.Namespace, state: State, runtime: Runtime) -> Reconciler:
+    """The reconciler of an acting command (progress printed)."""
     from reconciler.reconcile import Reconciler
 
+    return Reconciler(spec_dir=spec_dir(args), state=state, runtime=runtime,
+                      profiles=tuple(args.profile), policy=load_policy(),
+                      report=progress_printer())
+
+
+async def cmd_apply(args: argparse.Namespace) -> int:
     state = State(state_dir(args))
     load_spec(args, strict=True)  # a bad spec is reported as file:line, engine or not
     with state.lock():
         runtime = await _runtime()
         try:
-            rec = Reconciler(spec_dir=spec_dir(args), state=state, runtime=runtime,
-                             profiles=tuple(args.profile), policy=load_policy(),
-                             report=progress_printer())
+            rec = reconciler_for(args, state, runtime)
             res = await rec.reconcile()
         finally:
             await runtime.close()
@@ -366,16 +403,49 @@ def report_pass(res: PassResult) -> int:
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
+    from reconciler import operate
+    from reconciler.reconcile import observe
+
     state = State(state_dir(args))
     key = preview_key(args)
     loaded = load_spec(args, strict=False, key=key)
     desired = build(loaded, key)
-    snapshot = await observe_or_empty(desired.project)
-    if not snapshot.engine_available:
+    try:
+        runtime = await _runtime()
+    except EngineUnavailable:
         print("reconciler: no Docker engine reachable", file=sys.stderr)
         return EXIT_FAILED
+    try:
+        snapshot = await observe(runtime, desired.project)
+        started = await operate.started_times(runtime, snapshot.containers)
+    finally:
+        await runtime.close()
+    now = operate.now()
     good = state.last_good()
     quarantined = state.quarantined()
+    services: list[dict[str, Any]] = []
+    for tier in desired.tiers:
+        for svc in desired.in_tier(tier):
+            mine = sorted(snapshot.of_service(svc.name), key=lambda c: (c.replica or 0, c.name))
+            running = [c for c in mine if c.state.value == "running"]
+            healthy = [c for c in running if c.health.value in ("healthy", "none")]
+            current = [c for c in mine if c.fingerprint == svc.fingerprint]
+            match = len(current) == svc.replicas == len(mine)
+            rows = [dict(operate.container_row(c, started.get(c.id), now=now),
+                         current=c.fingerprint == svc.fingerprint) for c in mine]
+            services.append({
+                "name": svc.name, "tier": tier, "desired": svc.replicas,
+                "running": len(running), "healthy": len(healthy), "image": svc.service.image,
+                "fingerprint_match": match, "ok": len(healthy) >= svc.replicas and match,
+                "containers": rows})
+    all_ok = all(s["ok"] for s in services)
+    if getattr(args, "json", False):
+        data = {"project": desired.project, "spec": loaded.fingerprint,
+                "revision": loaded.revision, "last_good": good.label if good else None,
+                "candidate_quarantined": loaded.fingerprint in quarantined,
+                "quarantined": sorted(quarantined), "ok": all_ok, "services": services}
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return EXIT_OK if all_ok else EXIT_FAILED
     print(f'project "{desired.project}"  spec {loaded.fingerprint}'
           + (f" (revision {loaded.revision[:12]})" if loaded.revision else ""))
     print(f"last-good: {good.label if good else '(none)'}"
@@ -383,20 +453,19 @@ async def cmd_status(args: argparse.Namespace) -> int:
     if quarantined:
         print("quarantined: " + ", ".join(
             f"{fp} ({(q.get('revision') or '')[:12]})" for fp, q in sorted(quarantined.items())))
-    all_ok = True
     for tier in desired.tiers:
         print(f"\n{tier}")
-        for svc in desired.in_tier(tier):
-            mine = snapshot.of_service(svc.name)
-            running = [c for c in mine if c.state.value == "running"]
-            healthy = [c for c in running if c.health.value in ("healthy", "none")]
-            current = [c for c in mine if c.fingerprint == svc.fingerprint]
-            match = "yes" if len(current) == svc.replicas == len(mine) else "no"
-            ok = len(healthy) >= svc.replicas and match == "yes"
-            all_ok = all_ok and ok
-            print(f"  {'ok ' if ok else '!! '}{svc.name:<24} desired {svc.replicas}  running "
-                  f"{len(running)}  healthy {len(healthy)}  image {svc.service.image}  "
-                  f"fingerprint match {match}")
+        for entry in (s for s in services if s["tier"] == tier):
+            print(f"  {'ok ' if entry['ok'] else '!! '}{entry['name']:<24} desired "
+                  f"{entry['desired']}  running {entry['running']}  healthy {entry['healthy']}  "
+                  f"image {entry['image']}  fingerprint match "
+                  f"{'yes' if entry['fingerprint_match'] else 'no'}")
+            for row in entry["containers"]:
+                up = (f"up {operate.human_uptime(row['uptime_s'])}" if row["uptime_s"] is not None
+                      else row["state"])
+                health = "" if row["health"] == "none" else f" ({row['health']})"
+                print(f"      {row['name']:<40} {up}{health}"
+                      + ("" if row["current"] else "  [old generation]"))
     return EXIT_OK if all_ok else EXIT_FAILED
 
 
@@ -404,6 +473,9 @@ def cmd_history(args: argparse.Namespace) -> int:
     import datetime as dt
 
     entries = State(state_dir(args)).history()
+    if getattr(args, "json", False):
+        print(json.dumps([dataclasses.asdict(e) for e in entries], indent=2, sort_keys=True))
+        return EXIT_OK
     if not entries:
         print("no history yet")
     for e in entries:
@@ -414,8 +486,6 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 async def cmd_rollback(args: argparse.Namespace) -> int:
-    from reconciler.reconcile import Reconciler
-
     state = State(state_dir(args))
     with state.lock():
         goods = state.good_revisions()
@@ -436,14 +506,90 @@ async def cmd_rollback(args: argparse.Namespace) -> int:
             target = older[0]
         runtime = await _runtime()
         try:
-            rec = Reconciler(spec_dir=spec_dir(args), state=state, runtime=runtime,
-                             profiles=tuple(args.profile), policy=load_policy(),
-                             report=progress_printer())
+            rec = reconciler_for(args, state, runtime)
             res = await rec.converge_to(target)
         finally:
             await runtime.close()
     return report_pass(res)
 
+
+
+async def cmd_logs(args: argparse.Namespace) -> int:
+    from reconciler import operate
+
+    loaded = load_spec(args, strict=False, key=preview_key(args))
+    since = operate.parse_since(args.since, now=operate.now()) if args.since else None
+    tail = args.tail if args.tail is not None or args.follow or since else operate.DEFAULT_TAIL
+    runtime = await _runtime()
+    try:
+        containers = await operate.service_containers(runtime, loaded.spec.project,
+                                                      args.service)
+        await operate.print_logs(runtime, containers, out=sys.stdout, tail=tail, since=since,
+                                 follow=args.follow)
+    finally:
+        await runtime.close()
+    return EXIT_OK
+
+
+async def cmd_exec(args: argparse.Namespace) -> int:
+    from reconciler import operate
+
+    rest = list(args.cmd)
+    opts, cmd = (rest[:rest.index("--")], rest[rest.index("--") + 1:]) if "--" in rest else (
+        [], rest)
+    if opts:  # `exec SERVICE --replica N -- CMD`: options between SERVICE and `--`
+        late = argparse.ArgumentParser(prog="reconciler exec SERVICE", add_help=False)
+        _common(late, suppress=True)
+        late.add_argument("--replica", metavar="N", type=int, default=argparse.SUPPRESS)
+        late.parse_args(opts, namespace=args)
+    if not cmd:
+        print("reconciler: exec needs a command: reconciler exec SERVICE -- CMD...",
+              file=sys.stderr)
+        return EXIT_FAILED
+    loaded = load_spec(args, strict=False, key=preview_key(args))
+    runtime = await _runtime()
+    try:
+        containers = await operate.service_containers(runtime, loaded.spec.project,
+                                                      args.service)
+        target = operate.pick_replica(containers, args.replica)
+        return await operate.run_exec(runtime, target, cmd, out=sys.stdout,
+                                      isatty=operate.is_tty)
+    finally:
+        await runtime.close()
+
+
+async def cmd_restart(args: argparse.Namespace) -> int:
+    """A rolling, health-gated restart: the planner's replace steps for the service's
+    containers, same generation, carried out by the executor like an update."""
+    from reconciler.restarts import RestartRefused, restart_plan
+
+    state = State(state_dir(args))
+    load_spec(args, strict=True)
+    with state.lock():
+        runtime = await _runtime()
+        try:
+            rec = reconciler_for(args, state, runtime)
+            try:
+                _, plan, outcome = await rec.converge(
+                    rec.load_candidate(),
+                    planner=lambda d, s: restart_plan(d, s, args.service))
+            except RestartRefused as exc:
+                print(f"reconciler: restart: {exc}", file=sys.stderr)
+                return EXIT_FAILED
+        finally:
+            await runtime.close()
+    if outcome is None or not outcome.ok:
+        failure = outcome.failure if outcome is not None else None
+        print(f"Restart of {args.service} FAILED" + (f": {failure}" if failure else "."),
+              file=sys.stderr)
+        return EXIT_FAILED
+    print(f"Restarted {args.service}: {len(plan.steps)} replica(s), one generation, "
+          "health-gated.")
+    return EXIT_OK
+
+
+OPERATE: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
+    "logs": cmd_logs, "exec": cmd_exec, "restart": cmd_restart}
 
 
 async def _connect_with_retry(log: Any) -> Runtime:

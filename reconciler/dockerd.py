@@ -26,7 +26,7 @@ import math
 import os
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 import aiodocker
@@ -36,6 +36,7 @@ from aiodocker.exceptions import DockerError, DockerStreamError
 from reconciler.envfiles import redact
 from reconciler.runtimes import (
     JSON,
+    MAX_LOG_LINE,
     Conflict,
     EngineError,
     EngineEvent,
@@ -259,6 +260,63 @@ class DockerEventStream:
     def __del__(self) -> None:  # last resort: never leak the socket
         with contextlib.suppress(Exception):
             self._close()
+
+
+# --------------------------------------------------------------------------- logs
+
+_LOG_READ: Final = 64 * 1024
+_FRAME_HEADER: Final = 8
+
+
+class _LogLines:
+    """Turns the bytes of a logs response into lines: demultiplexes the engine's 8-byte
+    framed stream (containers without a TTY) and splits lines per stream, each capped at
+    `MAX_LOG_LINE` characters."""
+
+    def __init__(self, *, tty: bool) -> None:
+        self._tty = tty
+        self._raw = bytearray()
+        self._partial: dict[int, bytearray] = {}
+
+    def feed(self, chunk: bytes) -> list[str]:
+        if self._tty:
+            return self._lines(1, chunk)
+        self._raw.extend(chunk)
+        out: list[str] = []
+        while len(self._raw) >= _FRAME_HEADER:
+            stream = self._raw[0]
+            size = int.from_bytes(self._raw[4:8], "big")
+            if len(self._raw) < _FRAME_HEADER + size:
+                break
+            payload = bytes(self._raw[_FRAME_HEADER:_FRAME_HEADER + size])
+            del self._raw[:_FRAME_HEADER + size]
+            out.extend(self._lines(stream, payload))
+        return out
+
+    def _lines(self, stream: int, data: bytes) -> list[str]:
+        buf = self._partial.setdefault(stream, bytearray())
+        buf.extend(data)
+        out: list[str] = []
+        while True:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                if len(buf) < MAX_LOG_LINE:
+                    break
+                nl = MAX_LOG_LINE
+                piece, rest = bytes(buf[:nl]), nl
+            else:
+                piece, rest = bytes(buf[:nl]), nl + 1
+            del buf[:rest]
+            while len(piece) > MAX_LOG_LINE:
+                out.append(piece[:MAX_LOG_LINE].decode("utf-8", "replace"))
+                piece = piece[MAX_LOG_LINE:]
+            out.append(piece.decode("utf-8", "replace"))
+        return out
+
+    def flush(self) -> list[str]:
+        out = [bytes(b).decode("utf-8", "replace") for b in self._partial.values() if b]
+        self._partial.clear()
+        return out
 
 
 # --------------------------------------------------------------------------- runtime
@@ -530,6 +588,46 @@ class DockerRuntime:
             return "".join(str(x) for x in lines)
 
         return await self._call(f"logs of container {container_id}", go)
+
+    async def stream_logs(self, container_id: str, *, tail: int | None = None,
+                          since: float | None = None, follow: bool = False,
+                          ) -> AsyncIterator[str]:
+        """Lines of stdout and stderr; see `Runtime.stream_logs`. Only the connect is bounded
+        by the call timeout when following; without `follow` the whole read is."""
+        what = f"logs of container {container_id}"
+        info = await self.inspect_container(container_id)
+        tty = bool((info.get("Config") or {}).get("Tty"))
+        params: dict[str, str] = {"stdout": "1", "stderr": "1", "follow": "1" if follow else "0",
+                                  "tail": "all" if tail is None else str(max(0, tail))}
+        if since is not None:
+            params["since"] = f"{since:.9f}"
+        timeout = aiohttp.ClientTimeout(total=None if follow else self._timeout_s,
+                                        sock_read=None, sock_connect=self._sock_connect_s)
+
+        async def connect() -> aiohttp.ClientResponse:
+            resp: aiohttp.ClientResponse = await self._docker._do_query(
+                f"containers/{container_id}/logs", "GET", params=params, timeout=timeout)
+            return resp
+
+        resp = await self._call(what, connect)
+        lines = _LogLines(tty=tty)
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(None if follow else self._timeout_s):
+                        chunk = await resp.content.read(_LOG_READ)
+                except (aiohttp.ClientError, OSError) as exc:
+                    raise _map_error(exc, what) from None
+                except TimeoutError:
+                    raise EngineUnavailable(f"{what}: the engine did not answer in time") from None
+                if not chunk:
+                    break
+                for line in lines.feed(chunk):
+                    yield line
+            for line in lines.flush():
+                yield line
+        finally:
+            resp.close()
 
     # ------------------------------------------------------------------ events, close
 

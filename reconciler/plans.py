@@ -86,6 +86,7 @@ class Reason(StrEnum):
     ORPHAN = "service no longer in the spec"
     DUPLICATE = "duplicate container for one replica"
     UNLABELLED = "container of ours without a service or replica label"
+    RESTART = "restart requested"  # `reconciler restart`: same generation, fresh containers
 
 
 @dataclass(frozen=True, slots=True)

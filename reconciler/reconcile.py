@@ -129,7 +129,9 @@ class Reconciler:
         return load(good.directory, strict=True, profiles=self.profiles, policy=self.policy,
                     bind_root=good.root or None, key=self.state.key(create=True))
 
-    async def converge(self, loaded: LoadedSpec) -> tuple[Desired, Plan, ExecutionReport | None]:
+    async def converge(self, loaded: LoadedSpec, *,
+                       planner: Callable[[Desired, Snapshot], Plan] = compute,
+                       ) -> tuple[Desired, Plan, ExecutionReport | None]:
         key = self.state.key(create=True)
         assert key is not None
         spec = loaded.spec
@@ -142,7 +144,7 @@ class Reconciler:
         self.last_desired = desired
         snapshot = await observe(self.rt, desired.project)
         self.last_snapshot = snapshot
-        plan = compute(desired, snapshot)
+        plan = planner(desired, snapshot)
         edge = None
         if spec.edge is not None:
             edge = Edge(self.rt, directory, filename=os.path.basename(spec.edge.upstreams_file),

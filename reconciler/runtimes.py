@@ -9,11 +9,14 @@ must not decide anything: it only names the operations.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 JSON = dict[str, Any]
+
+#: The longest log line `Runtime.stream_logs` yields in one piece (bounded reads).
+MAX_LOG_LINE = 16 * 1024
 
 
 class EngineError(Exception):
@@ -102,6 +105,12 @@ class Runtime(Protocol):
     async def kill_container(self, container_id: str, *, signal: str) -> None: ...
     async def exec_in_container(self, container_id: str, cmd: Sequence[str]) -> ExecResult: ...
     async def container_logs(self, container_id: str, *, tail: int) -> str: ...
+    # stdout and stderr lines (without the newline) as the engine has them: the last `tail`
+    # (None: all), written at or after `since` (Unix seconds); with `follow`, new lines as they
+    # come until the container stops or the consumer closes the iterator. Every line is
+    # capped at `MAX_LOG_LINE` characters (a longer one arrives in pieces).
+    def stream_logs(self, container_id: str, *, tail: int | None = None,
+                    since: float | None = None, follow: bool = False) -> AsyncIterator[str]: ...
 
     # events for containers carrying `label` (create, start, die, stop, kill, oom, destroy,
     # "health_status: ..."); the stream ends when the connection drops (see EventStream)

@@ -341,6 +341,48 @@ async def case_logs_tail(h: Harness) -> None:
     assert await rt.container_logs(cid, tail=2) == "two\nthree\n"
 
 
+async def _collect(it: Any, *, limit: int = 100, timeout_s: float = 15.0) -> list[str]:
+    out: list[str] = []
+    async with asyncio.timeout(timeout_s):
+        async for line in it:
+            out.append(line)
+            if len(out) >= limit:
+                break
+    return out
+
+
+async def case_stream_logs_tail_since_follow(h: Harness) -> None:
+    rt = h.runtime
+    cmd = ["sh", "-c", f"echo err >&2; sleep 1; echo one; echo two; echo three; {KEEPALIVE}"]
+    cid = await rt.create_container(h.name("svc-1"), h.config("svc", cmd=cmd))
+    await rt.start_container(cid)
+
+    async def logged() -> bool:
+        return await _collect(rt.stream_logs(cid)) == ["err", "one", "two", "three"]
+
+    await h.eventually(logged, what="four log lines")
+    assert await _collect(rt.stream_logs(cid, tail=2)) == ["two", "three"]
+    assert await _collect(rt.stream_logs(cid, tail=0)) == []
+    assert await _collect(rt.stream_logs(cid, since=4_000_000_000.0)) == []  # the future
+    # follow: what is there, then new lines until the container stops
+    seen: list[str] = []
+    got_one = asyncio.Event()
+
+    async def follow() -> None:
+        async for line in rt.stream_logs(cid, tail=1, follow=True):
+            seen.append(line)
+            got_one.set()
+
+    task = asyncio.create_task(follow())
+    async with asyncio.timeout(h.timeout_s):
+        await got_one.wait()
+    assert seen == ["three"]
+    await rt.stop_container(cid, timeout_s=5)
+    async with asyncio.timeout(h.timeout_s):
+        await task  # a stopped container ends the stream
+    assert seen == ["three"]
+
+
 async def case_process_exit_code(h: Harness) -> None:
     rt = h.runtime
     cid = await rt.create_container(h.name("job-1"), h.config("job", cmd=["sh", "-c", "exit 3"]))
@@ -545,6 +587,7 @@ CASES: list[Case] = [
     case_pull_unknown_image_is_image_unavailable,
     case_exec_returns_exit_code_and_output,
     case_logs_tail,
+    case_stream_logs_tail_since_follow,
     case_process_exit_code,
     case_kill,
     case_events_for_our_containers_only,

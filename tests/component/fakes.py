@@ -32,12 +32,13 @@ import datetime as dt
 import hashlib
 import itertools
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from reconciler.runtimes import (
     JSON,
+    MAX_LOG_LINE,
     Conflict,
     EngineEvent,
     ExecResult,
@@ -174,6 +175,7 @@ class FakeContainer:
     health_log: list[JSON] = field(default_factory=list)
     networks: dict[str, JSON] = field(default_factory=dict)
     logs: list[str] = field(default_factory=list)
+    log_times: list[float] = field(default_factory=list)  # when each line of `logs` was written
     restart_at: float | None = None  # a pending restart-policy restart (fake clock)
 
     @property
@@ -284,6 +286,7 @@ class FakeRuntime:
         self._streams: list[FakeEventStream] = []
         self._ids = itertools.count(1)
         self._event_seq = itertools.count()
+        self._log_waiters: list[asyncio.Event] = []
 
     # ------------------------------------------------------------------ scripting
 
@@ -346,7 +349,16 @@ class FakeRuntime:
         self._maybe_restart(c)
 
     def append_log(self, container_id: str, *lines: str) -> None:
-        self.container(container_id).logs.extend(lines)
+        self._log(self.container(container_id), lines)
+
+    def _log(self, c: FakeContainer, lines: Sequence[str]) -> None:
+        c.logs.extend(lines)
+        c.log_times.extend(self.now for _ in lines)
+        self._wake_logs()
+
+    def _wake_logs(self) -> None:
+        for waiter in self._log_waiters:
+            waiter.set()
 
     def drop_event_streams(self) -> None:
         for stream in list(self._streams):
@@ -447,7 +459,7 @@ class FakeRuntime:
             return
         if len(cmd) >= 3 and cmd[0] in ("sh", "/bin/sh") and cmd[1] == "-c":
             lines, code, finished = _mini_shell(str(cmd[2]))
-            c.logs.extend(lines)
+            self._log(c, lines)
             if finished:
                 self._exit(c, code or 0)
                 self._maybe_restart(c)
@@ -486,6 +498,7 @@ class FakeRuntime:
         if c.health is not None:
             c.health = "unhealthy" if c.health == "unhealthy" else c.health
         self._emit(c, "die", exitCode=str(code))
+        self._wake_logs()
 
     def _maybe_restart(self, c: FakeContainer) -> None:
         policy = c.host_config.get("RestartPolicy") or {}
@@ -718,6 +731,31 @@ class FakeRuntime:
         lines = c.logs[-tail:] if tail > 0 else []
         return "".join(f"{line}\n" for line in lines)
 
+    async def stream_logs(self, container_id: str, *, tail: int | None = None,
+                          since: float | None = None, follow: bool = False,
+                          ) -> AsyncIterator[str]:
+        self._enter("stream_logs")
+        c = self.container(container_id)
+        picked = [i for i, t in enumerate(c.log_times) if since is None or t >= since]
+        if tail is not None:
+            picked = picked[len(picked) - tail:] if tail > 0 else []
+        for i in picked:
+            for piece in _capped(c.logs[i]):
+                yield piece
+        sent = len(c.logs)
+        waiter = asyncio.Event()
+        self._log_waiters.append(waiter)
+        try:
+            while follow and c.state in ("running", "restarting") and not self.closed:
+                await waiter.wait()
+                waiter.clear()
+                for line in c.logs[sent:]:
+                    for piece in _capped(line):
+                        yield piece
+                sent = len(c.logs)
+        finally:
+            self._log_waiters.remove(waiter)
+
     def events(self, *, label: str) -> FakeEventStream:
         self.calls["events"] += 1
         return FakeEventStream(self, label)
@@ -727,6 +765,11 @@ class FakeRuntime:
         self.closed = True
         for stream in list(self._streams):
             stream._close()
+        self._wake_logs()
+
+
+def _capped(line: str) -> list[str]:
+    return [line[i:i + MAX_LOG_LINE] for i in range(0, len(line), MAX_LOG_LINE)] or [""]
 
 
 def _check_protocol() -> None:  # static check only: FakeRuntime satisfies Runtime
