@@ -33,6 +33,7 @@ import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError, DockerStreamError
 
+from reconciler import registryauth
 from reconciler.envfiles import redact
 from reconciler.runtimes import (
     JSON,
@@ -59,6 +60,10 @@ EVENT_ACTIONS: Final = (
 )
 
 _T = TypeVar("_T")
+
+# words of a registry's "who are you?" answer, for a hint when no credentials were sent
+_AUTH_WORDS: Final = ("unauthorized", "authentication required", "no basic auth",
+                      "denied", "credentials")
 
 # aiodocker reports "cannot connect" as a DockerError with this pseudo status.
 _STATUS_CANNOT_CONNECT: Final = 900
@@ -441,10 +446,31 @@ class DockerRuntime:
         return True
 
     async def pull_image(self, ref: str) -> None:
-        async def go() -> None:
-            await self._docker.images.pull(ref)
+        """Pull with the host's registry credentials for the image's registry (docker's
+        config.json and credential helpers, see `registryauth`); anonymously without."""
+        try:
+            creds = await asyncio.to_thread(registryauth.credentials_for, ref)
+        except registryauth.CredentialError as exc:
+            raise ImageUnavailable(f"pull {ref}: registry credentials: {exc}") from None
+        secrets = [v for k, v in (creds or {}).items() if k != "serveraddress"]
 
-        await self._call(f"pull {ref}", go, timeout_s=self._pull_timeout_s, pull=True)
+        async def go() -> None:
+            if creds is None:
+                await self._docker.images.pull(ref)
+            else:
+                await self._docker.images.pull(registryauth.qualified(ref), auth=dict(creds))
+
+        try:
+            await self._call(f"pull {ref}", go, timeout_s=self._pull_timeout_s, pull=True,
+                             secrets=secrets)
+        except ImageUnavailable as exc:
+            if creds is None and any(word in str(exc).lower() for word in _AUTH_WORDS):
+                registry = registryauth.registry_of(ref)
+                raise ImageUnavailable(
+                    f"{exc} (no credentials for {registry} in "
+                    f"{registryauth.config_file()}: run `docker login {registry}` as the "
+                    "user the reconciler runs as, or set DOCKER_CONFIG)") from None
+            raise
 
     # ------------------------------------------------------------------ networks, volumes
 
