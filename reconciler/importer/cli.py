@@ -23,7 +23,7 @@ from reconciler import yamlread
 from reconciler.envfiles import parse_dotenv
 from reconciler.importer.model import ImportResult, Kind, Remark, Source
 from reconciler.importer.translate import import_compose
-from reconciler.loading import MAX_ENV_FILE_BYTES, SpecError, load
+from reconciler.loading import MAX_ENV_FILE_BYTES, SpecError, load, load_policy
 from reconciler.safefiles import UnsafeFile, read_regular_file
 from reconciler.specs import DEFAULT_TIERS
 
@@ -140,7 +140,7 @@ def cmd_import_compose(args: argparse.Namespace, *, out: TextIO | None = None,
         out_dir=str(output.resolve()), project_fallback=project_dir.name,
         tiers=[t.strip() for t in args.tiers.split(",") if t.strip()],
         overrides=overrides, break_cycles_=args.break_cycles,
-        secrets_dir=_absolute(args.secrets_dir),
+        secrets_dir=_absolute(args.secrets_dir), profiles=tuple(_profiles(args)),
     )
     _print_remarks(result.remarks, out, err)
     cycle_lines = result.cycles.lines()
@@ -187,8 +187,8 @@ def cmd_import_compose(args: argparse.Namespace, *, out: TextIO | None = None,
               "(mode 0600), referenced by env_file and never written into the spec; keep "
               "them out of git and copy them to the host: "
               + ", ".join(sorted(result.secret_files.values())), file=out)
-    try:
-        spec = load(output, strict=False)
+    try:  # exactly as `validate --no-strict` checks it: same profiles, same host policy
+        spec = load(output, strict=False, profiles=_profiles(args), policy=load_policy())
     except SpecError as exc:
         print(f"\nthe written spec does not validate ({output}):", file=err)
         for problem in exc.problems:
@@ -221,6 +221,10 @@ def _print_remarks(remarks: tuple[Remark, ...], out: TextIO, err: TextIO) -> Non
         print(f"{titles[kind]} ({len(mine)}):", file=stream)
         for remark in mine:
             print(f"  {remark}", file=stream)
+
+
+def _profiles(args: argparse.Namespace) -> list[str]:
+    return list(getattr(args, "profile", None) or [])
 
 
 def _absolute(path: str) -> str:

@@ -49,13 +49,16 @@ def import_compose(
     overrides: Mapping[str, str] | None = None,
     break_cycles_: bool = False,
     secrets_dir: str = "",
+    profiles: Sequence[str] = (),
 ) -> ImportResult:
     """Compose files (merged in order, like `docker compose -f a -f b`) -> spec files.
 
     `environ`: variables for interpolation (the shell's environment over the `.env` file);
     `project_dir`/`out_dir`: absolute directories that relative paths are rebased between;
     `secrets_dir`: absolute directory (`{project}` is replaced) of the env files that take the
-    secrets out of the spec: `<secrets_dir>/<service>.env`, referenced by `env_file`.
+    secrets out of the spec: `<secrets_dir>/<service>.env`, referenced by `env_file`;
+    `profiles`: when given, only the services compose would start with them (no `profiles:`,
+    or one of these) are written, like `docker compose --profile ...`.
     """
     remarks: list[Remark] = []
     overrides = dict(overrides or {})
@@ -131,6 +134,14 @@ def import_compose(
     converted = {name: convert_service(name, y, project_dir=project_dir, out_dir=out_dir,
                                        environ=environ)
                  for name, y in sorted(raw.items())}
+    if profiles:
+        for name, svc in list(converted.items()):
+            theirs = svc.data.get("profiles") or []
+            if theirs and not set(theirs) & set(profiles):
+                del converted[name]
+                remarks.append(Remark(Kind.NOTE, svc.y.file, svc.y.line, ("services", name),
+                                      f"not written: its profiles ({', '.join(theirs)}) are "
+                                      f"not among --profile {', '.join(profiles)}"))
     for svc in converted.values():
         remarks.extend(svc.remarks)
     remarks.extend(_secrets_outside_environment(top, environ))
