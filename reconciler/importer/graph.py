@@ -145,3 +145,43 @@ def _drop_reason(edge: tuple[str, str], roles: Mapping[str, str],
     if depth.get(b, 0) > depth.get(a, 0):
         return f"{b} has deeper dependencies of its own than {a}"
     return f"{b} is the less depended-upon service in the cycle"
+
+
+#: Name parts that mark an API gateway (the entry point the edge proxy routes to).
+GATEWAY_WORDS = ("gateway", "gw", "bff", "apigw", "api-gw")
+
+
+@dataclass(frozen=True, slots=True)
+class Hub:
+    """The gateway hub: application services wait on it; the edge routes to it."""
+
+    name: str
+    dependents: tuple[str, ...]  # application services whose depends_on names the hub
+    why: str
+
+
+def find_hub(graph: Mapping[str, Sequence[str]], roles: Mapping[str, str]) -> Hub | None:
+    """The gateway hub, if the graph has one: an application service (not a well-known
+    infrastructure or edge image) that at least two application services depend on, and
+    that the edge proxy depends on or whose name says gateway. Among several, the one with
+    the most application dependents."""
+    found: list[tuple[int, str, Hub]] = []
+    for node in graph:
+        if roles.get(node) is not None:
+            continue
+        dependents = tuple(sorted(a for a, deps in graph.items()
+                                  if node in deps and roles.get(a) is None and a != node))
+        if len(dependents) < 2:
+            continue
+        routed = sorted(a for a, deps in graph.items()
+                        if node in deps and roles.get(a) == "external")
+        words = [w for w in GATEWAY_WORDS if w in node.replace("_", "-").split("-")
+                 or node.lower().endswith(w)]
+        if not routed and not words:
+            continue
+        why = (f"the edge ({', '.join(routed)}) routes to it" if routed
+               else "its name says it is the gateway")
+        found.append((len(dependents), node, Hub(node, dependents, why)))
+    if not found:
+        return None
+    return max(found, key=lambda f: (f[0], f[1]))[2]

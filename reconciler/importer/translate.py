@@ -13,7 +13,7 @@ from typing import Any
 
 from reconciler import yamlread
 from reconciler.importer.draft import Draft
-from reconciler.importer.graph import break_cycles, place
+from reconciler.importer.graph import Hub, break_cycles, find_hub, place
 from reconciler.importer.interpolate import Interpolator, references, secret_value
 from reconciler.importer.merge import merge_files, normalise_service, resolve_extends
 from reconciler.importer.model import (
@@ -184,9 +184,28 @@ def import_compose(
         return failed(project=project)
     fixed = {n: t for n, t in overrides.items() if n in converted}
 
-    cycles, drops, reasons = break_cycles(graph, roles)
-    final_graph = {n: [d for d in deps if (n, d) not in drops] for n, deps in graph.items()}
+    hub = find_hub(graph, roles)
+    hub_drops = [(a, hub.name) for a in hub.dependents] if hub and break_cycles_ else []
+    cycles, drops, reasons = break_cycles(
+        {n: [d for d in deps if (n, d) not in hub_drops] for n, deps in graph.items()}, roles)
+    final_graph = {n: [d for d in deps if (n, d) not in drops and (n, d) not in hub_drops]
+                   for n, deps in graph.items()}
     placement = place(final_graph, tiers=tiers, roles=roles, fixed=fixed)
+    if hub is not None and hub_drops:
+        remarks.extend(_hub_remarks(hub, converted, placement.tiers[hub.name]))
+        # the services that waited on the gateway run alongside it (unless the gateway calls
+        # them: those stay earlier)
+        calls = _reachable(final_graph, hub.name)
+        alongside = {a: placement.tiers[hub.name] for a in hub.dependents
+                     if a not in calls and a not in fixed}
+        placement = place(final_graph, tiers=tiers, roles=roles, fixed={**alongside, **fixed})
+    elif hub is not None:
+        y = converted[hub.name].y
+        remarks.append(Remark(Kind.WARNING, y.file, y.line, ("services", hub.name),
+                              f"{hub.name} looks like the gateway hub ({hub.why}) and "
+                              f"{', '.join(hub.dependents)} depend on it: if any of its "
+                              "dependencies fails, the entire system fails; --break-cycles "
+                              "drops the edges into it"))
     upward = tuple(
         (a, placement.tiers[a], b, placement.tiers[b])
         for a, b in sorted({(c[i], c[i + 1]) for c in cycles for i in range(len(c) - 1)})
@@ -392,6 +411,39 @@ def _edge_notes(converted: Mapping[str, Draft],
             f"its upstreams, add `edge: {{service: {name}}}` to 00-project.yaml and "
             "`expose: {port: N}` to the services it routes to (candidates: "
             + ", ".join(candidates[:8]) + (", ..." if len(candidates) > 8 else "") + ")"))
+    return out
+
+
+def _reachable(graph: Mapping[str, Sequence[str]], start: str) -> set[str]:
+    """Every service `start` depends on, directly or not."""
+    seen: set[str] = set()
+    todo = list(graph.get(start, ()))
+    while todo:
+        node = todo.pop()
+        if node not in seen:
+            seen.add(node)
+            todo.extend(graph.get(node, ()))
+    return seen
+
+
+def _hub_remarks(hub: Hub, converted: Mapping[str, Any], tier: str) -> list[Remark]:
+    """The notes that explain the gateway-hub fix, with the seed's reasoning."""
+    out = []
+    y = converted[hub.name].y
+    out.append(Remark(
+        Kind.NOTE, y.file, y.line, ("services", hub.name),
+        f"{hub.name} is the gateway hub ({hub.why}; {len(hub.dependents)} application "
+        f"services depend on it): all services depending on the gateway make it a bottleneck "
+        "- if any of its dependencies fails, the entire system fails. Fixed as the seed fixes "
+        "it: the gateway is an entry point that depends on infrastructure (and the services "
+        f"it calls) only, and nothing but the edge depends on it; it goes in tier {tier}, "
+        "the services it calls earlier, the others alongside it, the edge last"))
+    for a in hub.dependents:
+        where = converted[a].y.value.get("depends_on")
+        out.append(Remark(Kind.NOTE, where.file if where else "-",
+                          where.line if where else None, ("services", a, "depends_on", hub.name),
+                          f"dropped: nothing but the edge depends on the gateway hub "
+                          f"{hub.name}"))
     return out
 
 

@@ -88,3 +88,82 @@ def test_import_validates_with_the_host_policy(
     code, stdout, stderr = run(["validate", "--no-strict", "--spec", str(tmp_path / "b")],
                                capsys)
     assert code == 0, stdout + stderr
+
+
+HUB = """
+name: metro
+services:
+  postgres:
+    image: postgres:16.4
+    restart: unless-stopped
+  redis:
+    image: redis:7.2
+    restart: unless-stopped
+  api-gateway:
+    image: ghcr.io/metro/api-gateway:1.4.2
+    restart: unless-stopped
+    depends_on:
+      postgres: {condition: service_healthy}
+      redis: {condition: service_healthy}
+      auth-service: {condition: service_healthy}
+  auth-service:
+    image: ghcr.io/metro/auth-service:1.8.3
+    restart: unless-stopped
+    depends_on:
+      postgres: {condition: service_healthy}
+      api-gateway: {condition: service_healthy}
+  user-service:
+    image: ghcr.io/metro/user-service:1.12.0
+    restart: unless-stopped
+    depends_on:
+      postgres: {condition: service_healthy}
+      api-gateway: {condition: service_healthy}
+  order-service:
+    image: ghcr.io/metro/order-service:2.7.0
+    restart: unless-stopped
+    depends_on:
+      redis: {condition: service_healthy}
+      api-gateway: {condition: service_healthy}
+  payment-service:
+    image: ghcr.io/metro/payment-service:1.9.4
+    restart: unless-stopped
+    depends_on:
+      api-gateway: {condition: service_healthy}
+  nginx:
+    image: nginx:1.26
+    restart: unless-stopped
+    ports: ["80:80"]
+    depends_on: [api-gateway]
+"""
+
+
+def test_gateway_hub_break_cycles_drops_edges_into_the_hub(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = compose(tmp_path, HUB)
+    out = tmp_path / "spec"
+    code, stdout, stderr = run(["import-compose", str(src), "-o", str(out), "--break-cycles"],
+                               capsys)
+    assert code == 0, stdout + stderr
+    spec = load(out, strict=False).spec
+    apps = {"auth-service", "user-service", "order-service", "payment-service"}
+    for name in apps:
+        assert "api-gateway" not in spec.services[name].depends_on, name
+    # the edges OUT of the gateway stay: it still waits for what it calls
+    assert set(spec.services["api-gateway"].depends_on) == {"postgres", "redis",
+                                                            "auth-service"}
+    assert list(spec.services["nginx"].depends_on) == ["api-gateway"]  # only the edge
+    tiers = {n: s.tier for n, s in spec.services.items()}
+    order = list(spec.tiers)
+    assert tiers["api-gateway"] == "business"
+    assert order.index(tiers["auth-service"]) < order.index("business")  # it calls it
+    for name in ("user-service", "order-service", "payment-service"):
+        assert order.index(tiers[name]) <= order.index("business")
+    assert tiers["nginx"] == order[-1] and tiers["postgres"] == order[0]
+    assert "api-gateway is the gateway hub" in stdout
+    assert "the entire system fails" in stdout
+    assert "nothing but the edge depends on it" in stdout
+    # without --break-cycles the cycle is an error and the hub is named
+    code, stdout, stderr = run(["import-compose", str(src), "-o", str(tmp_path / "x")],
+                               capsys)
+    assert code == 1
+    assert "api-gateway looks like the gateway hub" in stdout + stderr
