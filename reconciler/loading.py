@@ -349,9 +349,19 @@ def _load(
         digest, problem = digested[host]
         if problem:
             findings.append(Finding(("services", name, "volumes", i), problem))
-        elif digest == "":
+        elif digest == "" and _looks_like_file(host):
             findings.append(Finding(("services", name, "volumes", i),
-                                    f"bind source {host} does not exist"))
+                                    f"bind source {host} does not exist: it looks like a file "
+                                    "(compose would create an empty directory by that name); "
+                                    "create the file"))
+        elif digest == "":
+            # created by the engine at create time (`Binds`), 0755, like compose does; its
+            # digest is an empty directory's, so creating it changes no fingerprint
+            digest = EMPTY_TREE_DIGEST
+            findings.append(Finding(("services", name, "volumes", i),
+                                    f"bind source directory {host} does not exist: it is "
+                                    "created (empty, mode 0755) when the container is created, "
+                                    "as compose does", warning=True))
         mounted.setdefault(name, ())
         mounted[name] = (*mounted[name], MountedFile(host, digest))
 
@@ -492,6 +502,17 @@ def _env_problem(finding: EnvFinding, *, warning: bool) -> Problem:
     path: KeyPath = (finding.key,) if finding.key else ()
     return Problem(Location(_display(Path(finding.path)), finding.line), path, finding.message,
                    warning=warning)
+
+
+EMPTY_TREE_DIGEST = hashlib.sha256().hexdigest()  # what `_digest_tree` gives an empty dir
+
+
+def _looks_like_file(path: str) -> bool:
+    """A missing bind source named like a file (`nginx.conf`, `init.sql`): not a directory
+    to create."""
+    base = os.path.basename(path.rstrip("/"))
+    stem, dot, ext = base.rpartition(".")
+    return bool(dot and stem and ext.isalnum() and not ext.isdigit() and ext != "d")
 
 
 def _digest_tree(path: Path, budget: list[int]) -> tuple[str, str | None]:

@@ -167,3 +167,27 @@ def test_gateway_hub_break_cycles_drops_edges_into_the_hub(
                                capsys)
     assert code == 1
     assert "api-gateway looks like the gateway hub" in stdout + stderr
+
+
+def write_binds(spec_dir: Path, volumes: str) -> None:
+    spec_dir.mkdir(exist_ok=True)
+    (spec_dir / "stack.yaml").write_text(
+        "project: binds\nservices:\n  app:\n    tier: business\n    image: app:1\n"
+        f"    volumes: {volumes}\n")
+
+
+def test_missing_bind_directory_is_a_warning_a_missing_file_an_error(tmp_path: Path) -> None:
+    from reconciler.loading import SpecError
+
+    spec_dir = tmp_path / "spec"
+    write_binds(spec_dir, '["./data:/data", "./conf.d:/etc/app/conf.d:ro"]')
+    loaded = load(spec_dir, strict=False)
+    shown = [str(w) for w in loaded.warnings]
+    assert any("bind source directory" in w and "data does not exist" in w and "0755" in w
+               for w in shown), shown
+    (spec_dir / "data").mkdir()  # created (as the engine does): the fingerprint holds
+    assert load(spec_dir, strict=False).fingerprint == loaded.fingerprint
+    write_binds(spec_dir, '["./nginx.conf:/etc/nginx/nginx.conf:ro"]')
+    with pytest.raises(SpecError) as err:
+        load(spec_dir, strict=False)
+    assert "nginx.conf does not exist: it looks like a file" in str(err.value.problems[0])
