@@ -115,6 +115,12 @@ def convert_service(name: str, y: Y, *, project_dir: str = "", out_dir: str = ""
             except NotText:
                 svc.remark(Kind.ERROR, value, (key,), "expected a scalar (or a list of "
                            "scalars), found a nested list or mapping")
+    if "restart" not in items and "restart" not in svc.data:
+        # compose's default, written out: the spec's own default (unless-stopped) would
+        # restart a one-shot setup job forever
+        svc.data["restart"] = "no"
+        svc.remark(Kind.NOTE, y, ("restart",), 'no `restart:` in compose: written as "no", '
+                   "compose's default (the spec's default would be unless-stopped)")
     if "replicas" in svc.data and svc.data["replicas"] == 1:
         del svc.data["replicas"]
     return svc
