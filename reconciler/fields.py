@@ -150,6 +150,11 @@ FIELDS: tuple[ContainerField, ...] = (
                    _set("host", "CapDrop", lambda s: list(s.cap_drop))),
     ContainerField("extra_hosts", lambda s: list(s.extra_hosts),
                    _set("host", "ExtraHosts", lambda s: list(s.extra_hosts))),
+    ContainerField("pids_limit", lambda s: s.pids_limit,
+                   _set("host", "PidsLimit", lambda s: s.pids_limit)),
+    ContainerField("dns", lambda s: list(s.dns), _set("host", "Dns", lambda s: list(s.dns))),
+    ContainerField("dns_search", lambda s: list(s.dns_search),
+                   _set("host", "DnsSearch", lambda s: list(s.dns_search))),
     # decides what runs (the image behind a tag), so a change is a new generation
     ContainerField("pull_policy", lambda s: s.pull_policy.value, _nothing),
 )

@@ -242,6 +242,9 @@ class Service(_Model):
     security_opt: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
     extra_hosts: tuple[str, ...] = ()
+    pids_limit: int | None = Field(default=None, ge=-1)
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
 
     @field_validator("labels")
     @classmethod

@@ -5,7 +5,7 @@ remarks into the service `Draft`."""
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from reconciler.importer.draft import Draft
@@ -370,3 +370,21 @@ def pull_policy(svc: Draft, y: Y, _: Mapping[str, Y]) -> None:
         svc.unsupported(y, ("pull_policy",))
     elif mapped != "missing":
         svc.data["pull_policy"] = mapped
+
+
+def pids_limit(svc: Draft, y: Y, _: Mapping[str, Y]) -> None:
+    if isinstance(y.value, int) and not isinstance(y.value, bool):
+        svc.data["pids_limit"] = y.value
+    else:
+        svc.remark(Kind.ERROR, y, ("pids_limit",), "expected an integer")
+
+
+def dns_list(key: str) -> Callable[[Draft, Y, Mapping[str, Y]], None]:
+    """`dns` / `dns_search`: one string or a list, written as a list."""
+
+    def handle(svc: Draft, y: Y, _: Mapping[str, Y]) -> None:
+        value = plain(y)
+        items = value if isinstance(value, list) else [value]
+        svc.data[key] = [as_text(v) for v in items if v is not None]
+
+    return handle

@@ -68,6 +68,9 @@ CONTAINER_VISIBLE: dict[str, str] = {
     "security_opt": "KEEP    security_opt: [no-new-privileges]\n",
     "cap_drop": "KEEP    cap_drop: [NET_RAW]\n",
     "extra_hosts": 'KEEP    extra_hosts: ["h:10.0.0.1"]\n',
+    "pids_limit": "KEEP    pids_limit: 100\n",
+    "dns": "KEEP    dns: [10.0.0.53]\n",
+    "dns_search": "KEEP    dns_search: [example.org]\n",
 }
 # shape the rollout or the stack, never the container
 NOT_IN_CONTAINER: dict[str, str] = {

@@ -191,3 +191,43 @@ def test_missing_bind_directory_is_a_warning_a_missing_file_an_error(tmp_path: P
     with pytest.raises(SpecError) as err:
         load(spec_dir, strict=False)
     assert "nginx.conf does not exist: it looks like a file" in str(err.value.problems[0])
+
+
+KEYS = """
+services:
+  app:
+    image: app:1
+    pids_limit: 200
+    dns: 10.0.0.53
+    dns_search: [corp.example, example]
+  setup:
+    image: setup:1
+    links: [app]
+"""
+
+
+def test_new_keys_reach_the_container_body_and_restart_defaults_to_no(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from reconciler.blueprint import container_config
+    from reconciler.desired import build
+
+    src = compose(tmp_path, KEYS)
+    out = tmp_path / "spec"
+    code, stdout, stderr = run(["import-compose", str(src), "-o", str(out)], capsys)
+    assert code == 0, stdout + stderr
+    assert "compose.yml:10: services.setup.links: not supported" in stdout  # listed, file:line
+    loaded = load(out, strict=False)
+    app = loaded.spec.services["app"]
+    assert (app.pids_limit, app.dns, app.dns_search) == (
+        200, ("10.0.0.53",), ("corp.example", "example"))
+    assert app.restart.value == "no" and loaded.spec.services["setup"].restart.value == "no"
+    desired = build(loaded, b"k" * 32)
+    body = container_config(desired.services["app"], replica=1)
+    host = body["HostConfig"]
+    assert (host["PidsLimit"], host["Dns"], host["DnsSearch"]) == (
+        200, ["10.0.0.53"], ["corp.example", "example"])
+    assert desired.services["app"].public_config["pids_limit"] == 200
+    before = desired.services["app"].fingerprint
+    spec_file = next(p for p in out.glob("*.yaml") if "pids_limit" in p.read_text())
+    spec_file.write_text(spec_file.read_text().replace("pids_limit: 200", "pids_limit: 300"))
+    assert build(load(out, strict=False), b"k" * 32).services["app"].fingerprint != before
