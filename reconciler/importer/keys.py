@@ -155,9 +155,9 @@ def networks(svc: Draft, y: Y, _: Mapping[str, Y]) -> None:
         if isinstance(conf.value, dict):
             for key, value in conf.value.items():
                 if key == "aliases":
-                    svc.remark(Kind.NOTE, value, ("networks", net, key),
-                               f"dropped: each container is reachable as {svc.name!r}; "
-                               "other aliases are not supported")
+                    svc.unsupported(value, ("networks", net, key),
+                                    f"each container is reachable as {svc.name!r} only: "
+                                    "clients using another name must use that one")
                 else:
                     svc.unsupported(value, ("networks", net, key))
     svc.data["networks"] = names

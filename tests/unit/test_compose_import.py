@@ -424,7 +424,7 @@ volumes:
                      "services.web.volumes[1]: SELinux relabel suffix :Z dropped",
                      "services.web.volumes[2]: not supported (dropped): anonymous volume",
                      "services.web.volumes[3]: not supported (dropped): tmpfs mount",
-                     "services.web.networks.front.aliases: dropped",
+                     "services.web.networks.front.aliases: not supported (dropped)",
                      "services.web.deploy.update_config.failure_action: dropped",
                      "services.web.env_file[0].required: required: false is not supported",
                      "volumes.data.driver_opts: not supported (dropped)"):
