@@ -155,6 +155,8 @@ FIELDS: tuple[ContainerField, ...] = (
     ContainerField("dns", lambda s: list(s.dns), _set("host", "Dns", lambda s: list(s.dns))),
     ContainerField("dns_search", lambda s: list(s.dns_search),
                    _set("host", "DnsSearch", lambda s: list(s.dns_search))),
+    ContainerField("sysctls", lambda s: dict(sorted(s.sysctls.items())),
+                   _set("host", "Sysctls", lambda s: dict(s.sysctls))),
     # decides what runs (the image behind a tag), so a change is a new generation
     ContainerField("pull_policy", lambda s: s.pull_policy.value, _nothing),
 )

@@ -695,7 +695,7 @@ POLICY_PATH = "/etc/reconciler/policy.yaml"
 
 _POLICY_BOOLS = ("allow_privileged", "allow_host_namespaces", "allow_docker_socket")
 _POLICY_PATHS = ("allow_bind_mounts", "env_file_roots")
-POLICY_KEYS = (*_POLICY_BOOLS, "allow_capabilities", *_POLICY_PATHS)
+POLICY_KEYS = (*_POLICY_BOOLS, "allow_capabilities", "allow_sysctls", *_POLICY_PATHS)
 
 
 def load_policy(path: str | None = None) -> HostPolicy:
@@ -765,6 +765,12 @@ def parse_policy(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[st
             if bad:
                 problems.append((key, f"{_shown(bad[0])} is not a capability name"))
             values[key] = frozenset(c.upper().removeprefix("CAP_") for c in caps)
+        elif key == "allow_sysctls":
+            names = _policy_list(key, value, problems)
+            bad = [n for n in names if not re.fullmatch(r"[a-z0-9_.]+\*?", n)]
+            if bad:
+                problems.append((key, f"{_shown(bad[0])} is not a sysctl name or prefix"))
+            values[key] = tuple(names)
         else:
             paths = _policy_list(key, value, problems)
             for item in paths:

@@ -243,6 +243,8 @@ class Service(_Model):
     cap_drop: tuple[str, ...] = ()
     extra_hosts: tuple[str, ...] = ()
     pids_limit: int | None = Field(default=None, ge=-1)
+    sysctls: Annotated[dict[str, str], BeforeValidator(_sysctls)] = Field(
+        default_factory=dict)
     dns: tuple[str, ...] = ()
     dns_search: tuple[str, ...] = ()
 
@@ -268,6 +270,22 @@ class Ulimit(_Model):
 
     soft: int
     hard: int
+
+
+def _sysctls(value: object) -> object:
+    """compose's two forms: a mapping (numbers as text) or a list of `name=value`."""
+    if isinstance(value, list):
+        out: dict[str, object] = {}
+        for item in value:
+            if not isinstance(item, str) or "=" not in item:
+                raise ValueError("a sysctls list entry must be name=value")
+            key, _, val = item.partition("=")
+            out[key.strip()] = val.strip()
+        return out
+    if isinstance(value, dict):
+        return {k: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+                for k, v in value.items()}
+    return value
 
 
 def _ulimits(value: object) -> object:
@@ -356,6 +374,7 @@ class HostPolicy:
     allow_privileged: bool = False
     allow_host_namespaces: bool = False
     allow_capabilities: frozenset[str] = frozenset()
+    allow_sysctls: tuple[str, ...] = ()  # names, or prefixes ending in "." or "*"
     allow_docker_socket: bool = False
     allow_bind_mounts: tuple[str, ...] = ()  # absolute path prefixes
     env_file_roots: tuple[str, ...] = DEFAULT_ENV_FILE_ROOTS  # env files may come from here
@@ -744,4 +763,9 @@ def _check_security(name: str, svc: Service, policy: HostPolicy,
         if cap_name not in _DANGEROUS_CAPS_OK and cap_name not in policy.allow_capabilities:
             out.append(Finding((*base, "cap_add", i), f"capability {cap_name} is refused "
                                                       "(host policy: allow_capabilities)"))
+    for key in sorted(svc.sysctls):
+        if not any(key == a or (a.endswith((".", "*")) and key.startswith(a.rstrip("*")))
+                   for a in policy.allow_sysctls):
+            out.append(Finding((*base, "sysctls", key), f"sysctl {key} is refused "
+                                                        "(host policy: allow_sysctls)"))
     return out

@@ -388,3 +388,14 @@ def dns_list(key: str) -> Callable[[Draft, Y, Mapping[str, Y]], None]:
         svc.data[key] = [as_text(v) for v in items if v is not None]
 
     return handle
+
+
+def sysctls(svc: Draft, y: Y, _: Mapping[str, Y]) -> None:
+    """A mapping or a list of `name=value`; the host policy must allow each (allow_sysctls)."""
+    value = plain(y)
+    if isinstance(value, list):
+        value = dict(as_text(v).partition("=")[::2] for v in value)
+    if not isinstance(value, dict):
+        svc.remark(Kind.ERROR, y, ("sysctls",), "expected a mapping or a list of name=value")
+        return
+    svc.data["sysctls"] = {str(k): as_text(v) for k, v in value.items()}

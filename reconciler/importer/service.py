@@ -14,7 +14,7 @@ SERVICE_ORDER = (
     "update", "resources", "restart", "labels", "stop_grace_period", "stop_signal", "user",
     "working_dir", "hostname", "privileged", "network_mode", "pid", "ipc", "cap_add",
     "shm_size", "logging", "ulimits", "init", "read_only", "tmpfs", "security_opt", "cap_drop",
-    "extra_hosts", "pids_limit", "dns", "dns_search",
+    "extra_hosts", "pids_limit", "dns", "dns_search", "sysctls",
 )
 COPY_STR = ("stop_signal", "user", "working_dir", "hostname", "pid", "ipc")
 HINTS = {
@@ -75,6 +75,7 @@ HANDLERS: dict[str, Handler] = {
     "pids_limit": keys.pids_limit,
     "dns": keys.dns_list("dns"),
     "dns_search": keys.dns_list("dns_search"),
+    "sysctls": keys.sysctls,
     **{key: _copy(key) for key in COPY_STR},
 }
 

@@ -30,7 +30,7 @@ services:
     expose: {port: 8080}
 """
 POLICY = HostPolicy(allow_privileged=True, allow_host_namespaces=True,
-                    allow_capabilities=frozenset({"SYS_ADMIN"}))
+                    allow_capabilities=frozenset({"SYS_ADMIN"}), allow_sysctls=("net.",))
 
 # field -> (YAML replacing "    expose: {port: 8080}\n" in `app`; keep expose unless testing it)
 KEEP = "    expose: {port: 8080}\n"
@@ -71,6 +71,7 @@ CONTAINER_VISIBLE: dict[str, str] = {
     "pids_limit": "KEEP    pids_limit: 100\n",
     "dns": "KEEP    dns: [10.0.0.53]\n",
     "dns_search": "KEEP    dns_search: [example.org]\n",
+    "sysctls": "KEEP    sysctls: {net.core.somaxconn: 1024}\n",
 }
 # shape the rollout or the stack, never the container
 NOT_IN_CONTAINER: dict[str, str] = {

@@ -231,3 +231,43 @@ def test_new_keys_reach_the_container_body_and_restart_defaults_to_no(
     spec_file = next(p for p in out.glob("*.yaml") if "pids_limit" in p.read_text())
     spec_file.write_text(spec_file.read_text().replace("pids_limit: 200", "pids_limit: 300"))
     assert build(load(out, strict=False), b"k" * 32).services["app"].fingerprint != before
+
+
+SYSCTLS = """
+services:
+  cache:
+    image: redis:7
+    restart: always
+    sysctls:
+      net.core.somaxconn: 1024
+  other:
+    image: app:1
+    sysctls: ["kernel.shmmax=1000"]
+"""
+
+
+def test_sysctls_are_imported_and_gated_by_the_host_policy(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from reconciler.blueprint import container_config
+    from reconciler.desired import build
+    from reconciler.loading import SpecError
+
+    src = compose(tmp_path, SYSCTLS)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("allow_sysctls: [net.core.somaxconn, kernel.shm*]\n")
+    os.chmod(policy, 0o644)
+    monkeypatch.setenv("RECONCILER_POLICY", str(policy))
+    out = tmp_path / "spec"
+    code, stdout, stderr = run(["import-compose", str(src), "-o", str(out)], capsys)
+    assert code == 0, stdout + stderr
+    from reconciler.loading import load_policy
+
+    loaded = load(out, strict=False, policy=load_policy())
+    assert loaded.spec.services["other"].sysctls == {"kernel.shmmax": "1000"}
+    body = container_config(build(loaded, b"k" * 32).services["cache"], replica=1)
+    assert body["HostConfig"]["Sysctls"] == {"net.core.somaxconn": "1024"}
+    with pytest.raises(SpecError) as err:  # no policy: refused, naming key and policy
+        load(out, strict=False)
+    assert "sysctl net.core.somaxconn is refused (host policy: allow_sysctls)" in "\n".join(
+        str(p) for p in err.value.problems)
