@@ -39,8 +39,10 @@ def container_config(svc: DesiredService, replica: int) -> dict[str, Any]:
         host["NetworkMode"] = s.network_mode
     elif svc.networks:
         host["NetworkMode"] = svc.networks[0]
+        extra = {svc.networks[i]: s.network_aliases.get(short, ())
+                 for i, short in enumerate(s.networks) if i < len(svc.networks)}
         body["NetworkingConfig"] = {"EndpointsConfig": {
-            net: {"Aliases": [svc.name]} for net in svc.networks
+            net: {"Aliases": [svc.name, *extra.get(net, ())]} for net in svc.networks
         }}
     body["HostConfig"] = host
     return body

@@ -157,6 +157,9 @@ FIELDS: tuple[ContainerField, ...] = (
                    _set("host", "DnsSearch", lambda s: list(s.dns_search))),
     ContainerField("sysctls", lambda s: dict(sorted(s.sysctls.items())),
                    _set("host", "Sysctls", lambda s: dict(s.sysctls))),
+    ContainerField("network_aliases", lambda s: {k: list(v) for k, v in
+                                                 sorted(s.network_aliases.items())},
+                   _nothing),  # see blueprint: the endpoints' Aliases
     # decides what runs (the image behind a tag), so a change is a new generation
     ContainerField("pull_policy", lambda s: s.pull_policy.value, _nothing),
 )

@@ -245,6 +245,8 @@ class Service(_Model):
     pids_limit: int | None = Field(default=None, ge=-1)
     sysctls: Annotated[dict[str, str], BeforeValidator(_sysctls)] = Field(
         default_factory=dict)
+    # more DNS names per network (compose's networks.<net>.aliases); the service name is one
+    network_aliases: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     dns: tuple[str, ...] = ()
     dns_search: tuple[str, ...] = ()
 
@@ -581,6 +583,14 @@ def validate(
         for i, net in enumerate(svc.networks):
             if net not in spec.networks:
                 findings.append(Finding((*base, "networks", i), f"undefined network {net!r}"))
+        for net, aliases in svc.network_aliases.items():
+            if net not in svc.networks:
+                findings.append(Finding((*base, "network_aliases", net),
+                                        f"{net!r} is not one of the service's networks"))
+            for alias in aliases:
+                if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,252})", alias):
+                    findings.append(Finding((*base, "network_aliases", net),
+                                            f"{alias!r} is not a DNS name"))
         for i, entry in enumerate(svc.ports):
             if not _port_ok(entry):
                 findings.append(Finding((*base, "ports", i), f"invalid port {entry!r}"))

@@ -154,10 +154,9 @@ def networks(svc: Draft, y: Y, _: Mapping[str, Y]) -> None:
         names.append(net)
         if isinstance(conf.value, dict):
             for key, value in conf.value.items():
-                if key == "aliases":
-                    svc.unsupported(value, ("networks", net, key),
-                                    f"each container is reachable as {svc.name!r} only: "
-                                    "clients using another name must use that one")
+                if key == "aliases" and isinstance(value.value, list):
+                    svc.data.setdefault("network_aliases", {})[net] = [
+                        as_text(a.value) for a in value.value]
                 else:
                     svc.unsupported(value, ("networks", net, key))
     svc.data["networks"] = names

@@ -14,7 +14,7 @@ SERVICE_ORDER = (
     "update", "resources", "restart", "labels", "stop_grace_period", "stop_signal", "user",
     "working_dir", "hostname", "privileged", "network_mode", "pid", "ipc", "cap_add",
     "shm_size", "logging", "ulimits", "init", "read_only", "tmpfs", "security_opt", "cap_drop",
-    "extra_hosts", "pids_limit", "dns", "dns_search", "sysctls",
+    "extra_hosts", "pids_limit", "dns", "dns_search", "sysctls", "network_aliases",
 )
 COPY_STR = ("stop_signal", "user", "working_dir", "hostname", "pid", "ipc")
 HINTS = {

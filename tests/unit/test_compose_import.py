@@ -305,7 +305,7 @@ services:
     volumes: ["./conf-prod:/etc/web:ro"]
     depends_on: [db]
     ulimits: {nofile: 1024}
-    sysctls: {net.core.somaxconn: 1024}
+    stdin_open: true
 """)
     (tmp_path / "conf-prod").mkdir()
     # bind mounts must come from the spec's repository: make tmp_path one
@@ -314,7 +314,7 @@ services:
     code, stdout, stderr = run(["import-compose", str(tmp_path / "base.yml"),
                                 str(tmp_path / "prod.yml"), "-o", str(out)], capsys)
     assert code == 0, stdout + stderr
-    assert re.search(r"prod\.yml:10: services\.web\.sysctls: not supported \(dropped\)", stdout)
+    assert re.search(r"prod\.yml:10: services\.web\.stdin_open: not supported \(dropped\)", stdout)
     web = load(out, strict=False).spec.services["web"]
     assert web.ulimits["nofile"].soft == 1024
     assert web.image == "acme/web:2"
@@ -379,7 +379,7 @@ services:
         failure_action: rollback
       placement: {constraints: [node.role == manager]}
     logging: {driver: json-file}
-    sysctls: {net.core.somaxconn: 1024}
+    stdin_open: true
 secrets:
   token: {file: ./token}
 networks:
@@ -412,7 +412,7 @@ volumes:
         "c.yml:42: services.web.deploy.resources.reservations: not supported (dropped): only "
         "limits are enforced",
         "c.yml:49: services.web.deploy.placement: not supported (dropped): swarm only",
-        "c.yml:51: services.web.sysctls: not supported (dropped)",
+        "c.yml:51: services.web.stdin_open: not supported (dropped)",
         "c.yml:52: secrets: not supported (dropped): put the values into an env_file on the "
         "host (mode 0600)",
         "c.yml:55: networks.front.ipam: not supported (dropped)",
@@ -424,7 +424,6 @@ volumes:
                      "services.web.volumes[1]: SELinux relabel suffix :Z dropped",
                      "services.web.volumes[2]: not supported (dropped): anonymous volume",
                      "services.web.volumes[3]: not supported (dropped): tmpfs mount",
-                     "services.web.networks.front.aliases: not supported (dropped)",
                      "services.web.deploy.update_config.failure_action: dropped",
                      "services.web.env_file[0].required: required: false is not supported",
                      "volumes.data.driver_opts: not supported (dropped)"):

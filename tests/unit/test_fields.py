@@ -72,6 +72,7 @@ CONTAINER_VISIBLE: dict[str, str] = {
     "dns": "KEEP    dns: [10.0.0.53]\n",
     "dns_search": "KEEP    dns_search: [example.org]\n",
     "sysctls": "KEEP    sysctls: {net.core.somaxconn: 1024}\n",
+    "network_aliases": "KEEP    network_aliases: {n: [www]}\n",
 }
 # shape the rollout or the stack, never the container
 NOT_IN_CONTAINER: dict[str, str] = {

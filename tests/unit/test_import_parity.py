@@ -271,3 +271,32 @@ def test_sysctls_are_imported_and_gated_by_the_host_policy(
         load(out, strict=False)
     assert "sysctl net.core.somaxconn is refused (host policy: allow_sysctls)" in "\n".join(
         str(p) for p in err.value.problems)
+
+
+ALIASES = """
+services:
+  prosody:
+    image: prosody:1
+    restart: always
+    networks:
+      meet.jitsi:
+        aliases: [xmpp.meet.jitsi]
+networks:
+  meet.jitsi: {}
+"""
+
+
+def test_network_aliases_are_carried_to_the_endpoint(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from reconciler.blueprint import container_config
+    from reconciler.desired import build
+
+    src = compose(tmp_path, ALIASES)
+    out = tmp_path / "spec"
+    code, stdout, stderr = run(["import-compose", str(src), "-o", str(out)], capsys)
+    assert code == 0, stdout + stderr
+    loaded = load(out, strict=False)
+    svc = build(loaded, b"k" * 32).services["prosody"]
+    endpoints = container_config(svc, replica=1)["NetworkingConfig"]["EndpointsConfig"]
+    assert list(endpoints.values()) == [{"Aliases": ["prosody", "xmpp.meet.jitsi"]}]
+    assert svc.public_config["network_aliases"] == {"meet.jitsi": ["xmpp.meet.jitsi"]}
