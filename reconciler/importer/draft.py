@@ -24,6 +24,7 @@ class Draft:
     depends_short: bool = True
     exposed: list[str] = field(default_factory=list)  # container ports (expose + ports)
     secrets: dict[str, str] = field(default_factory=dict)  # variable -> value (env file only)
+    links: dict[str, tuple[str, Y]] = field(default_factory=dict)  # alias -> (service, where)
 
     def rebase(self, path: str) -> str:
         return rebase(path, project_dir=self.project_dir, out_dir=self.out_dir)

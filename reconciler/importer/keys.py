@@ -398,3 +398,16 @@ def sysctls(svc: Draft, y: Y, _: Mapping[str, Y]) -> None:
         svc.remark(Kind.ERROR, y, ("sysctls",), "expected a mapping or a list of name=value")
         return
     svc.data["sysctls"] = {str(k): as_text(v) for k, v in value.items()}
+
+
+def links(svc: Draft, y: Y, _: Mapping[str, Y]) -> None:
+    """`links: [db, "db:database"]`: the alias becomes a network alias of the linked service
+    (resolved by the translation, which sees every service); a link also orders the start,
+    as compose does (`depends_on` with service_started)."""
+    if not isinstance(y.value, list):
+        svc.remark(Kind.ERROR, y, ("links",), "expected a list of SERVICE[:ALIAS]")
+        return
+    for item in y.value:
+        target, _sep, alias = as_text(item.value).partition(":")
+        svc.depends.setdefault(target, "service_started")
+        svc.links[alias or target] = (target, item)

@@ -18,7 +18,6 @@ SERVICE_ORDER = (
 )
 COPY_STR = ("stop_signal", "user", "working_dir", "hostname", "pid", "ipc")
 HINTS = {
-    "links": "service names resolve over shared networks without links",
     "external_links": "service names resolve over shared networks",
     "secrets": "put the values into an env_file on the host (mode 0600)",
     "configs": "bind-mount the file from the spec repository instead",
@@ -76,6 +75,7 @@ HANDLERS: dict[str, Handler] = {
     "dns": keys.dns_list("dns"),
     "dns_search": keys.dns_list("dns_search"),
     "sysctls": keys.sysctls,
+    "links": keys.links,
     **{key: _copy(key) for key in COPY_STR},
 }
 

@@ -243,6 +243,7 @@ def import_compose(
         networks.setdefault("default", {})
     for name in needs_default:
         converted[name].data["networks"] = ["default"]
+    _link_aliases(converted, remarks)
 
     services: dict[str, dict[str, Any]] = {}
     for name, svc in converted.items():
@@ -412,6 +413,32 @@ def _edge_notes(converted: Mapping[str, Draft],
             "`expose: {port: N}` to the services it routes to (candidates: "
             + ", ".join(candidates[:8]) + (", ..." if len(candidates) > 8 else "") + ")"))
     return out
+
+
+def _link_aliases(converted: Mapping[str, Draft], remarks: list[Remark]) -> None:
+    """compose `links` as network aliases of the linked service on the networks it shares
+    with the linking one (the alias resolves there, as the link did)."""
+    for name, svc in sorted(converted.items()):
+        for alias, (target, where) in sorted(svc.links.items()):
+            linked = converted.get(target)
+            if linked is None or alias == target:
+                continue  # an undefined target is reported with depends_on
+            shared = [n for n in svc.data.get("networks", ())
+                      if n in linked.data.get("networks", ())]
+            if not shared:
+                remarks.append(Remark(Kind.WARNING, where.file, where.line,
+                                      ("services", name, "links"),
+                                      f"{target} shares no network with {name}: the alias "
+                                      f"{alias!r} does not resolve (dropped)"))
+                continue
+            table = linked.data.setdefault("network_aliases", {})
+            for net in shared:
+                if alias not in table.setdefault(net, []):
+                    table[net].append(alias)
+            remarks.append(Remark(Kind.NOTE, where.file, where.line,
+                                  ("services", name, "links"),
+                                  f"{target} is also reachable as {alias!r} (a network alias "
+                                  f"on {', '.join(shared)}), and {name} starts after it"))
 
 
 def _reachable(graph: Mapping[str, Sequence[str]], start: str) -> set[str]:

@@ -202,7 +202,7 @@ services:
     dns_search: [corp.example, example]
   setup:
     image: setup:1
-    links: [app]
+    stdin_open: true
 """
 
 
@@ -215,7 +215,7 @@ def test_new_keys_reach_the_container_body_and_restart_defaults_to_no(
     out = tmp_path / "spec"
     code, stdout, stderr = run(["import-compose", str(src), "-o", str(out)], capsys)
     assert code == 0, stdout + stderr
-    assert "compose.yml:10: services.setup.links: not supported" in stdout  # listed, file:line
+    assert "compose.yml:10: services.setup.stdin_open: not supported" in stdout  # listed, file:line
     loaded = load(out, strict=False)
     app = loaded.spec.services["app"]
     assert (app.pids_limit, app.dns, app.dns_search) == (
@@ -300,3 +300,27 @@ def test_network_aliases_are_carried_to_the_endpoint(
     endpoints = container_config(svc, replica=1)["NetworkingConfig"]["EndpointsConfig"]
     assert list(endpoints.values()) == [{"Aliases": ["prosody", "xmpp.meet.jitsi"]}]
     assert svc.public_config["network_aliases"] == {"meet.jitsi": ["xmpp.meet.jitsi"]}
+
+
+LINKS = """
+services:
+  db:
+    image: postgres:16
+    restart: always
+  app:
+    image: app:1
+    restart: always
+    links: ["db:database", db]
+"""
+
+
+def test_links_become_network_aliases_of_the_linked_service(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = compose(tmp_path, LINKS)
+    out = tmp_path / "spec"
+    code, stdout, stderr = run(["import-compose", str(src), "-o", str(out)], capsys)
+    assert code == 0, stdout + stderr
+    spec = load(out, strict=False).spec
+    assert spec.services["db"].network_aliases == {"default": ("database",)}
+    assert "db" in spec.services["app"].depends_on
+    assert "db is also reachable as 'database'" in stdout
