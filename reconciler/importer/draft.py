@@ -25,6 +25,7 @@ class Draft:
     exposed: list[str] = field(default_factory=list)  # container ports (expose + ports)
     secrets: dict[str, str] = field(default_factory=dict)  # variable -> value (env file only)
     links: dict[str, tuple[str, Y]] = field(default_factory=dict)  # alias -> (service, where)
+    anon_volumes: list[str] = field(default_factory=list)  # named volumes made of anonymous
 
     def rebase(self, path: str) -> str:
         return rebase(path, project_dir=self.project_dir, out_dir=self.out_dir)

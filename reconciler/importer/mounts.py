@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from reconciler.importer.draft import Draft
@@ -29,9 +30,7 @@ def volumes(svc: Draft, y: Y, _: Mapping[str, Y]) -> None:
 def _short_volume(svc: Draft, item: Y, path: tuple[str | int, ...]) -> str | None:
     parts = str(item.value).split(":")
     if len(parts) == 1:
-        svc.remark(Kind.UNSUPPORTED, item, path, "not supported (dropped): anonymous "
-                   "volume; give it a name (a top-level volume) to keep its data")
-        return None
+        return _anonymous(svc, item, path, parts[0], read_only=False)
     source, target = parts[0], parts[1]
     modes = parts[2].split(",") if len(parts) > 2 else []
     kept: list[str] = []
@@ -49,6 +48,20 @@ def _short_volume(svc: Draft, item: Y, path: tuple[str | int, ...]) -> str | Non
 
 
 
+def _anonymous(svc: Draft, item: Y, path: tuple[str | int, ...], target: str, *,
+               read_only: bool) -> str:
+    """An anonymous volume becomes a named one the reconciler creates and labels, so its data
+    is kept across updates as compose keeps an anonymous volume across `up` (a named volume
+    also makes `update.order: auto` stop-first: never two writers on it)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", target.lower()).strip("-") or "root"
+    name = f"{svc.name}-anon-{slug}"
+    svc.anon_volumes.append(name)
+    svc.remark(Kind.NOTE, item, path, f"anonymous volume at {target}: written as the named "
+               f"volume {name!r} (created and labelled by the reconciler, kept across updates "
+               "and never removed; the data of compose's anonymous volume is not moved)")
+    return f"{name}:{target}" + (":ro" if read_only else "")
+
+
 def _long_volume(svc: Draft, item: Y, path: tuple[str | int, ...]) -> str | None:
     d: dict[str, Y] = item.value
     kind = as_text(d["type"].value) if "type" in d else "volume"
@@ -60,11 +73,9 @@ def _long_volume(svc: Draft, item: Y, path: tuple[str | int, ...]) -> str | None
     if not target:
         svc.remark(Kind.ERROR, item, path, "mount without target")
         return None
-    if not source:
-        svc.remark(Kind.UNSUPPORTED, item, path, "not supported (dropped): anonymous "
-                   "volume; give it a name (a top-level volume) to keep its data")
-        return None
     read_only = "read_only" in d and d["read_only"].value is True
+    if not source:
+        return _anonymous(svc, item, path, target, read_only=read_only)
     for key, value in d.items():
         if key in ("type", "source", "target", "read_only"):
             continue

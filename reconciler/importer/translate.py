@@ -244,6 +244,9 @@ def import_compose(
     for name in needs_default:
         converted[name].data["networks"] = ["default"]
     _link_aliases(converted, remarks)
+    for svc in converted.values():
+        for anon in svc.anon_volumes:
+            volumes.setdefault(anon, {})
 
     services: dict[str, dict[str, Any]] = {}
     for name, svc in converted.items():

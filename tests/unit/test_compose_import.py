@@ -394,7 +394,8 @@ volumes:
     assert web["restart"] == "on-failure"
     assert web["env_file"] == ["../web.env"]
     assert web["ports"] == ["127.0.0.1:8080:80"]
-    assert web["volumes"] == ["../static:/srv/static:ro", "data:/data"]
+    assert web["volumes"] == ["../static:/srv/static:ro", "data:/data",
+                              "web-anon-anonymous:/anonymous"]
     assert web["networks"] == ["front"]
     assert web["healthcheck"] == {"test": ["CMD", "true"], "interval": "10s",
                                   "timeout": "20s", "retries": 6}
@@ -422,7 +423,7 @@ volumes:
     for fragment in ("services.web.build: dropped: the image is kept",
                      "services.web.container_name: dropped",
                      "services.web.volumes[1]: SELinux relabel suffix :Z dropped",
-                     "services.web.volumes[2]: not supported (dropped): anonymous volume",
+                     "services.web.volumes[2]: anonymous volume at",
                      "services.web.volumes[3]: not supported (dropped): tmpfs mount",
                      "services.web.deploy.update_config.failure_action: dropped",
                      "services.web.env_file[0].required: required: false is not supported",

@@ -324,3 +324,30 @@ def test_links_become_network_aliases_of_the_linked_service(
     assert spec.services["db"].network_aliases == {"default": ("database",)}
     assert "db" in spec.services["app"].depends_on
     assert "db is also reachable as 'database'" in stdout
+
+
+ANON = """
+services:
+  search:
+    image: meili:1
+    restart: always
+    volumes: ["/meili_data", {type: volume, target: /cache}]
+"""
+
+
+def test_anonymous_volumes_become_labelled_named_volumes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = compose(tmp_path, ANON)
+    out = tmp_path / "spec"
+    code, stdout, stderr = run(["import-compose", str(src), "-o", str(out)], capsys)
+    assert code == 0, stdout + stderr
+    loaded = load(out, strict=False)
+    spec = loaded.spec
+    assert list(spec.services["search"].volumes) == [
+        "search-anon-meili-data:/meili_data", "search-anon-cache:/cache"]
+    for name in ("search-anon-meili-data", "search-anon-cache"):
+        assert not spec.volume(name).external  # the reconciler creates and labels it
+    assert "anonymous volume at /meili_data: written as the named volume" in stdout
+    from reconciler.desired import build
+
+    assert build(loaded, b"k" * 32).services["search"].order.value == "stop-first"
