@@ -23,8 +23,8 @@ from pydantic import ValidationError
 
 from reconciler import hostfiles, yamlread
 from reconciler.envfiles import EnvFile, EnvFinding, check_env_files, parse_dotenv
+from reconciler.hostfiles import Refused, read_regular_file
 from reconciler.labels import keyed_digest
-from reconciler.safefiles import UnsafeFile, kind_of, read_regular_file
 from reconciler.specs import (
     Finding,
     HostPolicy,
@@ -414,12 +414,12 @@ def _spec_files(root: Path) -> tuple[dict[Path, bytes], list[Problem]]:
         if stat.S_ISDIR(st.st_mode):
             continue  # a directory named *.yaml is not a spec file
         if not stat.S_ISREG(st.st_mode):
-            problems.append(Problem(where, (), f"is {kind_of(st.st_mode)}, not a regular file "
-                                               "(refused, never opened)"))
+            problems.append(Problem(where, (), f"is {hostfiles.kind(st.st_mode)}, not a "
+                                               "regular file (refused, never opened)"))
             continue
         try:
             contents[path] = read_regular_file(target, yamlread.MAX_FILE_BYTES)
-        except UnsafeFile as exc:
+        except Refused as exc:
             problems.append(Problem(where, (), exc.reason))
             continue
         total += len(contents[path])
