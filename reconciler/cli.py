@@ -17,15 +17,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from reconciler import render
-from reconciler.desired import Desired, build
+from reconciler.core import render
+from reconciler.core.desired import Desired, build
+from reconciler.core.model import LoadedSpec, SpecError
+from reconciler.core.plans import Plan, compute
+from reconciler.core.printable import clean_keep_colors
+from reconciler.core.snapshots import Snapshot, empty
 from reconciler.execute import Progress
-from reconciler.loading import LoadedSpec, SpecError, load, load_policy
+from reconciler.loading import load, load_policy
 from reconciler.persistence import State, StateError, default_state_dir
-from reconciler.plans import Plan, compute
-from reconciler.printable import SafeStream
 from reconciler.runtimes import EngineError, EngineUnavailable, Runtime
-from reconciler.snapshots import Snapshot, empty
 
 if TYPE_CHECKING:
     from reconciler.reconcile import PassResult
@@ -34,6 +35,25 @@ EXIT_OK, EXIT_FAILED, EXIT_CHANGES = 0, 1, 2
 # a host without a key previews with a key of this process: a fixed, public key would make
 # the fingerprints shown (over env-file contents) as good as unkeyed
 PREVIEW_KEY = secrets.token_bytes(32)
+
+
+class SafeStream:
+    """A text stream whose writes are cleaned (`clean_keep_colors`); everything else is the
+    wrapped stream's."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(clean_keep_colors(text))
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -465,8 +485,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
     from reconciler import logs
     from reconciler.controller import Controller
+    from reconciler.core.specs import parse_duration
     from reconciler.reconcile import Reconciler
-    from reconciler.specs import parse_duration
 
     logs.configure()
     log = logs.get()

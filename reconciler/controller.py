@@ -19,15 +19,16 @@ from typing import Any
 
 import structlog
 
-from reconciler import labels, logs
+from reconciler import logs
+from reconciler.core import labels
+from reconciler.core.model import SpecError
+from reconciler.core.plans import drift_kinds
+from reconciler.core.snapshots import ContainerState, Health
 from reconciler.execute import Sleeper
 from reconciler.gitsync import PullKind, git_lock, git_pull
-from reconciler.loading import SpecError
 from reconciler.persistence import StateError
-from reconciler.plans import drift_kinds
 from reconciler.reconcile import PassResult, PassStatus, Reconciler, observe
 from reconciler.runtimes import EngineError
-from reconciler.snapshots import ContainerState, Health
 
 URGENT = frozenset({"spec", "git", "signal", "start"})
 WATCHED_EVENTS = ("die", "destroy", "oom", "health_status: unhealthy", "stop", "kill")

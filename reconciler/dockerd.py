@@ -33,7 +33,7 @@ import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError, DockerStreamError
 
-from reconciler.envfiles import redact
+from reconciler.core.envfiles import redact
 from reconciler.runtimes import (
     JSON,
     Conflict,

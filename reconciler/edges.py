@@ -14,12 +14,12 @@ import asyncio
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from pathlib import Path
 
-from reconciler.desired import Desired, DesiredService
+from reconciler.core.desired import Desired, DesiredService
+from reconciler.core.snapshots import ContainerState, Health, Observed, parse
 from reconciler.execute import EdgeHook, FailureKind, StepFailed
 from reconciler.faults import crash_point
 from reconciler.persistence import StateError, atomic_write
 from reconciler.runtimes import EngineError, EngineUnavailable, Runtime
-from reconciler.snapshots import ContainerState, Health, Observed, parse
 
 PLACEHOLDER = "server 127.0.0.1:9 down;  # no healthy container"
 KEPT = "(kept: no healthy replica)"
@@ -123,7 +123,7 @@ class Edge(EdgeHook):
         self._retiring: set[str] = set()
 
     async def _containers(self, desired: Desired) -> list[Observed]:
-        from reconciler.labels import project_selector
+        from reconciler.core.labels import project_selector
 
         raw = await self.rt.list_containers(label=project_selector(desired.project))
         return list(parse(desired.project, raw).containers)

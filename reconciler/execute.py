@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from reconciler import labels
-from reconciler.blueprint import container_config
-from reconciler.desired import Desired, DesiredService
-from reconciler.envfiles import Secret, redact
+from reconciler.core import labels
+from reconciler.core.blueprint import container_config
+from reconciler.core.desired import Desired, DesiredService
+from reconciler.core.envfiles import Secret, redact
+from reconciler.core.health import Failure, Gate, Probe, Verdict, judge
+from reconciler.core.plans import Action, ContainerRef, ImageAction, Lane, Plan, Step
 from reconciler.faults import crash_point
-from reconciler.health import Failure, Gate, Probe, Verdict, judge
-from reconciler.plans import Action, ContainerRef, ImageAction, Lane, Plan, Step
 from reconciler.runtimes import (
     Conflict,
     EngineError,

@@ -20,8 +20,14 @@ from typing import Any
 
 import structlog
 
-from reconciler import faults, rollback
-from reconciler.desired import Desired, build
+from reconciler import faults
+from reconciler.core import rollback
+from reconciler.core.desired import Desired, build
+from reconciler.core.labels import project_selector
+from reconciler.core.model import LoadedSpec, SpecError
+from reconciler.core.plans import Plan, compute
+from reconciler.core.snapshots import Snapshot, parse
+from reconciler.core.specs import HostPolicy
 from reconciler.edges import Edge, edge_dir
 from reconciler.execute import (
     ExecutionReport,
@@ -32,18 +38,14 @@ from reconciler.execute import (
     StepFailed,
     ignore_progress,
 )
-from reconciler.labels import project_selector
-from reconciler.loading import LoadedSpec, SpecError, input_stamp, load
+from reconciler.loading import input_stamp, load
 from reconciler.persistence import (
     GoodRevision,
     HistoryEntry,
     SpecChanged,
     State,
 )
-from reconciler.plans import Plan, compute
 from reconciler.runtimes import EngineError, EngineUnavailable, Runtime
-from reconciler.snapshots import Snapshot, parse
-from reconciler.specs import HostPolicy
 
 
 class PassStatus(StrEnum):

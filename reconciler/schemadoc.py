@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from reconciler.specs import Spec
+from reconciler.core.specs import Spec
 
 SCHEMA_URL = "https://json-schema.org/draft/2020-12/schema"
 

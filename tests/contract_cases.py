@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from reconciler.health import Probe
+from reconciler.core.health import Probe
+from reconciler.core.snapshots import ContainerState, parse_container
 from reconciler.runtimes import (
     JSON,
     Conflict,
@@ -28,7 +29,6 @@ from reconciler.runtimes import (
     NotFound,
     Runtime,
 )
-from reconciler.snapshots import ContainerState, parse_container
 
 LABEL_PROJECT = "reconciler.project"
 LABEL_SERVICE = "reconciler.service"

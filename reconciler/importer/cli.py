@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import TextIO
 
 from reconciler import yamlread
-from reconciler.envfiles import parse_dotenv
+from reconciler.core.envfiles import parse_dotenv
+from reconciler.core.model import SpecError
+from reconciler.core.specs import DEFAULT_TIERS
 from reconciler.hostfiles import Refused, read_regular_file
 from reconciler.importer.model import ImportResult, Kind, Remark, Source
 from reconciler.importer.translate import import_compose
-from reconciler.loading import MAX_ENV_FILE_BYTES, SpecError, load
-from reconciler.specs import DEFAULT_TIERS
+from reconciler.loading import MAX_ENV_FILE_BYTES, load
 
 EXIT_OK, EXIT_FAILED = 0, 1
 

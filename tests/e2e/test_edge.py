@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.desired import build
+from reconciler.core.desired import build
+from reconciler.core.snapshots import ContainerState, Health, Observed
 from reconciler.edges import render_upstreams, upstream_servers, worker_pids
 from reconciler.loading import load
-from reconciler.snapshots import ContainerState, Health, Observed
 from tests.dockerkit import APP, NGINX, REPO, Host, docker, swap, wait_until
 from tests.loadgen import LoadResult, run_load
 

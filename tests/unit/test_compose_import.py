@@ -15,7 +15,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from reconciler import cli
-from reconciler.desired import build
+from reconciler.core.desired import build
 from reconciler.importer import Kind, Source, image_role, import_compose
 from reconciler.loading import load
 

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from reconciler.desired import Desired
+from reconciler.core.desired import Desired
+from reconciler.core.plans import compute
+from reconciler.core.snapshots import ContainerState, Health, Observed
 from reconciler.edges import (
     PLACEHOLDER,
     Edge,
@@ -21,9 +23,7 @@ from reconciler.edges import (
     worker_pids,
 )
 from reconciler.execute import StepFailed
-from reconciler.plans import compute
 from reconciler.runtimes import ExecResult
-from reconciler.snapshots import ContainerState, Health, Observed
 from tests.specfactory import container_json, desired_from
 from tests.unit.test_planner import observed
 

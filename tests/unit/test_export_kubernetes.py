@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from reconciler.core.model import LoadedSpec
 from reconciler.export.kubernetes import (
     APPLICATION,
     KUSTOMIZATION,
@@ -37,7 +38,7 @@ from reconciler.export.kubernetes import (
     export,
 )
 from reconciler.exporting import EXPORT_POLICY, dump, read_mounted, spec_locations, write
-from reconciler.loading import LoadedSpec, load
+from reconciler.loading import load
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden"

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from reconciler.blueprint import container_config
-from reconciler.desired import Desired
-from reconciler.fields import FIELDS
-from reconciler.specs import HostPolicy, Service
+from reconciler.core.blueprint import container_config
+from reconciler.core.desired import Desired
+from reconciler.core.fields import FIELDS
+from reconciler.core.specs import HostPolicy, Service
 from tests.specfactory import desired_from
 
 BASE = """

@@ -14,12 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler import yamlread
-from reconciler.envfiles import parse_dotenv
+from reconciler.core.envfiles import parse_dotenv
+from reconciler.core.model import SpecError
+from reconciler.core.printable import clean, clean_keep_colors
 from reconciler.hostfiles import Refused, read_regular_file
 from reconciler.importer import Kind, Source, import_compose
 from reconciler.importer.cli import _dotenv_value
-from reconciler.loading import MAX_ENV_FILE_BYTES, SpecError, load
-from reconciler.printable import clean, clean_keep_colors
+from reconciler.loading import MAX_ENV_FILE_BYTES, load
 from reconciler.yamlread import Budget, YamlRefused
 
 SECRET = "s3cr3t-value-never-printed"

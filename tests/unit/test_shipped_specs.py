@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.loading import LoadedSpec, SpecError, load
-from reconciler.specs import (
+from reconciler.core.model import LoadedSpec, SpecError
+from reconciler.core.specs import (
     DEFAULT_TIERS,
     UpdateOrder,
     active_services,
@@ -20,6 +20,7 @@ from reconciler.specs import (
     parse_port,
     resolved_order,
 )
+from reconciler.loading import load
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = REPO / "specs"

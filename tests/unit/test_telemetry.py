@@ -11,8 +11,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler import telemetry
+from reconciler.core.plans import Reason, drift_kind
 from reconciler.execute import FailureKind
-from reconciler.plans import Reason, drift_kind
 from reconciler.telemetry import Metrics, serve
 from tests.monitoring import (
     DS,

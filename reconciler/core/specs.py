@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from reconciler.envfiles import SECRET_KEY
+from reconciler.core.envfiles import SECRET_KEY
 
 DEFAULT_TIERS: tuple[str, ...] = ("infrastructure", "core", "business", "external")
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.specs import Service, parse_port
+from reconciler.core.specs import Service, parse_port
 
 NANO = 1_000_000_000
 JSON = dict[str, Any]

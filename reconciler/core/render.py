@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from reconciler.labels import UNKNOWN
-from reconciler.plans import Action, FieldChange, Plan, Step
-from reconciler.printable import clean
-from reconciler.specs import UpdateOrder
+from reconciler.core.labels import UNKNOWN
+from reconciler.core.plans import Action, FieldChange, Plan, Step
+from reconciler.core.printable import clean
+from reconciler.core.specs import UpdateOrder
 
 SYMBOLS = {
     Action.CREATE_NETWORK: "+",

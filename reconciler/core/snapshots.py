@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from reconciler import labels
+from reconciler.core import labels
 
 _EXIT = re.compile(r"^Exited \((-?\d+)\)")
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from reconciler import labels
-from reconciler.desired import Desired, DesiredService
-from reconciler.snapshots import ContainerState, Health, Observed, Snapshot
-from reconciler.specs import PullPolicy, Restart, UpdateOrder
+from reconciler.core import labels
+from reconciler.core.desired import Desired, DesiredService
+from reconciler.core.snapshots import ContainerState, Health, Observed, Snapshot
+from reconciler.core.specs import PullPolicy, Restart, UpdateOrder
 
 
 class Action(StrEnum):
