@@ -394,7 +394,8 @@ async def case_events_for_our_containers_only(h: Harness) -> None:
             assert e.attributes["name"] == h.name("svc-1")
             assert e.time_nano > 0
         die = next(e for e in seen if e.action == "die")
-        assert die.attributes["exitCode"] == "0"
+        # 0: the app exits on SIGTERM; 137: a loaded host ran out the stop timeout (SIGKILL)
+        assert die.attributes["exitCode"] in ("0", "137"), die.attributes
     finally:
         await stream.aclose()
     with pytest.raises(StopAsyncIteration):  # closed streams end
