@@ -190,7 +190,8 @@ def test_realworld_file_imports_without_a_traceback(
     env = {k: v for k, v in os.environ.items() if k != "RECONCILER_DEBUG"}
     os.environ["RECONCILER_DEBUG"] = "1"  # a crash must surface as a test failure
     try:
-        code, stdout, stderr = run(["import-compose", str(path), "-o", str(out)], capsys)
+        code, stdout, stderr = run(["import-compose", str(path), "-o", str(out),
+                                    "--secrets-dir", str(tmp_path / "secrets")], capsys)
     finally:
         os.environ.clear()
         os.environ.update(env)
