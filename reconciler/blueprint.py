@@ -75,6 +75,8 @@ def container_config(svc: DesiredService, replica: int) -> dict[str, Any]:
         host["PortBindings"] = bindings
     if s.resources.memory:
         host["Memory"] = s.resources.memory
+    if s.resources.memory_reservation:
+        host["MemoryReservation"] = s.resources.memory_reservation
     if s.resources.cpus:
         host["NanoCpus"] = int(s.resources.cpus * NANO)
     if s.privileged:

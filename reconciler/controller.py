@@ -23,7 +23,7 @@ import structlog
 
 from reconciler import faults, labels, logs, rollback
 from reconciler.desired import Desired, build
-from reconciler.edges import Edge, edge_dir
+from reconciler.edges import Edge, edge_dir, edge_log_dir
 from reconciler.execute import (
     Executor,
     Outcome,
@@ -134,7 +134,11 @@ class Reconciler:
         if self._built is not None and self._built[0] is loaded:
             desired = self._built[1]
         else:
-            desired = build(loaded, key, edge_dir=str(directory) if spec.edge else None)
+            logs_dir = edge_log_dir(self.state.root, spec.project) if spec.edge else None
+            if logs_dir is not None:
+                logs_dir.mkdir(parents=True, exist_ok=True)
+            desired = build(loaded, key, edge_dir=str(directory) if spec.edge else None,
+                            edge_log_dir=str(logs_dir) if logs_dir else None)
             self._built = (loaded, desired)
         self.last_desired = desired
         snapshot = await observe(self.rt, desired.project)
@@ -321,6 +325,7 @@ DRIFT_KINDS = {
 }
 URGENT = frozenset({"spec", "git", "signal", "start"})
 WATCHED_EVENTS = ("die", "destroy", "oom", "health_status: unhealthy", "stop", "kill")
+EDGE_LOG_EVERY_S = 5  # how often the daemon reads new lines of the edge's access log
 
 
 def drift_kinds(plan: Plan | None, *, spec_unchanged: bool) -> list[str]:
@@ -365,6 +370,7 @@ class Controller:
         self.git_backoff_s = 0.0
         self.events_project: str | None = None
         self.project_changed = asyncio.Event()
+        self.edge_log: Any = None  # telemetry.EdgeLog, once there is an edge
 
     # -- triggers --------------------------------------------------------------------------
     def trigger(self, reason: str) -> None:
@@ -404,14 +410,39 @@ class Controller:
 
     async def _ticker(self) -> None:
         last_resync = time.monotonic()
+        ticks = 0
         while True:
             await asyncio.sleep(1.0)
+            ticks += 1
             self.heartbeat = time.monotonic()
             if self.metrics is not None and self.healthy():
                 self.metrics.heartbeat(time.time())
+            if self.metrics is not None and ticks % EDGE_LOG_EVERY_S == 0:
+                await self._edge_log()
             if self.heartbeat - last_resync >= self.resync_s:
                 last_resync = self.heartbeat
                 self.trigger("resync")
+
+    async def _edge_log(self) -> None:
+        """New lines of the edge's access log into the `reconciler_edge_*` metrics."""
+        from reconciler.telemetry import EdgeLog  # the daemon only
+
+        desired = self.rec.last_desired
+        if desired is None or desired.edge_service is None:
+            return
+        path = edge_log_dir(self.rec.state.root, desired.project) / "access.json"
+        if self.edge_log is None or self.edge_log.path != str(path):
+            if self.edge_log is not None:
+                self.edge_log.close()
+            self.edge_log = EdgeLog(path)
+            self.metrics.edge_upstreams(
+                n for n, s in desired.services.items() if s.service.expose is not None)
+        try:
+            lines = await asyncio.to_thread(self.edge_log.read)
+        except OSError as exc:
+            self.log.warning("edge access log unreadable", error=str(exc))
+            return
+        self.metrics.edge_records(lines)
 
     async def _passes(self) -> None:
         while True:
@@ -594,6 +625,9 @@ class Controller:
             async for event in stream:
                 if event.action.startswith(WATCHED_EVENTS):
                     self.trigger("engine-event")
+                if event.action == "health_status: unhealthy" and self.metrics is not None:
+                    self.metrics.health_check_failed(
+                        event.attributes.get(labels.SERVICE) or "unknown")
         except RuntimeError_ as exc:
             self.log.warning("event stream error", error=str(exc))
 

@@ -161,6 +161,7 @@ class Update(_Model):
 
 class Resources(_Model):
     memory: Size | None = None
+    memory_reservation: Size | None = None  # compose `mem_reservation`: a soft floor
     cpus: float | None = Field(default=None, gt=0)
 
 
