@@ -184,6 +184,9 @@ class Edge(EdgeHook):
         text, ok = render_health(desired, containers)
         directory = self.path.parent
         try:
+            # nginx's workers (not root) serve these files: the directory must be searchable
+            if directory.is_dir() and directory.stat().st_mode & 0o777 != 0o755:
+                directory.chmod(0o755)
             for name, wanted in ((HEALTH_FILE, True), (HEALTH_OK_FILE, ok)):
                 path = directory / name
                 try:

@@ -190,7 +190,8 @@ def test_favicon_is_local_and_with_no_upstream_the_client_gets_a_friendly_503(
     status, headers, body = get(base + "/v1/orders", accept="application/json")
     assert status == 503 and headers.get("Retry-After") == "5", (status, headers, body)
     assert json.loads(body)["error"] == "service_unavailable"
-    status, headers, body = get(base + "/health", accept="text/html,application/xhtml+xml")
+    # a browser (not /v1/) gets the HTML page (/health is the stack's health, not proxied)
+    status, headers, body = get(base + "/api-docs/", accept="text/html,application/xhtml+xml")
     assert status == 503 and headers.get("Retry-After") == "5", (status, headers, body)
     assert headers["Content-Type"].startswith("text/html") and "<html" in body
 

@@ -370,3 +370,31 @@ def test_prometheus_config_is_valid() -> None:
         env={**os.environ, "NO_COLOR": "1"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_sizing_check_warns_only_when_the_peak_exceeds_the_host(prod: LoadedSpec) -> None:
+    from reconciler.sizing import memory_findings, memory_fit
+
+    small = memory_fit(prod.spec, host_memory=4 * 1024**3)
+    (finding,) = memory_findings(small)
+    assert finding.warning and "exceed the host's memory 4.0 GiB" in finding.message
+    assert "tier business: api-gateway, catalog-service, order-service, payment-service" in (
+        finding.message)
+    # stop-first services never surge; parallelism is capped by the replicas
+    assert all(prod.spec.services[n].update.order != "stop-first"
+               for n in small.surge_services)
+
+
+def test_validate_prints_the_sizing_and_warns_on_a_small_host(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from reconciler import cli
+
+    assert cli.main(["validate", "--no-strict", "--spec", str(SPECS),
+                     "--host-memory", "8g"]) == 0
+    out = capsys.readouterr()
+    assert "sizing: memory limits 6.0 GiB + start-first surge 1.0 GiB = 7.0 GiB" in out.out
+    assert "exceed" not in out.err
+    assert cli.main(["validate", "--no-strict", "--spec", str(SPECS), "--profile", "admin",
+                     "--host-memory", "6g"]) == 0  # a warning, not a failure
+    assert "7.5 GiB exceed the host's memory 6.0 GiB" in capsys.readouterr().err
