@@ -142,7 +142,7 @@ def write_env_files(env_dir: Path) -> None:
 
 def htpasswd_line(user: str, password: str) -> str:
     """nginx's `{SSHA}` scheme (salted SHA-1, needs no crypt(3)); operators use
-    `htpasswd -B` or `openssl passwd -apr1` (deploy/install.sh)."""
+    `openssl passwd -6` (deploy/install.sh)."""
     salt = secrets.token_bytes(8)
     digest = hashlib.sha1(password.encode() + salt).digest()
     return f"{user}:{{SSHA}}{base64.b64encode(digest + salt).decode()}\n"
@@ -162,7 +162,13 @@ def run(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
 
 
 def docker(*args: str, timeout: float = 120, check: bool = True, stdin: str | None = None) -> str:
-    return run("docker", *args, timeout=timeout, check=check, stdin=stdin).stdout
+    """The docker CLI; with check=False a failure or a hung engine (timeout) gives ""."""
+    try:
+        return run("docker", *args, timeout=timeout, check=check, stdin=stdin).stdout
+    except subprocess.TimeoutExpired:
+        if check:
+            raise
+        return ""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -375,12 +381,15 @@ class Rehearsal:
                       "--filter", f"label=reconciler.service={service}").split()
 
     # -- cleaning up ----------------------------------------------------------------------
-    def cleanup(self) -> None:
+    def cleanup(self) -> bool:
+        """Remove the project's containers, networks and volumes; False if some are left."""
         self.stop_daemon()
         label = f"label=reconciler.project={self.project}"
-        ids = docker("ps", "-aq", "--filter", label, check=False).split()
-        if ids:
-            docker("rm", "-f", "-v", *ids, check=False)
+        for _ in range(3):
+            ids = docker("ps", "-aq", "--filter", label, check=False).split()
+            if not ids:
+                break
+            docker("rm", "-f", "-v", *ids, check=False, timeout=180)
         nets = docker("network", "ls", "-q", "--filter", label, check=False).split()
         if nets:
             docker("network", "rm", *nets, check=False)
@@ -388,6 +397,7 @@ class Rehearsal:
                 if v.startswith(f"{self.project}_")]
         if vols:
             docker("volume", "rm", "-f", *vols, check=False)
+        return not docker("ps", "-aq", "--filter", label, check=False).split()
 
 
 def check_urls(r: Rehearsal) -> None:
@@ -612,7 +622,8 @@ def rehearse(*, keep: bool = False) -> int:
                   f"  rm -rf {r.root}")
         else:
             t0 = time.monotonic()
-            r.cleanup()
+            rep.check("cleanup: the rehearsal's containers, networks and volumes removed",
+                      r.cleanup())
             shutil.rmtree(r.root, ignore_errors=True)
             timings["cleanup"] = time.monotonic() - t0
     wall = time.monotonic() - started

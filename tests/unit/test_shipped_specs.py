@@ -398,3 +398,21 @@ def test_validate_prints_the_sizing_and_warns_on_a_small_host(
     assert cli.main(["validate", "--no-strict", "--spec", str(SPECS), "--profile", "admin",
                      "--host-memory", "6g"]) == 0  # a warning, not a failure
     assert "7.5 GiB exceed the host's memory 6.0 GiB" in capsys.readouterr().err
+
+
+def test_one_env_dir_everywhere_and_the_workflow_pins_a_commit_of_this_repository() -> None:
+    """specs/, install.sh, README and MIGRATION.md name one env-file directory; the spec-repo
+    workflow installs the reconciler from git at a pinned commit, not an unpublished version."""
+    texts = {p: p.read_text() for p in [*SPECS.glob("*.yaml"), REPO / "README.md",
+                                        REPO / "MIGRATION.md", REPO / "deploy" / "install.sh"]}
+    for path, text in texts.items():
+        assert "/opt/metro/env" not in text, path
+        for match in re.findall(r"/opt/env/[\w.-]+\.env", text):
+            raise AssertionError(f"{path}: {match} is not under /opt/env/metro/")
+        if path.suffix != ".yaml" or "env_file" in text:
+            assert "/opt/env/metro" in text, path
+    assert "ENV_DIR=$ENV_ROOT/metro" in texts[REPO / "deploy" / "install.sh"]
+    workflow = (REPO / "deploy" / "ci" / "spec-repo-workflow.yml").read_text()
+    assert "reconciler==" not in workflow
+    assert 'git+${RECONCILER_GIT}@${RECONCILER_REV}' in workflow
+    assert "RECONCILER_REV:" in workflow and "--host-memory" in workflow
