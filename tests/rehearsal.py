@@ -385,11 +385,16 @@ class Rehearsal:
         """Remove the project's containers, networks and volumes; False if some are left."""
         self.stop_daemon()
         label = f"label=reconciler.project={self.project}"
+        # One container at a time, killed before it is removed: a parallel `docker rm -f` of
+        # many containers with health-check execs in flight is hard on the 20.10 engine.
         for _ in range(3):
             ids = docker("ps", "-aq", "--filter", label, check=False).split()
             if not ids:
                 break
-            docker("rm", "-f", "-v", *ids, check=False, timeout=180)
+            for cid in ids:
+                docker("kill", cid, check=False, timeout=60)
+            for cid in ids:
+                docker("rm", "-f", "-v", cid, check=False, timeout=60)
         nets = docker("network", "ls", "-q", "--filter", label, check=False).split()
         if nets:
             docker("network", "rm", *nets, check=False)

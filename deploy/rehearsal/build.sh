@@ -39,6 +39,11 @@ copy_bin() {
     done
 }
 
+finish() { # <image> <context dir>: the rootfs tar, then build unless the hash is current
+    make_tar "$2/root" "$2/rootfs.tar"
+    ensure_image "${1%:*}" "$2" "${1##*:}"
+}
+
 image_ctx() { # <name>: a fresh context dir with a base rootfs (busybox, passwd) in $ctx/root
     ctx=$WORK/$1
     rm -rf "$ctx"
@@ -76,8 +81,7 @@ HEALTHCHECK NONE
 STOPSIGNAL SIGINT
 ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]
 DOCKERFILE
-    make_tar "$root" "$ctx/rootfs.tar"
-    ensure_image "${image%:*}" "$ctx" "${image##*:}"
+    finish "$image" "$ctx"
 }
 
 build_redis() {
@@ -96,8 +100,7 @@ WORKDIR /data
 HEALTHCHECK NONE
 CMD ["redis-server"]
 DOCKERFILE
-    make_tar "$root" "$ctx/rootfs.tar"
-    ensure_image "${image%:*}" "$ctx" "${image##*:}"
+    finish "$image" "$ctx"
 }
 
 build_prometheus() {
@@ -117,8 +120,7 @@ HEALTHCHECK NONE
 ENTRYPOINT ["$PROMETHEUS"]
 CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]
 DOCKERFILE
-    make_tar "$root" "$ctx/rootfs.tar"
-    ensure_image "${image%:*}" "$ctx" "${image##*:}"
+    finish "$image" "$ctx"
 }
 
 build_nginx() {
