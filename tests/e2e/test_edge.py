@@ -256,6 +256,8 @@ def test_shipped_nginx_conf_passes_nginx_t_with_the_demo_upstreams(tmp_path: Pat
         assert len(upstream_servers(text)["api-gateway"]) == len(containers)
         out = docker("run", "--rm", "--network", "none",
                      "-v", f"{REPO / 'nginx' / 'nginx.conf'}:/etc/nginx/nginx.conf:ro",
-                     "-v", f"{conf_d}:/etc/nginx/conf.d:ro", NGINX, "sh", "-c",
+                     "-v", f"{conf_d}:/etc/nginx/conf.d:ro",
+                     "-v", f"{tmp_path}:/var/log/nginx/edge",  # the reconciler mounts it
+                     NGINX, "sh", "-c",
                      "nginx -t 2>&1", timeout=60)
         assert "test is successful" in out, (case, out)
