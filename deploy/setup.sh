@@ -83,9 +83,11 @@ fi
 
 # 2. Debian packages -----------------------------------------------------------------------
 # busybox-static: the small images; nginx: the edge image's binary; prometheus: promtool and
-# prometheus in tests; docker-compose: the benchmark comparison; git: spec checkouts.
+# prometheus in tests; docker-compose: the benchmark comparison; git: spec checkouts;
+# postgresql-15, redis-tools: the real postgres and redis images of the rehearsal
+# (deploy/rehearsal/build.sh).
 missing=()
-for pkg in busybox-static nginx prometheus docker-compose git python3-venv; do
+for pkg in busybox-static nginx prometheus docker-compose git python3-venv postgresql-15 redis-tools; do
     installed "$pkg" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

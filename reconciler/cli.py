@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(validate, suppress=True)
     validate.add_argument("--no-strict", action="store_true",
                           help="missing env files and env hygiene are warnings")
+    validate.add_argument("--host-memory", metavar="SIZE", default=None,
+                          help="check the memory sizing against SIZE (e.g. 8g) instead of "
+                               "this host's MemTotal")
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the spec format")
     _common(schema, suppress=True)
@@ -288,10 +291,46 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     loaded = load_spec(args, strict=not args.no_strict)
     print_warnings(loaded)
+    sizing_warnings(loaded, args.host_memory)
     services = len(loaded.spec.services)
     print(f"{spec_dir(args)}: valid ({services} services in {len(loaded.files)} files"
           + (f", {len(loaded.warnings)} warning(s)" if loaded.warnings else "") + ")")
     return EXIT_OK
+
+
+def host_memory() -> int | None:
+    """MemTotal of /proc/meminfo in bytes; None when it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def sizing_warnings(loaded: LoadedSpec, given: str | None) -> None:
+    """`validate`: warn when memory limits plus the start-first surge exceed the host's."""
+    from reconciler.core import sizing
+    from reconciler.core.specs import parse_size
+
+    if given is not None:
+        try:
+            memory: int | None = parse_size(given)
+        except ValueError as exc:
+            raise SystemExit(f"error: --host-memory: {exc}") from None
+    else:
+        memory = host_memory()
+    if memory is None:
+        print("note: sizing not checked (/proc/meminfo unreadable; use --host-memory SIZE)",
+              file=sys.stderr)
+        return
+    fit = sizing.memory_fit(loaded.spec, host_memory=memory, profiles=loaded.profiles)
+    for finding in sizing.memory_findings(fit):
+        print(f"warning: {loaded.directory}: {finding.message}", file=sys.stderr)
+    print(f"sizing: memory limits {sizing.gib(fit.limits)} + start-first surge "
+          f"{sizing.gib(fit.surge)} = {sizing.gib(fit.peak)} (host: {sizing.gib(memory)})")
 
 
 def cmd_schema() -> int:

@@ -28,7 +28,7 @@ from reconciler.core.model import LoadedSpec, SpecError
 from reconciler.core.plans import Plan, compute
 from reconciler.core.snapshots import Snapshot, parse
 from reconciler.core.specs import HostPolicy
-from reconciler.edges import Edge, edge_dir
+from reconciler.edges import Edge, edge_dir, edge_log_dir
 from reconciler.execute import (
     ExecutionReport,
     Executor,
@@ -139,7 +139,11 @@ class Reconciler:
         if self._built is not None and self._built[0] is loaded:
             desired = self._built[1]
         else:
-            desired = build(loaded, key, edge_dir=str(directory) if spec.edge else None)
+            logs_dir = edge_log_dir(self.state.root, spec.project) if spec.edge else None
+            if logs_dir is not None:
+                logs_dir.mkdir(parents=True, exist_ok=True)
+            desired = build(loaded, key, edge_dir=str(directory) if spec.edge else None,
+                            edge_log_dir=str(logs_dir) if logs_dir else None)
             self._built = (loaded, desired)
         self.last_desired = desired
         snapshot = await observe(self.rt, desired.project)

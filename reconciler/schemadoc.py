@@ -25,7 +25,7 @@ _DURATIONS = {
     "Update": ("min_ready", "deadline", "drain"),
     "Service": ("stop_grace_period",),
 }
-_SIZES = {"Resources": ("memory",), "Service": ("shm_size",)}
+_SIZES = {"Resources": ("memory", "memory_reservation"), "Service": ("shm_size",)}
 _STR_LISTS = {"Healthcheck": ("test",), "Service": ("command", "entrypoint", "env_file")}
 
 

@@ -85,9 +85,15 @@ def _relative(path: str, root: str) -> str:
     return path
 
 
-def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None) -> Desired:
+EDGE_LOG_TARGET = "/var/log/nginx/edge"
+
+
+def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None,
+          edge_log_dir: str | None = None) -> Desired:
     """`edge_dir`: host directory holding the rendered upstreams; the edge container gets it
-    bind-mounted at the upstreams file's directory (not part of the fingerprint)."""
+    bind-mounted at the upstreams file's directory (not part of the fingerprint).
+    `edge_log_dir`: host directory mounted writable at /var/log/nginx/edge, where nginx writes
+    the JSON access log the reconciler reads into edge metrics (not part of the fingerprint)."""
     spec = loaded.spec
     services: dict[str, DesiredService] = {}
     for name, svc in sorted(active_services(spec, loaded.profiles).items()):
@@ -131,6 +137,8 @@ def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None) -> Des
         is_edge = spec.edge is not None and spec.edge.service == name
         if is_edge and edge_dir is not None and spec.edge is not None:
             binds.append(f"{edge_dir}:{posixpath.dirname(spec.edge.upstreams_file)}:ro")
+        if is_edge and edge_log_dir is not None:
+            binds.append(f"{edge_log_dir}:{EDGE_LOG_TARGET}")
         services[name] = DesiredService(
             project=spec.project, name=name, tier=svc.tier, service=svc,
             order=resolved_order(spec, svc),

@@ -81,6 +81,8 @@ def _ports(s: Service, body: JSON, host: JSON) -> None:
 def _resources(s: Service, _body: JSON, host: JSON) -> None:
     if s.resources.memory:
         host["Memory"] = s.resources.memory
+    if s.resources.memory_reservation:
+        host["MemoryReservation"] = s.resources.memory_reservation
     if s.resources.cpus:
         host["NanoCpus"] = int(s.resources.cpus * NANO)
 

@@ -174,6 +174,7 @@ class Resources(_Model):
     """Memory (bytes) and CPU limits of each container."""
 
     memory: Size | None = None
+    memory_reservation: Size | None = None  # compose `mem_reservation`: a soft floor
     cpus: float | None = Field(default=None, gt=0)
 
 

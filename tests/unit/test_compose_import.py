@@ -558,7 +558,7 @@ def test_systemd_unit_is_hardened() -> None:
     service = parser["Service"]
     assert service["ExecStart"].startswith("/opt/reconciler/venv/bin/reconciler run ")
     for option in ("--spec /srv/metro-spec/specs", "--git-pull 30s",
-                   "--metrics-addr 127.0.0.1:9321"):
+                   "--metrics-addr 172.17.0.1:9321"):
         assert option in service["ExecStart"]
     assert service["NoNewPrivileges"] == "yes"
     assert service["ProtectSystem"] == "strict"
