@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 
 from reconciler import faults, rollback
+from reconciler.backupstore import BackupStore
 from reconciler.desired import Desired, build
 from reconciler.edges import Edge, edge_dir
 from reconciler.execute import (
@@ -113,7 +114,8 @@ class Reconciler:
         self._built: tuple[LoadedSpec, Desired] | None = None
         self.last_snapshot: Snapshot | None = None
         self.executor = Executor(runtime, clock=clock, sleep=sleep, report=report,
-                                 poll_s=poll_s)
+                                 poll_s=poll_s, backups=BackupStore(state.root, runtime,
+                                                                    wall=wall))
 
     def load_candidate(self) -> LoadedSpec:
         """The spec on disk; an unchanged spec (same files, same stats) is not read again."""
