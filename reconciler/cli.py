@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--to", metavar="REV",
                           help="revision (git commit or fingerprint prefix); default: the good "
                                "revision before last-good")
+    from reconciler.datacli import add_parsers as add_data_parsers
+
+    add_data_parsers(sub, _common)
     return parser
 
 
@@ -148,6 +151,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
             from reconciler.exporting import cmd_export
 
             return cmd_export(args)
+        if command in ("backups", "restore"):
+            return asyncio.run(cmd_data(args, command))
         return asyncio.run(cmd_run(args))
     except SpecError as exc:
         print_problems(exc)
@@ -444,6 +449,22 @@ async def cmd_rollback(args: argparse.Namespace) -> int:
             await runtime.close()
     return report_pass(res)
 
+
+
+async def cmd_data(args: argparse.Namespace, command: str) -> int:
+    from reconciler import datacli
+
+    state = State(state_dir(args))
+    if command == "backups":
+        loaded = load_spec(args, strict=False, key=preview_key(args))
+        return datacli.cmd_backups(args, state_root=state.root, project=loaded.spec.project)
+    loaded = load_spec(args, strict=True, key=state.key(create=True))
+    with state.lock():
+        runtime = await _runtime()
+        try:
+            return await datacli.cmd_restore(args, state=state, loaded=loaded, runtime=runtime)
+        finally:
+            await runtime.close()
 
 
 async def _connect_with_retry(log: Any) -> Runtime:
