@@ -27,6 +27,7 @@ from reconciler.execute import BackupHook, StepFailed
 from reconciler.persistence import atomic_write
 from reconciler.plans import Step
 from reconciler.runtimes import EngineError, Runtime
+from reconciler.specs import Backup
 
 HELPER_LABEL = "reconciler.backup-helper"
 CHUNK = 1 << 16
@@ -84,10 +85,13 @@ class BackupStore(BackupHook):
         except BackupError as exc:
             raise StepFailed(step.id, str(exc)) from None
 
-    async def backup(self, svc: DesiredService, *, source: str | None) -> Entry:
+    async def backup(self, svc: DesiredService, *, source: str | None,
+                     spec: Backup | None = None) -> Entry:
         """Take one backup of `svc` (from the running container `source` for a backup
-        command), record it, apply retention; BackupError when it failed or is empty."""
-        spec = svc.service.backup
+        command), record it, apply retention; BackupError when it failed or is empty.
+        `spec` overrides the service's own `backup` (a migration copies volumes of services
+        without one)."""
+        spec = spec or svc.service.backup
         if spec is None:
             raise BackupError(f"service {svc.name} has no backup configured")
         assert self.rt is not None

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     from reconciler.datacli import add_parsers as add_data_parsers
 
     add_data_parsers(sub, _common)
+    from reconciler.migrate import add_parser as add_migrate_parser
+
+    add_migrate_parser(sub, _common)
     return parser
 
 
@@ -151,6 +154,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
             from reconciler.exporting import cmd_export
 
             return cmd_export(args)
+        if command == "migrate":
+            return asyncio.run(cmd_migrate(args))
         if command in ("backups", "restore"):
             return asyncio.run(cmd_data(args, command))
         return asyncio.run(cmd_run(args))
@@ -463,6 +468,23 @@ async def cmd_data(args: argparse.Namespace, command: str) -> int:
         runtime = await _runtime()
         try:
             return await datacli.cmd_restore(args, state=state, loaded=loaded, runtime=runtime)
+        finally:
+            await runtime.close()
+
+
+async def cmd_migrate(args: argparse.Namespace) -> int:
+    from reconciler import migrate
+
+    state = State(state_dir(args))
+    if args.rollback:
+        return migrate.rollback(state.root, args.compose_project)
+    load_spec(args, strict=not args.dry_run, key=preview_key(args))  # file:line errors
+    with state.lock():
+        runtime = await _runtime()
+        try:
+            return await migrate.cmd_migrate(args, state=state, runtime=runtime,
+                                             spec_dir=spec_dir(args), report=progress_printer(),
+                                             policy=load_policy())
         finally:
             await runtime.close()
 

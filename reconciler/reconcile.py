@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from reconciler import faults, rollback
+from reconciler import faults, labels, rollback
 from reconciler.backupstore import BackupStore
 from reconciler.desired import Desired, build
 from reconciler.edges import Edge, edge_dir
@@ -85,12 +85,15 @@ class PassResult:
 async def observe(runtime: Runtime, project: str) -> Snapshot:
     """One list call per kind, filtered by our project label."""
     selector = project_selector(project)
-    containers, networks, volumes = await asyncio.gather(
+    compose = f"{labels.COMPOSE_PROJECT}={project}"  # a migrated compose project's objects
+    containers, networks, volumes, compose_networks, compose_volumes = await asyncio.gather(
         runtime.list_containers(label=selector),
         runtime.list_networks(label=selector),
         runtime.list_volumes(label=selector),
+        runtime.list_networks(label=compose),
+        runtime.list_volumes(label=compose),
     )
-    return parse(project, containers, networks, volumes)
+    return parse(project, containers, networks + compose_networks, volumes + compose_volumes)
 
 
 class Reconciler:
