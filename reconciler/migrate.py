@@ -18,6 +18,7 @@ them; `<state>/migrations/<NAME>-<time>/restore.sh` removes ours and starts them
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -31,11 +32,12 @@ from typing import Any
 
 from reconciler import backups, labels
 from reconciler.backupstore import BackupError, BackupStore
+from reconciler.blueprint import container_config
 from reconciler.desired import Desired, DesiredService, build
 from reconciler.edges import edge_dir
 from reconciler.execute import ExecutionReport, Executor
 from reconciler.persistence import State, atomic_write
-from reconciler.plans import Step
+from reconciler.plans import Action, Step
 from reconciler.runtimes import JSON, EngineError, Runtime
 from reconciler.specs import Backup, UpdateOrder
 
@@ -134,12 +136,11 @@ def sequence_text(desired: Desired, found: list[ComposeContainer], *,
                 lines.append(f"   {m.service}: stop {names}, then start ours, health-gated "
                              f"({m.why})")
             else:
-                lines.append(f"   {m.service}: start ours, health-gated, then stop {names} "
-                             f"({m.why})")
-    rest = leftovers(desired, found)
-    if rest:
-        lines += ["", f"{n}. Stop compose containers not in the spec: "
-                  + ", ".join(c.name for c in rest)]
+                lines.append(f"   {m.service}: start ours, health-gated ({m.why}); "
+                             f"{names} stops once the edge moved")
+    later = [c.name for m in moves(desired, found) if not m.stop_first for c in m.compose]
+    lines += ["", f"{n}. After the edge moved, stop: " + (", ".join(
+        later + [c.name for c in leftovers(desired, found)]) or "nothing")]
     lines += ["", "Compose's containers are stopped, never removed; volumes are kept. "
                   "`reconciler migrate --rollback` brings compose back."]
     return "\n".join(lines) + "\n"
@@ -172,16 +173,19 @@ class _Migrating(Executor):
     async def _tier(self, steps: list[Step], desired: Desired,
                     outcome: ExecutionReport) -> None:
         tier = steps[0].tier
-        mine = [m for m in self.tier_moves if m.tier == tier]
-        for m in mine:
-            if m.stop_first:
+        first = {m.service for m in self.tier_moves if m.tier == tier and m.stop_first}
+        # create ours before compose's stops (creating binds no port and runs nothing): the
+        # gap is stop -> start; the executor adopts the created container by its labels
+        for step in steps:
+            if step.service in first and step.action is Action.CREATE and step.new_name:
+                with contextlib.suppress(EngineError):
+                    await self.rt.create_container(step.new_name, container_config(
+                        desired.services[step.service], step.replica or 1))
+        for m in self.tier_moves:
+            if m.service in first:
                 for c in m.compose:
                     await self.stop_compose(c)
         await super()._tier(steps, desired, outcome)
-        for m in mine:
-            if not m.stop_first:
-                for c in m.compose:
-                    await self.stop_compose(c)
 
 
 def add_parser(sub: Any, common: Any) -> None:
@@ -256,14 +260,21 @@ async def cmd_migrate(args: argparse.Namespace, *, state: State, runtime: Runtim
     stopped: list[str] = []
 
     async def stop(c: ComposeContainer) -> None:
+        began = time.monotonic()
         await runtime.stop_container(c.id, timeout_s=10)
         stopped.append(c.name)
-        print(f"stopped compose container {c.name}")
+        print(f"stopped compose container {c.name} ({time.monotonic() - began:.1f}s) at "
+              f"{time.strftime('%H:%M:%S', time.gmtime())}", flush=True)
 
     tier_moves = moves(desired, found)
     rec.executor = _Migrating(runtime, report=report, backups=store, tier_moves=tier_moves,
                               stop=stop)
     res = await rec.reconcile()
+    if res.ok:
+        # start-first services' compose containers kept serving compose's edge until ours
+        # took over (the edge moves last): stop them now, then what the spec does not have
+        for c in [c for m in tier_moves if not m.stop_first for c in m.compose]:
+            await stop(c)
     if not res.ok:
         print(f"Migration FAILED: {res.message}\nRun `reconciler migrate --compose-project "
               f"{name} --rollback` to bring compose back.", file=sys.stderr)

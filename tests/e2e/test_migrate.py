@@ -159,6 +159,7 @@ def test_migrate_from_compose_keeps_data_and_rolls_back(compose_stack: tuple[Hos
     load, res, took = under_load(port, lambda: h.cli(
         "migrate", "--compose-project", h.project, timeout=300))
     print(f"\n[migrate] {load.summary()}; migrate took {took:.1f}s")
+    print(res.stdout[-3000:])
     assert res.returncode == 0, res.stdout + res.stderr
     assert load.total > 0 and load.ok > 0
     # compose's containers are all stopped (kept), ours run: 0 orphaned containers
