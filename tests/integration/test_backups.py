@@ -81,7 +81,7 @@ def test_dump_hook_backup_before_stop_first_update_then_restore(host: Host) -> N
     started = time.monotonic()
     res = host.cli("restore", "db")
     assert res.returncode == 0, res.stdout + res.stderr
-    print(f"restore (dump hook): {time.monotonic() - started:.2f}s")
+    print(f"restore (dump hook): {time.monotonic() - started:.2f}s; {res.stdout.strip()}")
     assert sentinel(host) == "precious-1"
     assert "precious" not in res.stdout + res.stderr  # never prints backup content
 
@@ -115,7 +115,7 @@ def test_volume_copy_with_retention_and_restore(host: Host) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     print(f"\napplies with volume backup: {', '.join(f'{t:.2f}s' for t in took)}; "
           f"restore (volume copy, stop + copy + start + health): "
-          f"{time.monotonic() - started:.2f}s")
+          f"{time.monotonic() - started:.2f}s; {res.stdout.strip()}")
     assert db_id(host) == before  # the same container, stopped and started again
     assert sentinel(host) == "precious-2"
 
