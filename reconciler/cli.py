@@ -128,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--to", metavar="REV",
                           help="revision (git commit or fingerprint prefix); default: the good "
                                "revision before last-good")
+    from reconciler.datacli import add_parsers as add_data_parsers
+
+    add_data_parsers(sub, _common)
+    from reconciler.migrate import add_parser as add_migrate_parser
+
+    add_migrate_parser(sub, _common)
     return parser
 
 
@@ -171,6 +177,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
             from reconciler.exporting import cmd_export
 
             return cmd_export(args)
+        if command == "migrate":
+            return asyncio.run(cmd_migrate(args))
+        if command in ("backups", "restore"):
+            return asyncio.run(cmd_data(args, command))
         return asyncio.run(cmd_run(args))
     except SpecError as exc:
         print_problems(exc)
@@ -503,6 +513,39 @@ async def cmd_rollback(args: argparse.Namespace) -> int:
             await runtime.close()
     return report_pass(res)
 
+
+
+async def cmd_data(args: argparse.Namespace, command: str) -> int:
+    from reconciler import datacli
+
+    state = State(state_dir(args))
+    if command == "backups":
+        loaded = load_spec(args, strict=False, key=preview_key(args))
+        return datacli.cmd_backups(args, state_root=state.root, project=loaded.spec.project)
+    loaded = load_spec(args, strict=True, key=state.key(create=True))
+    with state.lock():
+        runtime = await _runtime()
+        try:
+            return await datacli.cmd_restore(args, state=state, loaded=loaded, runtime=runtime)
+        finally:
+            await runtime.close()
+
+
+async def cmd_migrate(args: argparse.Namespace) -> int:
+    from reconciler import migrate
+
+    state = State(state_dir(args))
+    if args.rollback:
+        return migrate.rollback(state.root, args.compose_project)
+    load_spec(args, strict=not args.dry_run, key=preview_key(args))  # file:line errors
+    with state.lock():
+        runtime = await _runtime()
+        try:
+            return await migrate.cmd_migrate(args, state=state, runtime=runtime,
+                                             spec_dir=spec_dir(args), report=progress_printer(),
+                                             policy=load_policy())
+        finally:
+            await runtime.close()
 
 
 async def _connect_with_retry(log: Any) -> Runtime:

@@ -21,7 +21,8 @@ from typing import Any
 import structlog
 
 from reconciler import faults
-from reconciler.core import rollback
+from reconciler.backupstore import BackupStore
+from reconciler.core import labels, rollback
 from reconciler.core.desired import Desired, build
 from reconciler.core.labels import project_selector
 from reconciler.core.model import LoadedSpec, SpecError
@@ -86,12 +87,15 @@ class PassResult:
 async def observe(runtime: Runtime, project: str) -> Snapshot:
     """One list call per kind, filtered by our project label."""
     selector = project_selector(project)
-    containers, networks, volumes = await asyncio.gather(
+    compose = f"{labels.COMPOSE_PROJECT}={project}"  # a migrated compose project's objects
+    containers, networks, volumes, compose_networks, compose_volumes = await asyncio.gather(
         runtime.list_containers(label=selector),
         runtime.list_networks(label=selector),
         runtime.list_volumes(label=selector),
+        runtime.list_networks(label=compose),
+        runtime.list_volumes(label=compose),
     )
-    return parse(project, containers, networks, volumes)
+    return parse(project, containers, networks + compose_networks, volumes + compose_volumes)
 
 
 class Reconciler:
@@ -115,7 +119,8 @@ class Reconciler:
         self._built: tuple[LoadedSpec, Desired] | None = None
         self.last_snapshot: Snapshot | None = None
         self.executor = Executor(runtime, clock=clock, sleep=sleep, report=report,
-                                 poll_s=poll_s)
+                                 poll_s=poll_s, backups=BackupStore(state.root, runtime,
+                                                                    wall=wall))
 
     def load_candidate(self) -> LoadedSpec:
         """The spec on disk; an unchanged spec (same files, same stats) is not read again."""

@@ -9,7 +9,7 @@ must not decide anything: it only names the operations.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -102,6 +102,24 @@ class Runtime(Protocol):
     async def kill_container(self, container_id: str, *, signal: str) -> None: ...
     async def exec_in_container(self, container_id: str, cmd: Sequence[str]) -> ExecResult: ...
     async def container_logs(self, container_id: str, *, tail: int) -> str: ...
+
+    # streamed data (backups and restores): bytes never pass through a str
+    async def exec_stream(self, container_id: str, cmd: Sequence[str], *,
+                          sink: Callable[[bytes], None] | None = None,
+                          stdin: Iterable[bytes] | None = None) -> ExecResult:
+        """Run `cmd` in a running container: its stdout goes to `sink` chunk by chunk
+        (never into the result), `stdin` (when given) is fed and then closed; the result's
+        `output` is stderr only. Conflict when the container is not running."""
+        ...
+
+    async def get_archive(self, container_id: str, path: str, *,
+                          sink: Callable[[bytes], None]) -> None:
+        """A tar of `path` in the container (any state, volumes mounted) to `sink`."""
+        ...
+
+    async def put_archive(self, container_id: str, path: str, data: bytes) -> None:
+        """Extract the tar `data` into the existing directory `path` of the container."""
+        ...
 
     # events for containers carrying `label` (create, start, die, stop, kill, oom, destroy,
     # "health_status: ..."); the stream ends when the connection drops (see EventStream)

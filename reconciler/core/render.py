@@ -21,6 +21,7 @@ SYMBOLS = {
     Action.START: "~",
     Action.REMOVE: "-",
     Action.RECREATE: "-/+",
+    Action.BACKUP: "*",
 }
 COLORS = {"+": "32", "-": "31", "-/+": "33", "+/-": "33", "~": "36"}
 LEGEND = ("  + create    -/+ replace (stop-first)    +/- replace (start-first)    "
@@ -103,6 +104,12 @@ def text(plan: Plan, *, color: bool = False, revision: str | None = None) -> str
         lines.append("No changes. The host matches the spec.")
         return "\n".join(clean(line) for line in lines) + "\n"
     lines += ["", LEGEND]
+    backups = plan.backups()
+    if backups:
+        lines += ["", "Backups (taken first; a failed backup stops the rollout before anything)"]
+        for step in backups:
+            source = f" from {step.target.name}" if step.target else ""
+            lines.append(f"  * backup {step.service}{source}    # {step.reason}")
     objects = plan.objects()
     if objects:
         lines += ["", "Networks and volumes"]

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from reconciler.core.envfiles import SECRET_KEY
 
@@ -199,6 +206,27 @@ def _depends(value: object) -> object:
     return value
 
 
+class Backup(_Model):
+    """A service's backup, taken before any step stops or replaces it: either `command` (run
+    in the running container; its stdout is the backup, e.g. `pg_dump -Fc`) with `restore`
+    (run in the running container with the backup on stdin, e.g. `pg_restore --clean -d db`),
+    or `volumes: true` (a tar of the service's named volumes through a short-lived helper
+    container of the same image). `keep` backups are retained per service."""
+
+    command: StrList | None = None
+    restore: StrList | None = None
+    volumes: bool = False
+    keep: int = Field(default=5, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Backup:
+        if (self.command is None) == (not self.volumes):
+            raise ValueError("backup needs exactly one of `command` or `volumes: true`")
+        if self.volumes and self.restore is not None:
+            raise ValueError("backup `restore` goes with `command`, not with `volumes`")
+        return self
+
+
 class Service(_Model):
     """One service of the spec: compose keys plus `tier`, `update` and `expose`."""
 
@@ -243,6 +271,7 @@ class Service(_Model):
     security_opt: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
     extra_hosts: tuple[str, ...] = ()
+    backup: Backup | None = None
 
     @field_validator("labels")
     @classmethod

@@ -75,6 +75,7 @@ NOT_IN_CONTAINER: dict[str, str] = {
     "update": "KEEP    update: {parallelism: 2, min_ready: 1s}\n",
     "replicas": "KEEP    replicas: 2\n",
     "depends_on": "KEEP    depends_on: [db]\n",
+    "backup": "KEEP    backup: {volumes: true, keep: 2}\n",
 }
 EXEMPT = {"profiles": "decides whether the service runs at all, not how"}
 
