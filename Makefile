@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_STATE ?= .demo-state
 
-.PHONY: setup demo demo-down test lint unit integration bench
+.PHONY: setup demo demo-down test lint unit integration bench rehearsal
 
 setup:
 	bash deploy/setup.sh
@@ -33,3 +33,8 @@ unit:
 
 bench:
 	$(PY) -m tests.bench --quick
+
+## Apply specs/ on this machine with stand-in images under the production names, check every
+## URL through the edge and the monitoring against a real Prometheus, remove everything.
+rehearsal: setup
+	$(PY) -m tests.rehearsal

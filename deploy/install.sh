@@ -9,7 +9,9 @@
 #   --package      what pip installs into the venv (default: this checkout of reconciler)
 #
 # Result: Docker engine (docker.io when no engine is installed), /opt/reconciler/venv with the
-# package, /var/lib/reconciler (state, 0700), /opt/env (env files, 0700, files 0600), the spec
+# package, /var/lib/reconciler (state, 0700), /opt/env/metro (the stack's env files, 0700,
+# files 0600; /opt/env is the host policy's default `env_file_roots`), the edge's secrets
+# volume with a basic-auth user for /grafana/, /prometheus/ and the admin tools, the spec
 # repository checked out at /srv/metro-spec, and reconciler.service enabled and started.
 set -euo pipefail
 
@@ -17,7 +19,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PREFIX=/opt/reconciler
 VENV=$PREFIX/venv
 STATE_DIR=/var/lib/reconciler
-ENV_DIR=/opt/env
+ENV_ROOT=/opt/env
+ENV_DIR=$ENV_ROOT/metro
+EDGE_VOLUME=metro_edge_secrets   # specs/00-project.yaml: volumes.edge-secrets
+EDGE_USER=ops
 SPEC_CHECKOUT=/srv/metro-spec
 UNIT_SRC=$ROOT/deploy/reconciler.service
 UNIT_DST=/etc/systemd/system/reconciler.service
@@ -108,7 +113,7 @@ fi
 run "$VENV/bin/pip" install --quiet --upgrade "$PACKAGE"
 
 step "State dir $STATE_DIR and env dir $ENV_DIR (0700, env files 0600)"
-for dir in "$STATE_DIR" "$ENV_DIR"; do
+for dir in "$STATE_DIR" "$ENV_ROOT" "$ENV_DIR"; do
     if [ -d "$dir" ] && [ "$(stat -c %a "$dir")" = 700 ]; then
         skip "$dir exists with mode 0700"
     else
@@ -120,6 +125,28 @@ then
     run find "$ENV_DIR" -type f ! -perm 0600 -exec chmod 0600 {} +
 else
     skip "env files are 0600 (put one <service>.env per service into $ENV_DIR)"
+fi
+
+step "Edge secrets: basic-auth user '$EDGE_USER' for the monitoring and admin paths"
+# nginx reads /etc/nginx/secrets/monitoring.htpasswd (the $EDGE_VOLUME volume). The password
+# is generated once and kept in $ENV_DIR/edge-monitoring.password (0600); add users with
+# `openssl passwd -6` lines of your own. TLS: put fullchain.pem, privkey.pem and a tls.conf
+# (`listen 443 ssl; ssl_certificate /etc/nginx/secrets/fullchain.pem; ...`) into the volume.
+if [ "$DRY_RUN" = 1 ]; then
+    echo "[dry-run] docker volume create $EDGE_VOLUME; write monitoring.htpasswd into it"
+elif docker volume inspect "$EDGE_VOLUME" >/dev/null 2>&1 && [ -s "$(docker volume inspect \
+        -f '{{.Mountpoint}}' "$EDGE_VOLUME")/monitoring.htpasswd" ]; then
+    skip "$EDGE_VOLUME has monitoring.htpasswd"
+else
+    command -v openssl >/dev/null 2>&1 || apt_install openssl
+    run docker volume create "$EDGE_VOLUME" >/dev/null
+    secret=$ENV_DIR/edge-monitoring.password
+    [ -s "$secret" ] || (umask 077; openssl rand -base64 24 >"$secret")
+    hash=$(openssl passwd -6 -stdin <"$secret")
+    mountpoint=$(docker volume inspect -f '{{.Mountpoint}}' "$EDGE_VOLUME")
+    printf '%s:%s\n' "$EDGE_USER" "$hash" >"$mountpoint/monitoring.htpasswd"
+    chmod 0644 "$mountpoint/monitoring.htpasswd"   # nginx's workers read it
+    echo "    user $EDGE_USER, password in $secret"
 fi
 
 step "Spec repository $SPEC_REPO ($BRANCH) at $SPEC_CHECKOUT"
@@ -156,4 +183,5 @@ fi
 step "Done"
 echo "Follow it:  journalctl -u reconciler -f"
 echo "Preview:    $VENV/bin/reconciler --dry-run --spec $SPEC_CHECKOUT/specs"
-echo "Metrics:    curl -s http://127.0.0.1:9321/metrics | grep ^reconciler_"
+echo "Metrics:    curl -s http://172.17.0.1:9321/metrics | grep ^reconciler_"
+echo "Stack:      curl -s http://localhost/health   (Grafana: /grafana/, Prometheus: /prometheus/)"

@@ -84,9 +84,11 @@ fi
 # 2. Debian packages -----------------------------------------------------------------------
 # busybox-static: the small images; nginx: the edge image's binary; prometheus: promtool and
 # prometheus in tests; docker-compose: the benchmark comparison; git: spec checkouts;
-# docker-registry + apache2-utils (htpasswd): the private-registry credentials test.
+# postgresql-15, redis-tools: the real postgres and redis images of the rehearsal
+# (deploy/rehearsal/build.sh); docker-registry + apache2-utils (htpasswd): the
+# private-registry credentials test.
 missing=()
-for pkg in busybox-static nginx prometheus docker-compose git python3-venv docker-registry apache2-utils; do
+for pkg in busybox-static nginx prometheus docker-compose git python3-venv postgresql-15 redis-tools docker-registry apache2-utils; do
     installed "$pkg" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -17,16 +17,17 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from reconciler import render
-from reconciler.desired import Desired, build
+from reconciler.core import render
+from reconciler.core.desired import Desired, build
+from reconciler.core.model import LoadedSpec, SpecError
+from reconciler.core.plans import Plan, compute
+from reconciler.core.printable import clean_keep_colors
+from reconciler.core.snapshots import Snapshot, empty
 from reconciler.execute import Progress
-from reconciler.loading import LoadedSpec, SpecError, load, load_policy
+from reconciler.loading import load, load_policy
 from reconciler.operate import OperateError
 from reconciler.persistence import State, StateError, default_state_dir
-from reconciler.plans import Plan, compute
-from reconciler.printable import SafeStream
 from reconciler.runtimes import EngineError, EngineUnavailable, Runtime
-from reconciler.snapshots import Snapshot, empty
 
 if TYPE_CHECKING:
     from reconciler.reconcile import PassResult, Reconciler
@@ -35,6 +36,25 @@ EXIT_OK, EXIT_FAILED, EXIT_CHANGES = 0, 1, 2
 # a host without a key previews with a key of this process: a fixed, public key would make
 # the fingerprints shown (over env-file contents) as good as unkeyed
 PREVIEW_KEY = secrets.token_bytes(32)
+
+
+class SafeStream:
+    """A text stream whose writes are cleaned (`clean_keep_colors`); everything else is the
+    wrapped stream's."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(clean_keep_colors(text))
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -70,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(validate, suppress=True)
     validate.add_argument("--no-strict", action="store_true",
                           help="missing env files and env hygiene are warnings")
+    validate.add_argument("--host-memory", metavar="SIZE", default=None,
+                          help="check the memory sizing against SIZE (e.g. 8g) instead of "
+                               "this host's MemTotal")
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the spec format")
     _common(schema, suppress=True)
@@ -132,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--to", metavar="REV",
                           help="revision (git commit or fingerprint prefix); default: the good "
                                "revision before last-good")
+    from reconciler.datacli import add_parsers as add_data_parsers
+
+    add_data_parsers(sub, _common)
+    from reconciler.migrate import add_parser as add_migrate_parser
+
+    add_migrate_parser(sub, _common)
     return parser
 
 
@@ -177,6 +206,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
             from reconciler.exporting import cmd_export
 
             return cmd_export(args)
+        if command == "migrate":
+            return asyncio.run(cmd_migrate(args))
+        if command in ("backups", "restore"):
+            return asyncio.run(cmd_data(args, command))
         return asyncio.run(cmd_run(args))
     except SpecError as exc:
         print_problems(exc)
@@ -300,10 +333,46 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     loaded = load_spec(args, strict=not args.no_strict)
     print_warnings(loaded)
+    sizing_warnings(loaded, args.host_memory)
     services = len(loaded.spec.services)
     print(f"{spec_dir(args)}: valid ({services} services in {len(loaded.files)} files"
           + (f", {len(loaded.warnings)} warning(s)" if loaded.warnings else "") + ")")
     return EXIT_OK
+
+
+def host_memory() -> int | None:
+    """MemTotal of /proc/meminfo in bytes; None when it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def sizing_warnings(loaded: LoadedSpec, given: str | None) -> None:
+    """`validate`: warn when memory limits plus the start-first surge exceed the host's."""
+    from reconciler.core import sizing
+    from reconciler.core.specs import parse_size
+
+    if given is not None:
+        try:
+            memory: int | None = parse_size(given)
+        except ValueError as exc:
+            raise SystemExit(f"error: --host-memory: {exc}") from None
+    else:
+        memory = host_memory()
+    if memory is None:
+        print("note: sizing not checked (/proc/meminfo unreadable; use --host-memory SIZE)",
+              file=sys.stderr)
+        return
+    fit = sizing.memory_fit(loaded.spec, host_memory=memory, profiles=loaded.profiles)
+    for finding in sizing.memory_findings(fit):
+        print(f"warning: {loaded.directory}: {finding.message}", file=sys.stderr)
+    print(f"sizing: memory limits {sizing.gib(fit.limits)} + start-first surge "
+          f"{sizing.gib(fit.surge)} = {sizing.gib(fit.peak)} (host: {sizing.gib(memory)})")
 
 
 def cmd_schema() -> int:
@@ -561,7 +630,7 @@ async def cmd_exec(args: argparse.Namespace) -> int:
 async def cmd_restart(args: argparse.Namespace) -> int:
     """A rolling, health-gated restart: the planner's replace steps for the service's
     containers, same generation, carried out by the executor like an update."""
-    from reconciler.restarts import RestartRefused, restart_plan
+    from reconciler.core.restarts import RestartRefused, restart_plan
 
     state = State(state_dir(args))
     load_spec(args, strict=True)
@@ -592,6 +661,39 @@ OPERATE: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "logs": cmd_logs, "exec": cmd_exec, "restart": cmd_restart}
 
 
+async def cmd_data(args: argparse.Namespace, command: str) -> int:
+    from reconciler import datacli
+
+    state = State(state_dir(args))
+    if command == "backups":
+        loaded = load_spec(args, strict=False, key=preview_key(args))
+        return datacli.cmd_backups(args, state_root=state.root, project=loaded.spec.project)
+    loaded = load_spec(args, strict=True, key=state.key(create=True))
+    with state.lock():
+        runtime = await _runtime()
+        try:
+            return await datacli.cmd_restore(args, state=state, loaded=loaded, runtime=runtime)
+        finally:
+            await runtime.close()
+
+
+async def cmd_migrate(args: argparse.Namespace) -> int:
+    from reconciler import migrate
+
+    state = State(state_dir(args))
+    if args.rollback:
+        return migrate.rollback(state.root, args.compose_project)
+    load_spec(args, strict=not args.dry_run, key=preview_key(args))  # file:line errors
+    with state.lock():
+        runtime = await _runtime()
+        try:
+            return await migrate.cmd_migrate(args, state=state, runtime=runtime,
+                                             spec_dir=spec_dir(args), report=progress_printer(),
+                                             policy=load_policy())
+        finally:
+            await runtime.close()
+
+
 async def _connect_with_retry(log: Any) -> Runtime:
     """The engine may still be starting (or restarting): retry with backoff, forever."""
     from reconciler.dockerd import DockerRuntime
@@ -611,8 +713,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
     from reconciler import logs
     from reconciler.controller import Controller
+    from reconciler.core.specs import parse_duration
     from reconciler.reconcile import Reconciler
-    from reconciler.specs import parse_duration
 
     logs.configure()
     log = logs.get()

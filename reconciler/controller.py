@@ -19,18 +19,21 @@ from typing import Any
 
 import structlog
 
-from reconciler import labels, logs
+from reconciler import logs
+from reconciler.core import labels
+from reconciler.core.model import SpecError
+from reconciler.core.plans import drift_kinds
+from reconciler.core.snapshots import ContainerState, Health
+from reconciler.edges import edge_log_dir
 from reconciler.execute import Sleeper
 from reconciler.gitsync import PullKind, git_lock, git_pull
-from reconciler.loading import SpecError
 from reconciler.persistence import StateError
-from reconciler.plans import drift_kinds
 from reconciler.reconcile import PassResult, PassStatus, Reconciler, observe
 from reconciler.runtimes import EngineError
-from reconciler.snapshots import ContainerState, Health
 
 URGENT = frozenset({"spec", "git", "signal", "start"})
 WATCHED_EVENTS = ("die", "destroy", "oom", "health_status: unhealthy", "stop", "kill")
+EDGE_LOG_EVERY_S = 5  # how often the daemon reads new lines of the edge's access log
 
 
 class Controller:
@@ -70,6 +73,7 @@ class Controller:
         self.git_backoff_s = 0.0
         self.events_project: str | None = None
         self.project_changed = asyncio.Event()
+        self.edge_log: Any = None  # telemetry.EdgeLog, once there is an edge
 
     # -- triggers --------------------------------------------------------------------------
     def trigger(self, reason: str) -> None:
@@ -111,14 +115,39 @@ class Controller:
 
     async def _ticker(self) -> None:
         last_resync = self.clock()
+        ticks = 0
         while True:
             await self.sleep(1.0)
+            ticks += 1
             self.heartbeat = self.clock()
             if self.metrics is not None and self.healthy():
                 self.metrics.heartbeat(self.wall())
+            if self.metrics is not None and ticks % EDGE_LOG_EVERY_S == 0:
+                await self._edge_log()
             if self.heartbeat - last_resync >= self.resync_s:
                 last_resync = self.heartbeat
                 self.trigger("resync")
+
+    async def _edge_log(self) -> None:
+        """New lines of the edge's access log into the `reconciler_edge_*` metrics."""
+        from reconciler.telemetry import EdgeLog  # the daemon only
+
+        desired = self.rec.last_desired
+        if desired is None or desired.edge_service is None or self.metrics is None:
+            return
+        path = edge_log_dir(self.rec.state.root, desired.project) / "access.json"
+        if self.edge_log is None or self.edge_log.path != str(path):
+            if self.edge_log is not None:
+                self.edge_log.close()
+            self.edge_log = EdgeLog(path)
+            self.metrics.edge_upstreams(
+                n for n, s in desired.services.items() if s.service.expose is not None)
+        try:
+            lines = await asyncio.to_thread(self.edge_log.read)
+        except OSError as exc:
+            self.log.warning("edge access log unreadable", error=str(exc))
+            return
+        self.metrics.edge_records(lines)
 
     async def _passes(self) -> None:
         while True:
@@ -297,6 +326,9 @@ class Controller:
             async for event in stream:
                 if event.action.startswith(WATCHED_EVENTS):
                     self.trigger("engine-event")
+                if event.action == "health_status: unhealthy" and self.metrics is not None:
+                    self.metrics.health_check_failed(
+                        event.attributes.get(labels.SERVICE) or "unknown")
         except EngineError as exc:
             self.log.warning("event stream error", error=str(exc))
 

@@ -34,7 +34,7 @@ import aiohttp
 from aiodocker.exceptions import DockerError, DockerStreamError
 
 from reconciler import registryauth
-from reconciler.envfiles import redact
+from reconciler.core.envfiles import redact
 from reconciler.runtimes import (
     JSON,
     MAX_LOG_LINE,
@@ -327,6 +327,17 @@ class _LogLines:
 # --------------------------------------------------------------------------- runtime
 
 
+async def _exit_code(exec_: Any, what: str) -> int:
+    """An exec's exit code: the attach stream closes when the process exits and ExitCode
+    follows promptly."""
+    while True:
+        info = _as_json(await exec_.inspect(), what)
+        code = info.get("ExitCode")
+        if not info.get("Running") and isinstance(code, int):
+            return code
+        await asyncio.sleep(0.02)
+
+
 class DockerRuntime:
     """The `Runtime` protocol on a Docker engine. Build it inside a running event loop;
     prefer `await DockerRuntime.connect()`, which also checks that the engine answers."""
@@ -339,12 +350,14 @@ class DockerRuntime:
         sock_connect_s: float = 5.0,
         pull_timeout_s: float = 600.0,
         exec_timeout_s: float = 60.0,
+        stream_timeout_s: float = 3600.0,
     ) -> None:
         self.url = url or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_URL
         self._timeout_s = timeout_s
         self._sock_connect_s = sock_connect_s
         self._pull_timeout_s = pull_timeout_s
         self._exec_timeout_s = exec_timeout_s
+        self._stream_timeout_s = stream_timeout_s
         # A fresh connection per call on a local socket (microseconds): a daemon that shuts
         # down closes its listener first and only then stops the containers, but keeps
         # serving kept-alive connections meanwhile, so with keep-alive a health gate would
@@ -591,17 +604,75 @@ class DockerRuntime:
             async with exec_.start(detach=False) as stream:
                 while (msg := await stream.read_out()) is not None:
                     chunks.append(msg.data)
-            # The attach stream closes when the process exits; ExitCode follows promptly.
-            while True:
-                info = _as_json(await exec_.inspect(), what)
-                code = info.get("ExitCode")
-                if not info.get("Running") and isinstance(code, int):
-                    break
-                await asyncio.sleep(0.02)
-            return ExecResult(exit_code=code,
+            return ExecResult(exit_code=await _exit_code(exec_, what),
                               output=b"".join(chunks).decode("utf-8", errors="replace"))
 
         return await self._call(what, go, timeout_s=self._exec_timeout_s)
+
+    async def exec_stream(self, container_id: str, cmd: Sequence[str], *,
+                          sink: Callable[[bytes], None] | None = None,
+                          stdin: Iterable[bytes] | None = None) -> ExecResult:
+        what = f"exec in container {container_id}"
+
+        async def go() -> ExecResult:
+            created = _as_json(await self._docker._query_json(
+                f"containers/{container_id}/exec", "POST",
+                data=json.dumps({"AttachStdout": True, "AttachStderr": True, "Tty": False,
+                                 "AttachStdin": stdin is not None, "Cmd": list(cmd)}),
+            ), what)
+            exec_ = self._docker.containers.exec(str(created["Id"]))
+            errors: list[bytes] = []
+            async with exec_.start(detach=False) as stream:
+
+                async def feed() -> None:
+                    if stdin is None:
+                        return
+                    for chunk in stdin:
+                        await stream.write_in(chunk)
+                    # half-close: the process sees EOF on stdin, its output still flows
+                    resp = stream._resp
+                    transport = resp.connection.transport if resp and resp.connection else None
+                    if transport is not None and transport.can_write_eof():
+                        transport.write_eof()
+
+                async def drain() -> None:
+                    while (msg := await stream.read_out()) is not None:
+                        if msg.stream == 1:
+                            if sink is not None:
+                                sink(msg.data)
+                        elif sum(map(len, errors)) < 65536:
+                            errors.append(msg.data)
+
+                await asyncio.gather(feed(), drain())
+            return ExecResult(exit_code=await _exit_code(exec_, what),
+                              output=b"".join(errors).decode("utf-8", errors="replace"))
+
+        return await self._call(what, go, timeout_s=self._stream_timeout_s)
+
+    async def get_archive(self, container_id: str, path: str, *,
+                          sink: Callable[[bytes], None]) -> None:
+        async def go() -> None:
+            async with self._docker._query(
+                f"containers/{container_id}/archive", "GET", params={"path": path},
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._sock_connect_s),
+            ) as response:
+                async for chunk in response.content.iter_chunked(1 << 16):
+                    sink(chunk)
+
+        await self._call(f"copy {path} from container {container_id}", go,
+                         timeout_s=self._stream_timeout_s)
+
+    async def put_archive(self, container_id: str, path: str, data: bytes) -> None:
+        async def go() -> None:
+            async with self._docker._query(
+                f"containers/{container_id}/archive", "PUT", params={"path": path},
+                data=data, headers={"content-type": "application/x-tar"},
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._sock_connect_s),
+            ):
+                pass
+
+        await self._call(f"copy into {path} of container {container_id}", go,
+                         timeout_s=self._stream_timeout_s)
 
     async def container_logs(self, container_id: str, *, tail: int) -> str:
         """The last `tail` lines of stdout and stderr, interleaved as written."""

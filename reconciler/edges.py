@@ -6,20 +6,25 @@ edge, so a stale entry can never make `nginx -t` fail on DNS). The file is writt
 atomically into a host directory the reconciler bind-mounts into the edge container; before
 every reload `nginx -t` runs inside the edge container and a failing config is never
 reloaded (the step fails, which triggers the normal revert). Reload is SIGHUP: graceful.
+
+Next to the upstreams the same directory gets the stack's health as the reconciler sees it
+(`health.json`, and `health-ok.json` while every service has a healthy replica): nginx serves
+`/health` from these files, so the edge answers for the whole stack without a proxy hop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from pathlib import Path
 
-from reconciler.desired import Desired, DesiredService
+from reconciler.core.desired import Desired, DesiredService
+from reconciler.core.snapshots import ContainerState, Health, Observed, parse
 from reconciler.execute import EdgeHook, FailureKind, StepFailed
 from reconciler.faults import crash_point
 from reconciler.persistence import StateError, atomic_write
 from reconciler.runtimes import EngineError, EngineUnavailable, Runtime
-from reconciler.snapshots import ContainerState, Health, Observed, parse
 
 PLACEHOLDER = "server 127.0.0.1:9 down;  # no healthy container"
 KEPT = "(kept: no healthy replica)"
@@ -76,7 +81,48 @@ def render_upstreams(
         servers = by_service.get(name) or kept.get(name) or [PLACEHOLDER]
         out.append(f"upstream {name} {{\n" + "".join(f"    {s}\n" for s in servers)
                    + "    keepalive 16;\n}\n")
+    out.append(enabled_map(desired))
     return "\n".join(out)
+
+
+def enabled_map(desired: Desired) -> str:
+    """`$edge_service_enabled`: 1 for every service the spec exposes (profiles applied), so
+    nginx.conf answers 404 for a path whose service is not enabled instead of failing on a
+    missing upstream."""
+    names = sorted(n for n, s in desired.services.items() if s.service.expose is not None)
+    return ("map $edge_service $edge_service_enabled {\n    default 0;\n"
+            + "".join(f"    {n} 1;\n" for n in names) + "}\n")
+
+
+HEALTH_FILE = "health.json"
+HEALTH_OK_FILE = "health-ok.json"
+
+
+def render_health(desired: Desired, containers: Iterable[Observed]) -> tuple[str, bool]:
+    """The stack's health as JSON, and whether the edge answers it with 200. Pure.
+
+    Per tier and service: desired replicas and the running+healthy ones (a container without
+    a healthcheck counts once running). `ok`: every service has all its replicas healthy;
+    `degraded`: each has at least one; `down`: some service has none (then 503)."""
+    healthy: dict[str, int] = {}
+    for c in containers:
+        if c.state is ContainerState.RUNNING and c.health in (Health.HEALTHY, Health.NONE):
+            healthy[c.service] = healthy.get(c.service, 0) + 1
+    tiers = []
+    all_full, all_some = True, True
+    for tier in desired.tiers:
+        services = {}
+        for svc in desired.in_tier(tier):
+            have = healthy.get(svc.name, 0)
+            services[svc.name] = {"desired": svc.replicas, "healthy": have}
+            all_full &= have >= svc.replicas
+            all_some &= have > 0 or svc.replicas == 0
+        if services:
+            tiers.append({"tier": tier, "services": services})
+    status = "ok" if all_full else ("degraded" if all_some else "down")
+    doc = {"status": status, "project": desired.project,
+           "revision": (desired.revision or desired.spec_fingerprint)[:12], "tiers": tiers}
+    return json.dumps(doc, separators=(",", ":")) + "\n", status != "down"
 
 
 def served_names(text: str) -> set[str]:
@@ -123,7 +169,7 @@ class Edge(EdgeHook):
         self._retiring: set[str] = set()
 
     async def _containers(self, desired: Desired) -> list[Observed]:
-        from reconciler.labels import project_selector
+        from reconciler.core.labels import project_selector
 
         raw = await self.rt.list_containers(label=project_selector(desired.project))
         return list(parse(desired.project, raw).containers)
@@ -133,6 +179,27 @@ class Edge(EdgeHook):
             return self.path.read_text()
         except OSError:
             return None
+
+    def write_health(self, desired: Desired, containers: Iterable[Observed]) -> None:
+        """health.json always, health-ok.json only while the stack serves (see nginx.conf)."""
+        text, ok = render_health(desired, containers)
+        directory = self.path.parent
+        try:
+            # nginx's workers (not root) serve these files: the directory must be searchable
+            if directory.is_dir() and directory.stat().st_mode & 0o777 != 0o755:
+                directory.chmod(0o755)
+            for name, wanted in ((HEALTH_FILE, True), (HEALTH_OK_FILE, ok)):
+                path = directory / name
+                try:
+                    current = path.read_text()
+                except OSError:
+                    current = None
+                if wanted and current != text:
+                    atomic_write(path, text.encode(), mode=0o644)
+                elif not wanted and current is not None:
+                    path.unlink()
+        except (StateError, OSError):
+            return  # the health files are a report: never fail a rollout over them
 
     def write(self, text: str) -> bool:
         """Write when changed; True when the content changed."""
@@ -161,6 +228,7 @@ class Edge(EdgeHook):
         async with self._lock:
             containers = (list(containers) if containers is not None
                           else await self._containers(desired))
+            self.write_health(desired, containers)
             previous = self._read()
             text = render_upstreams(desired, containers, include=include,
                                     exclude={*exclude, *self._retiring},
@@ -258,3 +326,8 @@ def worker_pids(ps_output: str) -> set[int]:
 
 def edge_dir(state_dir: Path, project: str) -> Path:
     return state_dir / "edge" / project
+
+
+def edge_log_dir(state_dir: Path, project: str) -> Path:
+    """Where the edge writes its JSON access log (mounted at /var/log/nginx/edge)."""
+    return state_dir / "edge-log" / project

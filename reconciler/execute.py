@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from reconciler import labels
-from reconciler.blueprint import container_config
-from reconciler.desired import Desired, DesiredService
-from reconciler.envfiles import Secret, redact
+from reconciler.core import labels
+from reconciler.core.blueprint import container_config
+from reconciler.core.desired import Desired, DesiredService
+from reconciler.core.envfiles import Secret, redact
+from reconciler.core.health import Failure, Gate, Probe, Verdict, judge
+from reconciler.core.plans import Action, ContainerRef, ImageAction, Lane, Plan, Step
 from reconciler.faults import crash_point
-from reconciler.health import Failure, Gate, Probe, Verdict, judge
-from reconciler.plans import Action, ContainerRef, ImageAction, Lane, Plan, Step
 from reconciler.runtimes import (
     Conflict,
     EngineError,
@@ -109,7 +109,8 @@ class ExecutionReport:
 
     @property
     def touched(self) -> bool:
-        return any(r.step.action not in (Action.CREATE_NETWORK, Action.CREATE_VOLUME)
+        return any(r.step.action not in (Action.CREATE_NETWORK, Action.CREATE_VOLUME,
+                                         Action.BACKUP)
                    for r in self.results)
 
 
@@ -126,9 +127,10 @@ class Executor:
     def __init__(
         self, runtime: Runtime, *, clock: Callable[[], float] = time.monotonic,
         sleep: Sleeper = asyncio.sleep, report: Reporter = ignore_progress, poll_s: float = 0.25,
-        edge: EdgeHook | None = None,
+        edge: EdgeHook | None = None, backups: BackupHook | None = None,
     ) -> None:
         self.rt = runtime
+        self.backups = backups
         self.clock = clock
         self.sleep = sleep
         self.report = report
@@ -148,6 +150,8 @@ class Executor:
             self.report(Progress("step-failed", step=exc.step_id, message=exc.message))
             return outcome
         try:
+            for step in plan.backups():  # before anything is touched
+                await self._timed(step, desired, outcome)
             if self.edge is not None:
                 await self.edge.prepare(desired)
             for step in plan.objects():
@@ -251,6 +255,11 @@ class Executor:
             await self._call(step.id, self.rt.create_volume(
                 step.object_name, labels=labels.object_labels(desired.project)))
             crash_point("volume-create:after")
+            return
+        if step.action is Action.BACKUP:
+            if self.backups is None:
+                raise StepFailed(step.id, "no backup store: refusing to stop the service")
+            await self.backups.take(desired, step)
             return
         # the edge is told about a step's containers when the planner says they serve in an
         # upstream and this run has an edge to tell
@@ -404,6 +413,14 @@ def _first_leaf(eg: BaseExceptionGroup[BaseException]) -> BaseException:
         if isinstance(exc, StepFailed):
             return exc
     return eg.exceptions[0]
+
+
+class BackupHook:
+    """Takes a service's backup for a BACKUP step (`reconciler.backupstore.BackupStore`);
+    raises `StepFailed` when the backup failed or is empty."""
+
+    async def take(self, desired: Desired, step: Step) -> None:
+        raise NotImplementedError
 
 
 class EdgeHook:

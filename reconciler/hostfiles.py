@@ -128,3 +128,20 @@ def loose_dirs(path: str, root: str) -> list[str]:
             out.append(directory)
     return out
 
+
+
+def read_regular_file(path: str | os.PathLike[str], limit: int, *,
+                      follow: bool = False) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, or `Refused` with a short,
+    content-free reason (missing, unreadable, a symlink when `follow` is False, a FIFO, a
+    device, a socket, too large). `follow=True` reads the file a symlink resolves to; callers
+    confine that real path first."""
+    target = os.path.realpath(path) if follow else path
+    try:
+        return read_regular(target, limit=limit)
+    except Refused:
+        raise
+    except FileNotFoundError:
+        raise Refused("file not found") from None
+    except OSError as exc:
+        raise Refused(f"cannot read: {exc.strerror or 'unreadable'}") from None

@@ -15,17 +15,24 @@ import secrets
 import stat
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from reconciler import hostfiles, yamlread
-from reconciler.envfiles import EnvFile, EnvFinding, check_env_files, parse_dotenv
-from reconciler.labels import keyed_digest
-from reconciler.safefiles import UnsafeFile, kind_of, read_regular_file
-from reconciler.specs import (
+from reconciler.core.envfiles import EnvFile, EnvFinding, check_env_files, parse_dotenv
+from reconciler.core.model import (
+    KeyPath,
+    LoadedSpec,
+    Location,
+    MountedFile,
+    Problem,
+    SpecError,
+    lookup,
+)
+from reconciler.core.specs import (
     Finding,
     HostPolicy,
     Spec,
@@ -33,6 +40,7 @@ from reconciler.specs import (
     parse_mount,
     validate,
 )
+from reconciler.hostfiles import Refused, read_regular_file
 from reconciler.yamlread import Budget, YamlRefused
 
 MAX_BOUND_TREE_FILES = 2000
@@ -45,108 +53,6 @@ MAX_SPEC_BYTES = 8 * 1024 * 1024  # all of them together (each: yamlread.MAX_FIL
 # Without the host's key (a preview on a host that never applied), fingerprints are keyed
 # with a key of this process: never an unkeyed hash over env-file contents.
 _PROCESS_KEY = secrets.token_bytes(32)
-
-KeyPath = tuple[str | int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Location:
-    """Where a value came from: file and line (None when unknown)."""
-
-    file: str
-    line: int | None
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}" if self.line else self.file
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """A located finding: `file:line: key.path: message`."""
-
-    location: Location
-    path: KeyPath
-    message: str
-    warning: bool = False
-
-    def __str__(self) -> str:
-        key = format_path(self.path)
-        prefix = "warning: " if self.warning else ""
-        return f"{self.location}: {prefix}{key + ': ' if key else ''}{self.message}"
-
-
-class SpecError(Exception):
-    """The spec cannot be used. `problems` holds every error (and warning) found."""
-
-    def __init__(self, problems: Iterable[Problem]) -> None:
-        self.problems = tuple(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
-
-
-@dataclass(frozen=True, slots=True)
-class MountedFile:
-    """A file bind-mounted from the spec tree, with the digest of its contents."""
-
-    host_path: str
-    digest: str  # sha256 of the content (a directory: of its tree); "" when missing
-
-
-@dataclass(frozen=True, slots=True)
-class LoadedSpec:
-    """A validated spec with everything read from disk for it (env files, mounted
-    files, digests), so the core never reads files itself."""
-
-    directory: str
-    spec: Spec  # defaults merged into every service
-    profiles: tuple[str, ...]
-    files: Mapping[str, str]  # file path -> sha256 of its bytes
-    service_files: Mapping[str, str]  # service -> file that defines it
-    env_files: Mapping[str, tuple[EnvFile, ...]]
-    mounted: Mapping[str, tuple[MountedFile, ...]]  # service -> bind-mounted spec files
-    bind_sources: Mapping[tuple[str, int], str]  # (service, volume index) -> absolute host path
-    warnings: tuple[Problem, ...] = ()
-    revision: str | None = None
-    locations: Mapping[KeyPath, Location] = field(default_factory=dict)
-    root: str = ""  # the repo (or spec dir) bind sources are relative to in fingerprints
-    key: bytes | None = field(default=None, repr=False)  # the host key (None: this process's)
-
-    @property
-    def digest(self) -> str:
-        """Digest of the spec files (base name and content digest of each)."""
-        h = hashlib.sha256()
-        for name in sorted(self.files):
-            h.update(f"{os.path.basename(name)}\0{self.files[name]}\n".encode())
-        return h.hexdigest()
-
-    @property
-    def fingerprint(self) -> str:
-        """Identity of the whole desired state: spec files + env files + mounted files, as an
-        HMAC with the host key (it is shown in metrics, status and history, and it covers
-        env-file contents: unkeyed, a weak password could be brute-forced from it)."""
-        parts = [self.digest]
-        for service in sorted(self.env_files):
-            for env in self.env_files[service]:
-                content = "\n".join(f"{k}={v.value}" for k, v in sorted(env.values.items()))
-                parts.append(f"{env.path}\0{env.readable}\0{content}")
-        for service in sorted(self.mounted):
-            for mounted in self.mounted[service]:
-                parts.append(f"{mounted.host_path}\0{mounted.digest}")
-        parts.append(",".join(self.profiles))
-        return keyed_digest(self.key or _PROCESS_KEY, "\1".join(parts), length=12)
-
-    @property
-    def unknown_env(self) -> bool:
-        """True when an env file could not be read (the fingerprint is then unknown)."""
-        return any(not e.readable for envs in self.env_files.values() for e in envs)
-
-
-def format_path(path: KeyPath) -> str:
-    """A key path as written in YAML: `services.api.ports[0]`."""
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
 
 # --- YAML -----------------------------------------------------------------------------------
 
@@ -209,7 +115,7 @@ def load(
         loaded = _load(directory, lines=False, **kwargs)  # type: ignore[arg-type]
     except _NeedLines:
         loaded = _load(directory, lines=True, **kwargs)  # type: ignore[arg-type]
-    return loaded if key is None else replace(loaded, key=key)
+    return replace(loaded, key=key or _PROCESS_KEY)
 
 
 class _NeedLines(Exception):
@@ -424,12 +330,12 @@ def _spec_files(root: Path) -> tuple[dict[Path, bytes], list[Problem]]:
         if stat.S_ISDIR(st.st_mode):
             continue  # a directory named *.yaml is not a spec file
         if not stat.S_ISREG(st.st_mode):
-            problems.append(Problem(where, (), f"is {kind_of(st.st_mode)}, not a regular file "
-                                               "(refused, never opened)"))
+            problems.append(Problem(where, (), f"is {hostfiles.kind(st.st_mode)}, not a "
+                                               "regular file (refused, never opened)"))
             continue
         try:
             contents[path] = read_regular_file(target, yamlread.MAX_FILE_BYTES)
-        except UnsafeFile as exc:
+        except Refused as exc:
             problems.append(Problem(where, (), exc.reason))
             continue
         total += len(contents[path])
@@ -666,22 +572,6 @@ def _data_path(loc: tuple[str | int, ...], data: Any) -> KeyPath:
         elif isinstance(node, dict) and i == len(loc) - 1 and isinstance(part, str):
             out.append(part)
     return tuple(out)
-
-
-def lookup(path: KeyPath, locations: Mapping[KeyPath, Location], fallback: Location) -> Location:
-    """The line of the most specific known key on `path`. A service key that came from
-    `defaults` (deep-merged) points at the key under `defaults` when that is more specific."""
-    best, depth = fallback, -1
-    candidates: list[tuple[KeyPath, int]] = [(path, 2 if path[:1] == ("services",) else 0)]
-    if len(path) > 2 and path[0] == "services":
-        candidates.append((("defaults", *path[2:]), 1))
-    for cand, prefix in candidates:
-        for n in range(len(cand), 0, -1):
-            if cand[:n] in locations:
-                if n - prefix > depth:
-                    best, depth = locations[cand[:n]], n - prefix
-                break
-    return best
 
 
 def _locate(finding: Finding, locations: Mapping[KeyPath, Location],

@@ -20,10 +20,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from reconciler.labels import project_selector
+from reconciler.core.labels import project_selector
+from reconciler.core.snapshots import ContainerState, Observed, parse_container
+from reconciler.core.specs import parse_duration
 from reconciler.runtimes import EngineError, Runtime
-from reconciler.snapshots import ContainerState, Observed, parse_container
-from reconciler.specs import parse_duration
 
 #: `logs` without `--tail` and without `-f` prints at most this many lines per container.
 DEFAULT_TAIL = 500

@@ -20,9 +20,16 @@ from typing import Any
 
 import structlog
 
-from reconciler import faults, rollback
-from reconciler.desired import Desired, build
-from reconciler.edges import Edge, edge_dir
+from reconciler import faults
+from reconciler.backupstore import BackupStore
+from reconciler.core import labels, rollback
+from reconciler.core.desired import Desired, build
+from reconciler.core.labels import project_selector
+from reconciler.core.model import LoadedSpec, SpecError
+from reconciler.core.plans import Plan, compute
+from reconciler.core.snapshots import Snapshot, parse
+from reconciler.core.specs import HostPolicy
+from reconciler.edges import Edge, edge_dir, edge_log_dir
 from reconciler.execute import (
     ExecutionReport,
     Executor,
@@ -32,18 +39,14 @@ from reconciler.execute import (
     StepFailed,
     ignore_progress,
 )
-from reconciler.labels import project_selector
-from reconciler.loading import LoadedSpec, SpecError, input_stamp, load
+from reconciler.loading import input_stamp, load
 from reconciler.persistence import (
     GoodRevision,
     HistoryEntry,
     SpecChanged,
     State,
 )
-from reconciler.plans import Plan, compute
 from reconciler.runtimes import EngineError, EngineUnavailable, Runtime
-from reconciler.snapshots import Snapshot, parse
-from reconciler.specs import HostPolicy
 
 
 class PassStatus(StrEnum):
@@ -84,12 +87,15 @@ class PassResult:
 async def observe(runtime: Runtime, project: str) -> Snapshot:
     """One list call per kind, filtered by our project label."""
     selector = project_selector(project)
-    containers, networks, volumes = await asyncio.gather(
+    compose = f"{labels.COMPOSE_PROJECT}={project}"  # a migrated compose project's objects
+    containers, networks, volumes, compose_networks, compose_volumes = await asyncio.gather(
         runtime.list_containers(label=selector),
         runtime.list_networks(label=selector),
         runtime.list_volumes(label=selector),
+        runtime.list_networks(label=compose),
+        runtime.list_volumes(label=compose),
     )
-    return parse(project, containers, networks, volumes)
+    return parse(project, containers, networks + compose_networks, volumes + compose_volumes)
 
 
 class Reconciler:
@@ -113,7 +119,8 @@ class Reconciler:
         self._built: tuple[LoadedSpec, Desired] | None = None
         self.last_snapshot: Snapshot | None = None
         self.executor = Executor(runtime, clock=clock, sleep=sleep, report=report,
-                                 poll_s=poll_s)
+                                 poll_s=poll_s, backups=BackupStore(state.root, runtime,
+                                                                    wall=wall))
 
     def load_candidate(self) -> LoadedSpec:
         """The spec on disk; an unchanged spec (same files, same stats) is not read again."""
@@ -139,7 +146,11 @@ class Reconciler:
         if self._built is not None and self._built[0] is loaded:
             desired = self._built[1]
         else:
-            desired = build(loaded, key, edge_dir=str(directory) if spec.edge else None)
+            logs_dir = edge_log_dir(self.state.root, spec.project) if spec.edge else None
+            if logs_dir is not None:
+                logs_dir.mkdir(parents=True, exist_ok=True)
+            desired = build(loaded, key, edge_dir=str(directory) if spec.edge else None,
+                            edge_log_dir=str(logs_dir) if logs_dir else None)
             self._built = (loaded, desired)
         self.last_desired = desired
         snapshot = await observe(self.rt, desired.project)

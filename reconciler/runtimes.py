@@ -9,7 +9,7 @@ must not decide anything: it only names the operations.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -111,6 +111,24 @@ class Runtime(Protocol):
     # capped at `MAX_LOG_LINE` characters (a longer one arrives in pieces).
     def stream_logs(self, container_id: str, *, tail: int | None = None,
                     since: float | None = None, follow: bool = False) -> AsyncIterator[str]: ...
+
+    # streamed data (backups and restores): bytes never pass through a str
+    async def exec_stream(self, container_id: str, cmd: Sequence[str], *,
+                          sink: Callable[[bytes], None] | None = None,
+                          stdin: Iterable[bytes] | None = None) -> ExecResult:
+        """Run `cmd` in a running container: its stdout goes to `sink` chunk by chunk
+        (never into the result), `stdin` (when given) is fed and then closed; the result's
+        `output` is stderr only. Conflict when the container is not running."""
+        ...
+
+    async def get_archive(self, container_id: str, path: str, *,
+                          sink: Callable[[bytes], None]) -> None:
+        """A tar of `path` in the container (any state, volumes mounted) to `sink`."""
+        ...
+
+    async def put_archive(self, container_id: str, path: str, data: bytes) -> None:
+        """Extract the tar `data` into the existing directory `path` of the container."""
+        ...
 
     # events for containers carrying `label` (create, start, die, stop, kill, oom, destroy,
     # "health_status: ..."); the stream ends when the connection drops (see EventStream)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from reconciler.specs import Spec
+from reconciler.core.specs import Spec
 
 SCHEMA_URL = "https://json-schema.org/draft/2020-12/schema"
 
@@ -25,7 +25,7 @@ _DURATIONS = {
     "Update": ("min_ready", "deadline", "drain"),
     "Service": ("stop_grace_period",),
 }
-_SIZES = {"Resources": ("memory",), "Service": ("shm_size",)}
+_SIZES = {"Resources": ("memory", "memory_reservation"), "Service": ("shm_size",)}
 _STR_LISTS = {"Healthcheck": ("test",), "Service": ("command", "entrypoint", "env_file")}
 
 

@@ -7,15 +7,23 @@ pre-created at 0, so a rate over a counter that never moved is 0 rather than "no
 `serve` exposes `/metrics`, `/healthz` (the controller's loop heartbeat) and `/readyz` (after
 the first pass) with aiohttp on the caller's loop.
 
-This module decides nothing about reconciling and performs no I/O besides serving HTTP. It
-never labels a series with a container id or anything derived from a secret: services, tiers,
-actions, reasons and revisions only, and hex ids longer than a short commit are cut to 12.
+`EdgeLog` reads the edge's JSON access log (nginx writes it into a directory of the state dir)
+incrementally, bounded per read and robust to rotation and truncation; `Metrics.edge_records`
+turns its lines into the `reconciler_edge_*` counters.
+
+This module decides nothing about reconciling and performs no I/O besides serving HTTP and
+reading that log. It never labels a series with a container id or anything derived from a
+secret: services, tiers, actions, reasons, upstreams and revisions only, and hex ids longer
+than a short commit are cut to 12.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -33,6 +41,10 @@ ROLLBACK_REASONS: tuple[str, ...] = (
 DRIFT_KINDS: tuple[str, ...] = ("removed", "stopped", "dead", "oom", "unhealthy", "config")
 GIT_RESULTS: tuple[str, ...] = ("ok", "unchanged", "failed", "non_fast_forward")
 REPLICA_STATES: tuple[str, ...] = ("desired", "running", "healthy")
+STATUS_CLASSES: tuple[str, ...] = ("1xx", "2xx", "3xx", "4xx", "5xx")
+GATEWAY_CODES: tuple[str, ...] = ("502", "503", "504")
+EDGE_LOCAL = "edge"  # requests the edge answered itself (static, health, 404, preflight)
+MAX_UPSTREAMS = 32  # distinct upstream label values; more are counted as "other"
 
 # Seconds-long steps up to the longest rollout a deadline allows (default deadline 300 s).
 PASS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800)
@@ -61,7 +73,8 @@ class Metrics:
         self._reconcile = Counter("reconciler_reconcile", "Reconcile passes by result.",
                                   ["result"], registry=r)
         self._duration = Histogram("reconciler_reconcile_duration_seconds",
-                                   "Wall time of one reconcile pass (including any revert).",
+                                   "Wall time of one reconcile pass (including any revert), "
+                                   "by result.", ["result"],
                                    buckets=PASS_BUCKETS, registry=r)
         self._converged = Gauge("reconciler_converged",
                                 "1 when the last pass left the host on the desired spec.",
@@ -107,9 +120,31 @@ class Metrics:
         self._engine_calls = Counter("reconciler_engine_api_calls",
                                      "Docker Engine API calls by method and outcome.",
                                      ["method", "outcome"], registry=r)
+        self._health_failures = Counter(
+            "reconciler_health_check_failures",
+            "Containers Docker marked unhealthy (a health probe failed `retries` times in a "
+            "row), by service.", ["service"], registry=r)
+        self._edge_requests = Counter(
+            "reconciler_edge_requests",
+            "Requests the nginx edge answered, by upstream and status class (its access log).",
+            ["upstream", "status_class"], registry=r)
+        self._edge_gateway_errors = Counter(
+            "reconciler_edge_gateway_errors",
+            "Edge requests that hit a 502, 503 or 504 (the edge's own, e.g. no healthy or "
+            "unreachable upstream, or the upstream's), by upstream and code.",
+            ["upstream", "code"], registry=r)
+        self._edge_log_lines = Counter(
+            "reconciler_edge_log_lines",
+            "Lines read from the edge's access log: ok, or invalid (not the JSON format).",
+            ["result"], registry=r)
 
         for result in RESULTS:
             self._reconcile.labels(result)
+            self._duration.labels(result)
+        for line_result in ("ok", "invalid"):
+            self._edge_log_lines.labels(line_result)
+        self._upstreams: set[str] = set()
+        self.edge_upstreams([EDGE_LOCAL])
         for action in ACTIONS:
             for outcome in OUTCOMES:
                 self._steps.labels(action, outcome)
@@ -127,8 +162,9 @@ class Metrics:
     # --- one pass ------------------------------------------------------------------------
 
     def pass_done(self, result: str, seconds: float) -> None:
-        self._reconcile.labels(_known(result, RESULTS, "result")).inc()
-        self._duration.observe(max(seconds, 0.0))
+        result = _known(result, RESULTS, "result")
+        self._reconcile.labels(result).inc()
+        self._duration.labels(result).observe(max(seconds, 0.0))
 
     def step(self, action: str, outcome: str) -> None:
         self._steps.labels(_known(action, ACTIONS, "action"),
@@ -158,6 +194,7 @@ class Metrics:
             for state, value in zip(REPLICA_STATES, (desired, running, healthy), strict=True):
                 self._replicas.labels(*key, state).set(value)
             self._health_wait.labels(key[0])  # the service's panel row exists from the start
+            self._health_failures.labels(key[0])
         for service, tier in self._rows - seen:
             for state in REPLICA_STATES:
                 self._replicas.remove(service, tier, state)
@@ -194,6 +231,159 @@ class Metrics:
     def engine_call(self, method: str, *, ok: bool = True) -> None:
         """One Docker Engine API call (`method` like "containers.list", never an id)."""
         self._engine_calls.labels(label_value(method), "ok" if ok else "failed").inc()
+
+    def health_check_failed(self, service: str) -> None:
+        """A container of `service` turned unhealthy (Docker's `health_status: unhealthy`)."""
+        self._health_failures.labels(label_value(service)).inc()
+
+    # --- the edge ------------------------------------------------------------------------
+
+    def edge_upstreams(self, names: Iterable[str]) -> None:
+        """Upstream label values to pre-create at 0 (the services the spec exposes)."""
+        for name in names:
+            name = label_value(name)
+            if name in self._upstreams or len(self._upstreams) >= MAX_UPSTREAMS:
+                continue
+            self._upstreams.add(name)
+            for cls in STATUS_CLASSES:
+                self._edge_requests.labels(name, cls)
+            for code in GATEWAY_CODES:
+                self._edge_gateway_errors.labels(name, code)
+
+    def edge_records(self, lines: Iterable[bytes]) -> None:
+        """Count access-log lines (see `edge_record`). An upstream label value not seen
+        before is added while fewer than MAX_UPSTREAMS exist, else counted as "other"."""
+        for line in lines:
+            record = edge_record(line)
+            if record is None:
+                self._edge_log_lines.labels("invalid").inc()
+                continue
+            self._edge_log_lines.labels("ok").inc()
+            upstream, status_class, gateway_code = record
+            if upstream not in self._upstreams:
+                self.edge_upstreams([upstream])
+                if upstream not in self._upstreams:
+                    upstream = "other"
+            self._edge_requests.labels(upstream, status_class).inc()
+            if gateway_code:
+                self._edge_gateway_errors.labels(upstream, gateway_code).inc()
+
+
+_UPSTREAM = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+
+
+def edge_record(line: bytes) -> tuple[str, str, str | None] | None:
+    """(upstream, status class, gateway code or None) of one JSON access-log line of
+    nginx/nginx.conf, or None when the line is not that format. Pure.
+
+    The gateway code is what went wrong between the edge and the upstream, even when the
+    client got the friendly 503 instead: the last of `upstream_status` when it is 502/503/504
+    (nginx records 502 for a refused connection, 504 for a timeout), else the response
+    status when that is 502/503/504 (e.g. no healthy upstream at all)."""
+    try:
+        doc = json.loads(line)
+        status = int(doc["status"])
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or not 100 <= status <= 599:
+        return None
+    upstream = str(doc.get("upstream") or "") or EDGE_LOCAL
+    if not _UPSTREAM.match(upstream):
+        upstream = "other"
+    tried = [part.strip() for part in str(doc.get("upstream_status") or "").replace(
+        ":", ",").split(",") if part.strip()]
+    code: str | None = None
+    if tried and tried[-1] in GATEWAY_CODES:
+        code = tried[-1]
+    elif str(status) in GATEWAY_CODES:
+        code = str(status)
+    return upstream, f"{status // 100}xx", code
+
+
+class EdgeLog:
+    """Reads new lines of the edge's access log, file position kept between reads.
+
+    Starts at the end of an existing file (counters are per process: lines from before the
+    start are not counted twice after a restart). A rotation (the path names a new file)
+    finishes the old file first; a truncation (the file shrank) starts over at 0. At most
+    `max_bytes` per read; the rest is read next time. A line longer than `max_line` is
+    dropped. When a read reached the end of a file larger than `truncate_at`, the file is
+    truncated to 0 (nginx appends with O_APPEND, so it goes on writing at the new end): the
+    log stays bounded without signals to nginx, at the cost of the lines written in the
+    moment between that read and the truncation."""
+
+    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int = 4 << 20,
+                 max_line: int = 16 << 10, truncate_at: int = 64 << 20) -> None:
+        self.path = os.fspath(path)
+        self.max_bytes = max_bytes
+        self.max_line = max_line
+        self.truncate_at = truncate_at
+        self._file: Any = None
+        self._ino: int | None = None
+        self._partial = b""
+        self._started = False
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file, self._ino, self._partial = None, None, b""
+
+    def _open(self, *, at_end: bool) -> bool:
+        try:
+            f = open(self.path, "rb")  # noqa: SIM115 - kept open between reads
+        except OSError:
+            return False
+        st = os.fstat(f.fileno())
+        if at_end:
+            f.seek(st.st_size)
+        self._file, self._ino, self._partial = f, st.st_ino, b""
+        return True
+
+    def read(self) -> list[bytes]:
+        """Complete new lines (without the newline), at most about `max_bytes` of them."""
+        if self._file is None:
+            if not self._open(at_end=not self._started):
+                self._started = True  # a file that appears later is read from its start
+                return []
+            self._started = True
+        lines: list[bytes] = []
+        budget = self.max_bytes
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            st = None
+        f = self._file
+        if st is not None and st.st_ino == self._ino and st.st_size < f.tell():
+            f.seek(0)  # truncated (copytruncate or ours): start over
+            self._partial = b""
+        budget -= self._drain(f, lines, budget)
+        rotated = st is not None and st.st_ino != self._ino
+        if rotated and budget > 0 and f.tell() >= os.fstat(f.fileno()).st_size:
+            self.close()  # the old file is finished: go on with the new one from its start
+            if self._open(at_end=False):
+                budget -= self._drain(self._file, lines, budget)
+        f = self._file
+        if (f is not None and not rotated and budget > 0 and st is not None
+                and f.tell() >= st.st_size > self.truncate_at and not self._partial):
+            try:
+                os.truncate(self.path, 0)
+                f.seek(0)
+            except OSError:
+                pass
+        return lines
+
+    def _drain(self, f: Any, lines: list[bytes], budget: int) -> int:
+        data = f.read(max(budget, 0))
+        if not data:
+            return 0
+        chunks = (self._partial + data).split(b"\n")
+        self._partial = chunks.pop()
+        if len(self._partial) > self.max_line:
+            self._partial = b""  # an over-long line: dropped (its rest is dropped below)
+        for chunk in chunks:
+            if chunk and len(chunk) <= self.max_line:
+                lines.append(chunk)
+        return len(data)
 
 
 def _known(value: str, allowed: Sequence[str], what: str) -> str:

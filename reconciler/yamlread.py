@@ -32,7 +32,7 @@ from ruamel.yaml.events import (
     SequenceEndEvent,
 )
 
-from reconciler.safefiles import UnsafeFile, read_regular_file
+from reconciler.hostfiles import Refused, read_regular_file
 
 MAX_FILE_BYTES = 1024 * 1024  # one file
 MAX_DEPTH = 32  # nested mappings/sequences
@@ -77,7 +77,7 @@ def read_text(path: str, name: str, limit: int = MAX_FILE_BYTES) -> str:
     """A regular file (no symlink, FIFO or device; at most `limit` bytes) as UTF-8 text."""
     try:
         data = read_regular_file(path, limit)
-    except UnsafeFile as exc:
+    except Refused as exc:
         raise YamlRefused(name, None, exc.reason) from None
     return decode(data, name)
 

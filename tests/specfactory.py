@@ -6,9 +6,10 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from reconciler import labels
-from reconciler.desired import Desired, build
-from reconciler.loading import LoadedSpec, load
+from reconciler.core import labels
+from reconciler.core.desired import Desired, build
+from reconciler.core.model import LoadedSpec
+from reconciler.loading import load
 
 KEY = b"k" * 32
 

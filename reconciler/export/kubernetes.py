@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from reconciler.loading import KeyPath, LoadedSpec, Location, format_path, lookup
-from reconciler.specs import (
+from reconciler.core.model import KeyPath, LoadedSpec, Location, format_path, lookup
+from reconciler.core.specs import (
     Healthcheck,
     Restart,
     Service,

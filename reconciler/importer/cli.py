@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import TextIO
 
 from reconciler import yamlread
-from reconciler.envfiles import parse_dotenv
+from reconciler.core.envfiles import parse_dotenv
+from reconciler.core.model import SpecError
+from reconciler.core.specs import DEFAULT_TIERS
+from reconciler.hostfiles import Refused, read_regular_file
 from reconciler.importer.model import ImportResult, Kind, Remark, Source
 from reconciler.importer.translate import import_compose
-from reconciler.loading import MAX_ENV_FILE_BYTES, SpecError, load, load_policy
-from reconciler.safefiles import UnsafeFile, read_regular_file
-from reconciler.specs import DEFAULT_TIERS
+from reconciler.loading import MAX_ENV_FILE_BYTES, load, load_policy
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -67,18 +68,18 @@ DEFAULT_SECRETS_DIR = "/opt/env/{project}"
 
 def _read(path: Path, limit: int = yamlread.MAX_FILE_BYTES) -> str:
     """A regular file named on the command line (links followed; FIFOs, devices and files
-    over `limit` refused) as UTF-8 text; errors are `UnsafeFile`."""
+    over `limit` refused) as UTF-8 text; errors are `Refused`."""
     data = read_regular_file(path, limit, follow=True)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise UnsafeFile("not UTF-8 text") from None
+        raise Refused("not UTF-8 text") from None
 
 
 def _overrides(path: str, err: TextIO) -> dict[str, str] | None:
     try:
         root = yamlread.parse(_read(Path(path)), path)
-    except UnsafeFile as exc:
+    except Refused as exc:
         print(f"reconciler: --overrides {path}: {exc.reason}", file=err)
         return None
     except yamlread.YamlRefused as exc:
@@ -105,7 +106,7 @@ def cmd_import_compose(args: argparse.Namespace, *, out: TextIO | None = None,
     for path in files:
         try:
             sources.append(Source(os.path.normpath(path), _read(path)))
-        except UnsafeFile as exc:
+        except Refused as exc:
             print(f"reconciler: {path}: {exc.reason}", file=err)
             return EXIT_FAILED
     project_dir = files[0].resolve().parent
@@ -114,7 +115,7 @@ def cmd_import_compose(args: argparse.Namespace, *, out: TextIO | None = None,
     if args.env_file or env_path.is_file():
         try:
             values, _lines, problems = parse_dotenv(_read(env_path, MAX_ENV_FILE_BYTES))
-        except UnsafeFile as exc:
+        except Refused as exc:
             print(f"reconciler: --env-file {env_path}: {exc.reason}", file=err)
             return EXIT_FAILED
         for number, message in problems:

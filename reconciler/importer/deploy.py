@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from reconciler.core.specs import parse_duration
 from reconciler.importer.draft import Draft
 from reconciler.importer.model import Kind, Y, as_text
-from reconciler.specs import parse_duration
 
 
 def deploy(svc: Draft, y: Y, items: Mapping[str, Y]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from reconciler.specs import find_cycles
+from reconciler.core.specs import find_cycles
 
 
 def _depths(graph: Mapping[str, Iterable[str]]) -> dict[str, int]:

@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from reconciler import yamlread
-from reconciler.loading import format_path
+from reconciler.core.model import format_path
 from reconciler.yamlread import Located as Y
 
 __all__ = ["ComposeError", "CycleReport", "ImportResult", "Kind", "NotText", "Remark",

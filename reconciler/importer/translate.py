@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from reconciler import yamlread
+from reconciler.core.model import format_path
+from reconciler.core.specs import DEFAULT_TIERS, parse_duration
 from reconciler.importer.draft import Draft
 from reconciler.importer.graph import Hub, break_cycles, find_hub, place
 from reconciler.importer.interpolate import Interpolator, references, secret_value
@@ -32,8 +34,6 @@ from reconciler.importer.model import (
 from reconciler.importer.naming import compose_project_name, image_role, sanitise_project
 from reconciler.importer.render import render_files
 from reconciler.importer.service import HINTS, SERVICE_ORDER, convert_service
-from reconciler.loading import format_path
-from reconciler.specs import DEFAULT_TIERS, parse_duration
 
 _HEALTH_FRIENDLY = {"timeout": 15.0, "retries": 5, "start_period": 90.0}
 

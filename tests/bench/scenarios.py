@@ -634,10 +634,10 @@ def run_measured(cmd: Sequence[str], *, env: dict[str, str], timeout_s: float = 
 
 
 def inprocess_plan(spec: Path) -> float:
-    from reconciler.desired import build
+    from reconciler.core.desired import build
+    from reconciler.core.plans import compute
+    from reconciler.core.snapshots import empty
     from reconciler.loading import load
-    from reconciler.plans import compute
-    from reconciler.snapshots import empty
 
     t0 = time.perf_counter()
     loaded = load(spec, strict=False)

@@ -21,6 +21,9 @@ that causes it. Scripting:
   `sh -c` Cmd on start: its echoes go to the logs, and a script that ends makes the
   container exit (with `exit N`'s code), while one that reaches an unknown statement
   (`trap`, `while`...) keeps running.
+- `exec_stream`: `stream_handler(container, cmd, stdin)` -> (exit code, stdout bytes, stderr)
+  scripts it; otherwise `cat` echoes stdin and the tiny shell's echoes are stdout.
+  `get_archive`/`put_archive` keep files per container in `FakeContainer.files`.
 - `drop_event_streams()` ends every open event stream, as a dropped connection would.
 """
 
@@ -30,9 +33,11 @@ import asyncio
 import copy
 import datetime as dt
 import hashlib
+import io
 import itertools
+import tarfile
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -175,6 +180,7 @@ class FakeContainer:
     health_log: list[JSON] = field(default_factory=list)
     networks: dict[str, JSON] = field(default_factory=dict)
     logs: list[str] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)  # absolute path -> content (archives)
     log_times: list[float] = field(default_factory=list)  # when each line of `logs` was written
     restart_at: float | None = None  # a pending restart-policy restart (fake clock)
 
@@ -278,6 +284,8 @@ class FakeRuntime:
             None
         )
         self.exec_log: list[tuple[str, tuple[str, ...]]] = []
+        self.stream_handler: Callable[[FakeContainer, tuple[str, ...], bytes | None],
+                                      tuple[int, bytes, str]] | None = None
         self.containers: dict[str, FakeContainer] = {}
         self.networks: dict[str, JSON] = {}
         self.volumes: dict[str, JSON] = {}
@@ -724,6 +732,54 @@ class FakeRuntime:
             lines, code, _ = _mini_shell(" ".join(key))
         output = "".join(f"{line}\n" for line in lines)
         return ExecResult(exit_code=code or 0, output=output)
+
+    async def exec_stream(self, container_id: str, cmd: Sequence[str], *,
+                          sink: Callable[[bytes], None] | None = None,
+                          stdin: Iterable[bytes] | None = None) -> ExecResult:
+        self._enter("exec_stream")
+        c = self.container(container_id)
+        if c.state != "running":
+            raise Conflict(f"Container {c.id} is not running")
+        key = tuple(cmd)
+        self.exec_log.append((c.id, key))
+        data = b"".join(stdin) if stdin is not None else None
+        if self.stream_handler is not None:
+            code, out, err = self.stream_handler(c, key, data)
+        elif key == ("cat",):
+            code, out, err = 0, data or b"", ""
+        else:
+            script = key[2] if len(key) >= 3 and key[1] == "-c" else " ".join(key)
+            lines, maybe, _ = _mini_shell(script)
+            code, out, err = maybe or 0, "".join(f"{x}\n" for x in lines).encode(), ""
+        if sink is not None and out:
+            sink(out)
+        return ExecResult(exit_code=code, output=err)
+
+    async def get_archive(self, container_id: str, path: str, *,
+                          sink: Callable[[bytes], None]) -> None:
+        self._enter("get_archive")
+        c = self.container(container_id)
+        path = path.rstrip("/") or "/"
+        base = path.rsplit("/", 1)[-1]
+        found = {p: b for p, b in c.files.items() if p == path or p.startswith(path + "/")}
+        if not found:
+            raise NotFound(f"Could not find the file {path} in container {c.id}")
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for p, content in sorted(found.items()):
+                info = tarfile.TarInfo(base + p[len(path):])
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+        sink(buf.getvalue())
+
+    async def put_archive(self, container_id: str, path: str, data: bytes) -> None:
+        self._enter("put_archive")
+        c = self.container(container_id)
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+            for member in tar.getmembers():
+                got = tar.extractfile(member) if member.isfile() else None
+                if got is not None:
+                    c.files[path.rstrip("/") + "/" + member.name.lstrip("./")] = got.read()
 
     async def container_logs(self, container_id: str, *, tail: int) -> str:
         self._enter("container_logs")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from reconciler import operate
-from reconciler.plans import Action, Reason
-from reconciler.restarts import RESTART_SUFFIX, RestartRefused, restart_plan
+from reconciler.core.plans import Action, Reason
+from reconciler.core.restarts import RESTART_SUFFIX, RestartRefused, restart_plan
 from tests.component.fakes import FakeRuntime
 from tests.component.test_reconcile_fake import IMAGES, make, running
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from reconciler.blueprint import container_config
-from reconciler.desired import Desired, build
+from reconciler.core.blueprint import container_config
+from reconciler.core.desired import Desired, build
 from reconciler.execute import Progress
 from reconciler.loading import load
 from reconciler.persistence import State

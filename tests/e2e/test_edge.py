@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.desired import build
+from reconciler.core.desired import build
+from reconciler.core.snapshots import ContainerState, Health, Observed
 from reconciler.edges import render_upstreams, upstream_servers, worker_pids
 from reconciler.loading import load
-from reconciler.snapshots import ContainerState, Health, Observed
 from tests.dockerkit import APP, NGINX, REPO, Host, docker, swap, wait_until
 from tests.loadgen import LoadResult, run_load
 
@@ -190,7 +190,8 @@ def test_favicon_is_local_and_with_no_upstream_the_client_gets_a_friendly_503(
     status, headers, body = get(base + "/v1/orders", accept="application/json")
     assert status == 503 and headers.get("Retry-After") == "5", (status, headers, body)
     assert json.loads(body)["error"] == "service_unavailable"
-    status, headers, body = get(base + "/health", accept="text/html,application/xhtml+xml")
+    # a browser (not /v1/) gets the HTML page (/health is the stack's health, not proxied)
+    status, headers, body = get(base + "/api-docs/", accept="text/html,application/xhtml+xml")
     assert status == 503 and headers.get("Retry-After") == "5", (status, headers, body)
     assert headers["Content-Type"].startswith("text/html") and "<html" in body
 
@@ -255,6 +256,8 @@ def test_shipped_nginx_conf_passes_nginx_t_with_the_demo_upstreams(tmp_path: Pat
         assert len(upstream_servers(text)["api-gateway"]) == len(containers)
         out = docker("run", "--rm", "--network", "none",
                      "-v", f"{REPO / 'nginx' / 'nginx.conf'}:/etc/nginx/nginx.conf:ro",
-                     "-v", f"{conf_d}:/etc/nginx/conf.d:ro", NGINX, "sh", "-c",
+                     "-v", f"{conf_d}:/etc/nginx/conf.d:ro",
+                     "-v", f"{tmp_path}:/var/log/nginx/edge",  # the reconciler mounts it
+                     NGINX, "sh", "-c",
                      "nginx -t 2>&1", timeout=60)
         assert "test is successful" in out, (case, out)

@@ -542,10 +542,10 @@ class PrivateEngine:
             self.proc.wait()
 
     def load_images(self, *refs: str) -> None:
-        save = subprocess.Popen(["docker", "save", *refs], stdout=subprocess.PIPE)
-        subprocess.run(["docker", "-H", self.url, "load", "-q"], stdin=save.stdout,
-                       check=True, capture_output=True, timeout=120)
-        save.wait(60)
+        with subprocess.Popen(["docker", "save", *refs], stdout=subprocess.PIPE) as save:
+            subprocess.run(["docker", "-H", self.url, "load", "-q"], stdin=save.stdout,
+                           check=True, capture_output=True, timeout=120)
+            save.wait(60)  # leaving the block closes the pipe (an open one is a warning)
 
     def destroy(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

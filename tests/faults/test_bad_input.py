@@ -20,7 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.loading import LoadedSpec, SpecError, load
+from reconciler.core.model import LoadedSpec, SpecError
+from reconciler.loading import load
 from tests.dockerkit import REPO
 from tests.faults import kit
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from reconciler import snapshots
-from reconciler.plans import compute
+from reconciler.core import snapshots
+from reconciler.core.plans import compute
 from tests.dockerkit import APP, Host, docker
 from tests.faults import kit
 from tests.specfactory import container_json, desired_from

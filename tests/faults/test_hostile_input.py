@@ -74,7 +74,7 @@ def test_compose_alias_bomb_is_refused_and_nothing_written(tmp_path: Path) -> No
 
 def test_huge_spec_file_is_refused_unread(tmp_path: Path) -> None:
     run = hostile.run_cli(hostile.huge_file(tmp_path))
-    refused(run, f"error: {tmp_path}/spec/zz-huge.yaml: file is larger than 1048576 bytes")
+    refused(run, f"error: {tmp_path}/spec/zz-huge.yaml: is larger than 1048576 bytes")
     bounded(run)
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.loading import SpecError, load, load_policy
+from reconciler.core.model import SpecError
+from reconciler.loading import load, load_policy
 from tests.faults import kit
 
 BASE = """\

@@ -103,7 +103,14 @@ def test_failed_rollout_reverts_and_quarantines(host: Host, bad: str) -> None:
     before = host.ids()
     old_api = {n: i for n, i in before.items() if "-api-" in n}
     since = time.time()
-    host.write(swap(STACK, 'APP_VERSION: "1.0"}', f'APP_VERSION: "2.0", {bad}}}'))
+    bad_spec = swap(STACK, 'APP_VERSION: "1.0"}', f'APP_VERSION: "2.0", {bad}}}')
+    if "CRASH_AFTER" in bad:
+        # the crash (1 s after start) must come before the gate can pass (first probe after
+        # 300 ms + min_ready): with min_ready 600 ms a replica raced it, got "ready", and
+        # its old container was retired before the crash
+        bad_spec = swap(bad_spec, "update: {parallelism: 2}",
+                        "update: {parallelism: 2, min_ready: 3s}")
+    host.write(bad_spec)
     res = host.cli("apply")
     out = res.stdout + res.stderr
     assert res.returncode == 1, out

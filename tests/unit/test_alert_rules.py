@@ -12,6 +12,9 @@ ALERTS = {
     "ReconcilerConvergenceFailing", "ReconcilerRolloutReverted", "ReconcilerRevisionQuarantined",
     "ReconcilerServiceUnhealthy", "ReconcilerDriftRepeated", "ReconcilerGitPullFailing",
     "ReconcilerDown", "ReconcilerStuck", "ReconcilerNotConverged15m",
+    # issue 17: the edge, the services' health checks, rollout duration by result
+    "EdgeBadGatewayDuringRollout", "EdgeGatewayErrorsHigh", "ServiceHealthChecksFailing",
+    "ReconcilerRolloutsSlow",
 }
 
 
@@ -67,3 +70,26 @@ def test_rule_tests_are_not_loaded_as_rules() -> None:
     for rules in RULES:
         rel = str(rules.relative_to(PROM_DIR))
         assert any(fnmatch.fnmatch(rel, g) for g in globs), f"{rel} is not loaded by {globs}"
+
+
+def test_the_stack_scrapes_the_reconciler_where_the_unit_serves_it() -> None:
+    """A fresh install: deploy/reconciler.service's --metrics-addr is the stack Prometheus's
+    reconciler target, and the target is an address containers reach (the docker0 gateway),
+    from a network the prometheus service is on (a non-internal one: it has a route out)."""
+    import re
+
+    from reconciler.loading import load
+
+    unit = (PROM_DIR.parent / "reconciler.service").read_text()
+    addr = re.search(r"--metrics-addr (\S+)", unit)
+    assert addr is not None
+    config = YAML(typ="safe").load((PROM_DIR / "prometheus.yml").read_text())
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    targets = [t for sc in jobs["reconciler"]["static_configs"] for t in sc["targets"]]
+    assert targets == [addr.group(1)] == ["172.17.0.1:9321"]
+    spec = load(PROM_DIR.parent.parent / "specs", strict=False).spec
+    prom = spec.services["prometheus"]
+    assert any(not spec.network(n).internal for n in prom.networks)
+    # Prometheus answers under its route prefix, also to its own scrape
+    assert "--web.route-prefix=/prometheus" in (prom.command or ())
+    assert jobs["prometheus"]["metrics_path"] == "/prometheus/metrics"

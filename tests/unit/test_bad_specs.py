@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.loading import SpecError, load
+from reconciler.core.model import SpecError
+from reconciler.loading import load
 from tests.specfactory import write_spec
 
 OK = """\

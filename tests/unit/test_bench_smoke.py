@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
+from reconciler.core.specs import parse_duration
 from reconciler.loading import load
-from reconciler.specs import parse_duration
 from tests.bench import generate as gen
 from tests.bench import report
 from tests.bench.engine import CountingRuntime, normalise

@@ -15,7 +15,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from reconciler import cli
-from reconciler.desired import build
+from reconciler.core.desired import build
 from reconciler.importer import Kind, Source, image_role, import_compose
 from reconciler.loading import load
 
@@ -191,7 +191,8 @@ def test_realworld_file_imports_without_a_traceback(
     env = {k: v for k, v in os.environ.items() if k != "RECONCILER_DEBUG"}
     os.environ["RECONCILER_DEBUG"] = "1"  # a crash must surface as a test failure
     try:
-        code, stdout, stderr = run(["import-compose", str(path), "-o", str(out)], capsys)
+        code, stdout, stderr = run(["import-compose", str(path), "-o", str(out),
+                                    "--secrets-dir", str(tmp_path / "secrets")], capsys)
     finally:
         os.environ.clear()
         os.environ.update(env)
@@ -558,7 +559,7 @@ def test_systemd_unit_is_hardened() -> None:
     service = parser["Service"]
     assert service["ExecStart"].startswith("/opt/reconciler/venv/bin/reconciler run ")
     for option in ("--spec /srv/metro-spec/specs", "--git-pull 30s",
-                   "--metrics-addr 127.0.0.1:9321"):
+                   "--metrics-addr 172.17.0.1:9321"):
         assert option in service["ExecStart"]
     assert service["NoNewPrivileges"] == "yes"
     assert service["ProtectSystem"] == "strict"

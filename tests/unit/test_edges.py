@@ -4,6 +4,7 @@ runtime, without real sleeps."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,19 +12,21 @@ from typing import Any
 
 import pytest
 
-from reconciler.desired import Desired
+from reconciler.core.desired import Desired
+from reconciler.core.plans import compute
+from reconciler.core.snapshots import ContainerState, Health, Observed
 from reconciler.edges import (
     PLACEHOLDER,
     Edge,
+    enabled_map,
+    render_health,
     render_upstreams,
     served_names,
     upstream_servers,
     worker_pids,
 )
 from reconciler.execute import StepFailed
-from reconciler.plans import compute
 from reconciler.runtimes import ExecResult
-from reconciler.snapshots import ContainerState, Health, Observed
 from tests.specfactory import container_json, desired_from
 from tests.unit.test_planner import observed
 
@@ -272,3 +275,48 @@ async def test_retired_containers_stay_out_until_gone(tmp_path: Path, desired: D
     assert slept[-1] == svc.service.update.drain
     await edge.sync(desired)  # another service's sync does not bring it back
     assert "10.1.0.5:8080" not in (tmp_path / "upstreams.conf").read_text()
+
+
+# --- the enabled map and the stack's health (issue 17) -----------------------------------------
+
+
+def test_enabled_map_lists_exactly_the_exposed_services(desired: Desired) -> None:
+    text = enabled_map(desired)
+    assert text.startswith("map $edge_service $edge_service_enabled {")
+    assert "    default 0;\n    admin 1;\n    api 1;\n}" in text
+    assert "worker" not in text and "nginx" not in text
+    assert text in render_upstreams(desired, [])  # rendered with the upstreams, every time
+
+
+@pytest.mark.parametrize(("containers", "status", "serves"), [
+    ([c("a1"), c("a2", replica=2), c("d1", "admin"), c("w1", "worker"), c("n1", "nginx")],
+     "ok", True),
+    ([c("a1"), c("a2", replica=2, health=Health.UNHEALTHY), c("d1", "admin"),
+      c("w1", "worker", health=Health.NONE), c("n1", "nginx")], "degraded", True),
+    ([c("a1", state=ContainerState.EXITED), c("d1", "admin"), c("w1", "worker"), c("n1", "nginx")],
+     "down", False),
+    ([], "down", False),
+])
+def test_render_health(desired: Desired, containers: list[Observed], status: str,
+                       serves: bool) -> None:
+    text, ok = render_health(desired, containers)
+    doc = json.loads(text)
+    assert (doc["status"], ok) == (status, serves)
+    assert [t["tier"] for t in doc["tiers"]] == ["business", "external"]
+    business = doc["tiers"][0]["services"]
+    assert business["api"]["desired"] == 2
+    assert render_health(desired, list(reversed(containers)))[0] == text  # stable: no clock
+
+
+async def test_sync_writes_health_files_next_to_the_upstreams(desired: Desired,
+                                                               tmp_path: Path) -> None:
+    (tmp_path / "edge").mkdir(mode=0o700)
+    edge, _, _ = edge_setup(tmp_path / "edge", desired)
+    await edge.sync(desired, containers=[c("a1"), c("a2", replica=2), c("d1", "admin"),
+                                         c("w1", "worker"), c("n1", "nginx")])
+    assert json.loads((tmp_path / "edge" / "health.json").read_text())["status"] == "ok"
+    assert (tmp_path / "edge" / "health-ok.json").exists()
+    assert (tmp_path / "edge").stat().st_mode & 0o777 == 0o755  # nginx workers read it
+    await edge.sync(desired, containers=[c("n1", "nginx")])
+    assert json.loads((tmp_path / "edge" / "health.json").read_text())["status"] == "down"
+    assert not (tmp_path / "edge" / "health-ok.json").exists()

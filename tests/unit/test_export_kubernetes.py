@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from reconciler.core.model import LoadedSpec
 from reconciler.export.kubernetes import (
     APPLICATION,
     KUSTOMIZATION,
@@ -37,7 +38,7 @@ from reconciler.export.kubernetes import (
     export,
 )
 from reconciler.exporting import EXPORT_POLICY, dump, read_mounted, spec_locations, write
-from reconciler.loading import LoadedSpec, load
+from reconciler.loading import load
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden"
@@ -226,10 +227,15 @@ def test_waves_follow_the_tiers(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_specs_mapping(monkeypatch: pytest.MonkeyPatch) -> None:
     result = run(load_rel("specs", monkeypatch), Options())
     sts, deps = by_kind(result, "StatefulSet"), by_kind(result, "Deployment")
-    assert set(sts) == {"postgres", "redis", "mongodb", "kafka-1", "kafka-2", "kafka-3",
-                        "prometheus", "grafana"}
-    assert sts["postgres"]["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == (
-        "postgres-data")
+    # specs/ keeps the compose project's data: its volumes are external, so the stores mount
+    # the existing claims (one writer: Recreate) instead of getting volumeClaimTemplates
+    assert sts == {}
+    for store in ("postgres", "redis", "mongodb", "kafka", "prometheus", "grafana"):
+        spec = deps[store]["spec"]
+        assert spec["strategy"] == {"type": "Recreate"}, store
+        claims = [v["persistentVolumeClaim"]["claimName"]
+                  for v in spec["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]
+        assert claims and all(c.startswith("metro-") for c in claims), (store, claims)
     gw = deps["api-gateway"]["spec"]
     assert gw["replicas"] == 2
     assert gw["strategy"] == {"type": "RollingUpdate",
@@ -244,9 +250,9 @@ def test_specs_mapping(monkeypatch: pytest.MonkeyPatch) -> None:
     startup = c["startupProbe"]
     assert startup["periodSeconds"] == 10
     assert startup["failureThreshold"] == math.ceil((90 + 5 * 45) / 10)
-    assert c["resources"]["limits"] == {"memory": "384Mi", "cpu": "750m"}
+    assert c["resources"]["limits"] == {"memory": "256Mi", "cpu": "750m"}
     assert c["envFrom"] == [{"secretRef": {"name": "api-gateway-env"}}]
-    pg = sts["postgres"]["spec"]["template"]["spec"]["containers"][0]
+    pg = deps["postgres"]["spec"]["template"]["spec"]["containers"][0]
     assert pg["readinessProbe"]["exec"]["command"][:2] == ["/bin/sh", "-c"]
     services = by_kind(result, "Service")
     assert services["postgres"]["spec"]["clusterIP"] == "None"

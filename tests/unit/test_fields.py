@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from reconciler.blueprint import container_config
-from reconciler.desired import Desired
-from reconciler.fields import FIELDS
-from reconciler.specs import HostPolicy, Service
+from reconciler.core.blueprint import container_config
+from reconciler.core.desired import Desired
+from reconciler.core.fields import FIELDS
+from reconciler.core.specs import HostPolicy, Service
 from tests.specfactory import desired_from
 
 BASE = """
@@ -80,6 +80,7 @@ NOT_IN_CONTAINER: dict[str, str] = {
     "update": "KEEP    update: {parallelism: 2, min_ready: 1s}\n",
     "replicas": "KEEP    replicas: 2\n",
     "depends_on": "KEEP    depends_on: [db]\n",
+    "backup": "KEEP    backup: {volumes: true, keep: 2}\n",
 }
 EXEMPT = {"profiles": "decides whether the service runs at all, not how"}
 

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from reconciler import hostfiles, loading
-from reconciler.loading import SpecError, load, load_policy, parse_policy
+from reconciler.core.model import SpecError
+from reconciler.core.specs import HostPolicy, Spec, name_problem, validate
+from reconciler.loading import load, load_policy, parse_policy
 from reconciler.persistence import State, StateError, read_key
-from reconciler.specs import HostPolicy, Spec, name_problem, validate
 
 # --- the policy parser ------------------------------------------------------------------------
 

@@ -177,7 +177,7 @@ def write_binds(spec_dir: Path, volumes: str) -> None:
 
 
 def test_missing_bind_directory_is_a_warning_a_missing_file_an_error(tmp_path: Path) -> None:
-    from reconciler.loading import SpecError
+    from reconciler.core.model import SpecError
 
     spec_dir = tmp_path / "spec"
     write_binds(spec_dir, '["./data:/data", "./conf.d:/etc/app/conf.d:ro"]')
@@ -208,8 +208,8 @@ services:
 
 def test_new_keys_reach_the_container_body_and_restart_defaults_to_no(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from reconciler.blueprint import container_config
-    from reconciler.desired import build
+    from reconciler.core.blueprint import container_config
+    from reconciler.core.desired import build
 
     src = compose(tmp_path, KEYS)
     out = tmp_path / "spec"
@@ -249,9 +249,9 @@ services:
 def test_sysctls_are_imported_and_gated_by_the_host_policy(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from reconciler.blueprint import container_config
-    from reconciler.desired import build
-    from reconciler.loading import SpecError
+    from reconciler.core.blueprint import container_config
+    from reconciler.core.desired import build
+    from reconciler.core.model import SpecError
 
     src = compose(tmp_path, SYSCTLS)
     policy = tmp_path / "policy.yaml"
@@ -288,8 +288,8 @@ networks:
 
 def test_network_aliases_are_carried_to_the_endpoint(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from reconciler.blueprint import container_config
-    from reconciler.desired import build
+    from reconciler.core.blueprint import container_config
+    from reconciler.core.desired import build
 
     src = compose(tmp_path, ALIASES)
     out = tmp_path / "spec"
@@ -348,6 +348,6 @@ def test_anonymous_volumes_become_labelled_named_volumes(
     for name in ("search-anon-meili-data", "search-anon-cache"):
         assert not spec.volume(name).external  # the reconciler creates and labels it
     assert "anonymous volume at /meili_data: written as the named volume" in stdout
-    from reconciler.desired import build
+    from reconciler.core.desired import build
 
     assert build(loaded, b"k" * 32).services["search"].order.value == "stop-first"

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from reconciler import snapshots
-from reconciler.desired import Desired
-from reconciler.plans import ImageAction, ImageNeed, Lane, Phase, Plan, compute
-from reconciler.specs import PullPolicy
+from reconciler.core import snapshots
+from reconciler.core.desired import Desired
+from reconciler.core.plans import ImageAction, ImageNeed, Lane, Phase, Plan, compute
+from reconciler.core.specs import PullPolicy
 from tests.specfactory import container_json, desired_from, foreign_json
 
 BASE = """

@@ -10,9 +10,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler import snapshots
-from reconciler.desired import Desired
-from reconciler.plans import Action, Plan, compute
+from reconciler.core import snapshots
+from reconciler.core.desired import Desired
+from reconciler.core.plans import Action, Plan, compute
 from tests.specfactory import container_json, desired_from, foreign_json
 
 SPEC = """

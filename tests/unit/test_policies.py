@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from reconciler import rollback
-from reconciler.health import Failure, Gate, Judgement, Probe, Verdict, judge
-from reconciler.rollback import AfterFailure, AfterRevert, Target
+from reconciler.core import rollback
+from reconciler.core.health import Failure, Gate, Judgement, Probe, Verdict, judge
+from reconciler.core.rollback import AfterFailure, AfterRevert, Target
 
 GATE = Gate(started_at=100.0, min_ready=5.0, deadline=60.0, baseline_restarts=1)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import render, snapshots
-from reconciler.plans import compute
+from reconciler.core import render, snapshots
+from reconciler.core.plans import compute
 from tests.specfactory import container_json, desired_from
 from tests.unit.test_planner import BASE, observed
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.loading import LoadedSpec, SpecError, load
-from reconciler.specs import (
+from reconciler.core.model import LoadedSpec, SpecError
+from reconciler.core.specs import (
     DEFAULT_TIERS,
     UpdateOrder,
     active_services,
@@ -20,6 +20,7 @@ from reconciler.specs import (
     parse_port,
     resolved_order,
 )
+from reconciler.loading import load
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = REPO / "specs"
@@ -28,7 +29,7 @@ NGINX = REPO / "nginx"
 PROMETHEUS = REPO / "deploy" / "prometheus" / "prometheus.yml"
 
 ADMIN_TOOLS = {"pgadmin", "mongo-express", "redis-commander"}
-STATEFUL = {"postgres", "redis", "mongodb", "kafka-1", "kafka-2", "kafka-3"}
+STATEFUL = {"postgres", "redis", "mongodb", "kafka"}
 SECRETISH = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|CREDENTIAL", re.I)
 
 
@@ -65,7 +66,7 @@ def test_production_spec_only_warns_about_absent_env_files(prod: LoadedSpec) -> 
     assert prod.warnings, "the host's env files are not in the repo: expect warnings"
     for warning in prod.warnings:
         assert "env file of" in warning.message and "file not found" in warning.message, warning
-        assert warning.location.file.startswith("/opt/env/"), warning
+        assert warning.location.file.startswith("/opt/env/metro/"), warning
 
 
 def test_production_spec_with_admin_profile_only_warns_about_env_files(
@@ -104,7 +105,8 @@ def test_api_gateway_has_two_replicas_behind_the_edge(prod: LoadedSpec) -> None:
     assert gateway.replicas == 2
     assert gateway.expose is not None and gateway.expose.port == 8080
     assert resolved_order(prod.spec, gateway) is UpdateOrder.START_FIRST
-    assert [n for n, s in prod.spec.services.items() if s.expose] == ["api-gateway"]
+    assert [n for n, s in prod.spec.services.items() if s.expose] == [
+        "api-gateway", "prometheus", "grafana", "pgadmin", "mongo-express", "redis-commander"]
 
 
 def test_nothing_depends_on_api_gateway_and_only_on_earlier_tiers(
@@ -140,7 +142,7 @@ def test_production_secrets_only_in_host_env_files(prod_admin: LoadedSpec) -> No
         for key in svc.environment:
             assert not SECRETISH.search(key), f"{name}: {key} belongs in an env file"
         for declared in svc.env_file:
-            assert declared == f"/opt/env/{name}.env", (name, declared)
+            assert declared == f"/opt/env/metro/{name}.env", (name, declared)
 
 
 def test_stateful_services_are_stop_first_on_named_volumes(prod: LoadedSpec) -> None:
@@ -150,17 +152,33 @@ def test_stateful_services_are_stop_first_on_named_volumes(prod: LoadedSpec) -> 
         assert any(parse_mount(v).named for v in svc.volumes), name
 
 
-def test_kafka_is_a_three_node_kraft_cluster_sized_for_a_vps(prod: LoadedSpec) -> None:
-    brokers = [prod.spec.services[f"kafka-{i}"] for i in (1, 2, 3)]
-    assert {b.environment["KAFKA_NODE_ID"] for b in brokers} == {"1", "2", "3"}
-    for broker in brokers:
-        env = broker.environment
-        assert broker.image.startswith(("apache/kafka:", "bitnami/kafka:"))
-        assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
-        assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"].count("@") == 3
-        assert env["KAFKA_HEAP_OPTS"] == "-Xmx512m -Xms512m"
-        assert broker.resources.memory is not None and broker.resources.memory <= 2 * 1024**3
-    assert len({b.environment["CLUSTER_ID"] for b in brokers}) == 1
+def test_kafka_is_one_kraft_broker_with_a_bounded_heap(prod: LoadedSpec) -> None:
+    brokers = [s for s in prod.spec.services.values() if "kafka" in s.image]
+    assert len(brokers) == 1
+    (broker,) = brokers
+    env = broker.environment
+    assert broker.image.startswith(("apache/kafka:", "bitnami/kafka:"))
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@kafka:9093"
+    assert env["KAFKA_HEAP_OPTS"] == "-Xmx512m -Xms512m"
+    assert env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == "1"
+    assert broker.resources.memory == 1024**3  # heap + page cache + off-heap
+
+
+def test_default_sizing_fits_an_8_gib_host_with_the_start_first_surge(
+    prod: LoadedSpec, prod_admin: LoadedSpec,
+) -> None:
+    from reconciler.core.sizing import memory_findings, memory_fit
+
+    for loaded in (prod, prod_admin):
+        fit = memory_fit(loaded.spec, host_memory=8 * 1024**3, profiles=loaded.profiles)
+        assert fit.unlimited == ()
+        assert fit.peak <= 7.5 * 1024**3, fit  # ~0.5 GiB left for the OS even at the peak
+        assert memory_findings(fit) == []
+    fit = memory_fit(prod.spec, host_memory=8 * 1024**3)
+    assert fit.limits == 6 * 1024**3 and fit.surge == 1024**3 and fit.surge_tier == "business"
+    for name in ("postgres", "mongodb", "kafka", "redis"):
+        assert prod.spec.services[name].resources.memory_reservation, name
 
 
 def test_edge_publishes_80_and_443_and_mounts_the_repo_nginx_conf(prod: LoadedSpec) -> None:
@@ -172,19 +190,20 @@ def test_edge_publishes_80_and_443_and_mounts_the_repo_nginx_conf(prod: LoadedSp
     assert NGINX / "nginx.conf" in mounted
 
 
-def test_admin_tools_are_off_by_default_and_loopback_only(
+def test_admin_tools_are_off_by_default_and_only_behind_the_edge(
     prod: LoadedSpec,
     prod_admin: LoadedSpec,
 ) -> None:
     assert ADMIN_TOOLS.isdisjoint(active_services(prod.spec))
     assert set(active_services(prod.spec, ["admin"])) >= ADMIN_TOOLS
+    text = (NGINX / "nginx.conf").read_text()
     for name in ADMIN_TOOLS:
         svc = prod_admin.spec.services[name]
         assert svc.profiles == ("admin",)
-        assert svc.ports and all(parse_port(p).host_ip == "127.0.0.1" for p in svc.ports), name
-    for name, svc in prod.spec.services.items():  # only the edge listens on all interfaces
-        for port in svc.ports:
-            assert name == "nginx" or parse_port(port).host_ip == "127.0.0.1", (name, port)
+        assert svc.expose is not None and not svc.ports, name
+        assert name in text
+    for name, svc in prod_admin.spec.services.items():  # only the edge publishes host ports
+        assert name == "nginx" or not svc.ports, (name, svc.ports)
 
 
 # --- deploy/demo: the runnable demo ------------------------------------------------------------
@@ -279,9 +298,10 @@ def test_demo_env_files_are_strong(demo_dir: Path) -> None:
 
 def test_nginx_conf_proxies_to_the_exposed_service_by_name(prod: LoadedSpec) -> None:
     text = (NGINX / "nginx.conf").read_text()
-    exposed = [n for n, s in prod.spec.services.items() if s.expose]
-    for name in exposed:
-        assert f"proxy_pass http://{name};" in text
+    assert "proxy_pass http://api-gateway;" in text  # always there: a direct upstream
+    for name in ("grafana", "prometheus"):  # optional: by name through the enabled map
+        assert f"set $edge_service {name};" in text
+    assert "proxy_pass http://$edge_service;" in text
     assert "include /etc/nginx/conf.d/*.conf;" in text
     assert not re.search(r"^\s*daemon\s", text, re.M), "daemon off comes from the command line"
     assert "non_idempotent" not in re.sub(r"#.*", "", text)
@@ -294,7 +314,9 @@ def _nginx_test_dir(tmp: Path) -> Path:
     (tmp / "conf.d").mkdir()
     text = (NGINX / "nginx.conf").read_text()
     text = text.replace("/etc/nginx/conf.d/", f"{tmp}/conf.d/")
-    text = text.replace("/etc/nginx/tls/", f"{tmp}/tls/")
+    text = text.replace("/etc/nginx/secrets/", f"{tmp}/secrets/")
+    text = text.replace("/etc/nginx/include/", f"{NGINX}/include/")
+    text = text.replace("/var/log/nginx/edge/", f"{tmp}/")
     text = text.replace("/run/nginx.pid", f"{tmp}/nginx.pid")
     (tmp / "nginx.conf").write_text(text)
     sample = (NGINX / "conf.d.sample" / "upstreams.conf").read_text()
@@ -349,3 +371,49 @@ def test_prometheus_config_is_valid() -> None:
         env={**os.environ, "NO_COLOR": "1"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_sizing_check_warns_only_when_the_peak_exceeds_the_host(prod: LoadedSpec) -> None:
+    from reconciler.core.sizing import memory_findings, memory_fit
+
+    small = memory_fit(prod.spec, host_memory=4 * 1024**3)
+    (finding,) = memory_findings(small)
+    assert finding.warning and "exceed the host's memory 4.0 GiB" in finding.message
+    assert "tier business: api-gateway, catalog-service, order-service, payment-service" in (
+        finding.message)
+    # stop-first services never surge; parallelism is capped by the replicas
+    assert all(prod.spec.services[n].update.order != "stop-first"
+               for n in small.surge_services)
+
+
+def test_validate_prints_the_sizing_and_warns_on_a_small_host(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from reconciler import cli
+
+    assert cli.main(["validate", "--no-strict", "--spec", str(SPECS),
+                     "--host-memory", "8g"]) == 0
+    out = capsys.readouterr()
+    assert "sizing: memory limits 6.0 GiB + start-first surge 1.0 GiB = 7.0 GiB" in out.out
+    assert "exceed" not in out.err
+    assert cli.main(["validate", "--no-strict", "--spec", str(SPECS), "--profile", "admin",
+                     "--host-memory", "6g"]) == 0  # a warning, not a failure
+    assert "7.5 GiB exceed the host's memory 6.0 GiB" in capsys.readouterr().err
+
+
+def test_one_env_dir_everywhere_and_the_workflow_pins_a_commit_of_this_repository() -> None:
+    """specs/, install.sh, README and MIGRATION.md name one env-file directory; the spec-repo
+    workflow installs the reconciler from git at a pinned commit, not an unpublished version."""
+    texts = {p: p.read_text() for p in [*SPECS.glob("*.yaml"), REPO / "README.md",
+                                        REPO / "MIGRATION.md", REPO / "deploy" / "install.sh"]}
+    for path, text in texts.items():
+        assert "/opt/metro/env" not in text, path
+        for match in re.findall(r"/opt/env/[\w.-]+\.env", text):
+            raise AssertionError(f"{path}: {match} is not under /opt/env/metro/")
+        if path.suffix != ".yaml" or "env_file" in text:
+            assert "/opt/env/metro" in text, path
+    assert "ENV_DIR=$ENV_ROOT/metro" in texts[REPO / "deploy" / "install.sh"]
+    workflow = (REPO / "deploy" / "ci" / "spec-repo-workflow.yml").read_text()
+    assert "reconciler==" not in workflow
+    assert 'git+${RECONCILER_GIT}@${RECONCILER_REV}' in workflow
+    assert "RECONCILER_REV:" in workflow and "--host-memory" in workflow

@@ -3,7 +3,9 @@ test, promtool on the exposition, real aiohttp server on 127.0.0.1)."""
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -11,8 +13,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler import telemetry
+from reconciler.core.plans import Reason, drift_kind
 from reconciler.execute import FailureKind
-from reconciler.plans import Reason, drift_kind
 from reconciler.telemetry import Metrics, serve
 from tests.monitoring import (
     DS,
@@ -27,7 +29,7 @@ from tests.monitoring import (
 # DESIGN.md §7: exposition name -> (type, label names)
 DESIGN = {
     "reconciler_reconcile_total": ("counter", {"result"}),
-    "reconciler_reconcile_duration_seconds": ("histogram", set()),
+    "reconciler_reconcile_duration_seconds": ("histogram", {"result"}),  # result: issue 17
     "reconciler_converged": ("gauge", set()),
     "reconciler_steps_total": ("counter", {"action", "outcome"}),
     "reconciler_tier_duration_seconds": ("histogram", {"tier"}),
@@ -58,6 +60,7 @@ def exercised() -> tuple[CollectorRegistry, Metrics]:
     m.rollback("health_gate")
     m.drift("removed")
     m.replicas([("api", "business", 2, 2, 1), ("db", "infrastructure", 1, 1, 1)])
+    m.health_check_failed("api")
     m.spec("a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6a1b2", "3f9c2a1b0c0d")
     m.last_good("a1b2c3d4e5f6")
     m.quarantined(1)
@@ -125,7 +128,14 @@ def test_known_label_values_are_pre_created_at_zero() -> None:
     assert value("reconciler_build_info", {"version": "1.2.3"}) == 1
     assert value("reconciler_converged") == 0
     assert value("reconciler_quarantined_revisions") == 0
-    assert value("reconciler_reconcile_duration_seconds_count") == 0
+    for result in ("noop", "converged", "rolled_back", "failed", "invalid_spec"):
+        assert value("reconciler_reconcile_duration_seconds_count", {"result": result}) == 0
+    for cls in ("1xx", "2xx", "3xx", "4xx", "5xx"):
+        assert value("reconciler_edge_requests_total",
+                     {"upstream": "edge", "status_class": cls}) == 0
+    for code in ("502", "503", "504"):
+        assert value("reconciler_edge_gateway_errors_total",
+                     {"upstream": "edge", "code": code}) == 0
     # no `_created` series: they double the series count and nothing uses them
     assert not any(n.endswith("_created") for n in sample_names(reg))
 
@@ -134,7 +144,10 @@ def test_calls_move_the_right_series() -> None:
     reg, m = exercised()
     value = reg.get_sample_value
     assert value("reconciler_reconcile_total", {"result": "converged"}) == 1
-    assert value("reconciler_reconcile_duration_seconds_sum") == 12.5
+    assert value("reconciler_reconcile_duration_seconds_sum", {"result": "converged"}) == 12.5
+    assert value("reconciler_reconcile_duration_seconds_count", {"result": "noop"}) == 0
+    assert value("reconciler_health_check_failures_total", {"service": "api"}) == 1
+    assert value("reconciler_health_check_failures_total", {"service": "db"}) == 0
     assert value("reconciler_steps_total", {"action": "replace", "outcome": "ok"}) == 1
     assert value("reconciler_tier_duration_seconds_count", {"tier": "core"}) == 1
     assert value("reconciler_health_wait_seconds_bucket", {"service": "api", "le": "2.0"}) == 1
@@ -291,3 +304,112 @@ async def test_serve_answers_metrics_healthz_and_readyz() -> None:
             assert await status("/healthz") == 200
     finally:
         await runner.cleanup()
+
+
+# --- the edge's access log (issue 17) ----------------------------------------------------------
+
+
+def _line(status: int, upstream: str = "api-gateway", upstream_status: str = "200") -> bytes:
+    return json.dumps({"time": "2026-11-30T10:00:00+00:00", "status": status,
+                       "upstream": upstream, "upstream_status": upstream_status,
+                       "uri": "/v1/x"}).encode()
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    (_line(200), ("api-gateway", "2xx", None)),
+    (_line(404, "", ""), ("edge", "4xx", None)),
+    # the friendly 503 of the edge after refused connections: the gateway code is 502
+    (_line(503, "api-gateway", "502, 502"), ("api-gateway", "5xx", "502")),
+    (_line(503, "grafana", "504"), ("grafana", "5xx", "504")),
+    # no live upstream at all: nginx logs no upstream status
+    (_line(503, "api-gateway", ""), ("api-gateway", "5xx", "503")),
+    (_line(502, "api-gateway", "200 : 502"), ("api-gateway", "5xx", "502")),
+    (_line(500, "api-gateway", "500"), ("api-gateway", "5xx", None)),
+    (_line(200, "a" * 100), ("other", "2xx", None)),
+    (b"not json", None),
+    (b'{"status": "abc"}', None),
+    (b'{"status": 999}', None),
+    (b"[1, 2]", None),
+])
+def test_edge_record(line: bytes, expected: object) -> None:
+    assert telemetry.edge_record(line) == expected
+
+
+def test_edge_records_count_by_upstream_class_and_gateway_code() -> None:
+    reg = CollectorRegistry()
+    m = Metrics(reg, version="1")
+    m.edge_upstreams(["api-gateway"])
+    value = reg.get_sample_value
+    assert value("reconciler_edge_gateway_errors_total",
+                 {"upstream": "api-gateway", "code": "502"}) == 0
+    m.edge_records([_line(200), _line(200), _line(503, upstream_status="502"), b"garbage",
+                    _line(301, "", "")])
+    assert value("reconciler_edge_requests_total",
+                 {"upstream": "api-gateway", "status_class": "2xx"}) == 2
+    assert value("reconciler_edge_requests_total",
+                 {"upstream": "api-gateway", "status_class": "5xx"}) == 1
+    assert value("reconciler_edge_gateway_errors_total",
+                 {"upstream": "api-gateway", "code": "502"}) == 1
+    assert value("reconciler_edge_requests_total",
+                 {"upstream": "edge", "status_class": "3xx"}) == 1
+    assert value("reconciler_edge_log_lines_total", {"result": "invalid"}) == 1
+    assert value("reconciler_edge_log_lines_total", {"result": "ok"}) == 4
+    # label values are bounded: past MAX_UPSTREAMS distinct names, "other"
+    m.edge_records([_line(200, f"svc-{i}") for i in range(telemetry.MAX_UPSTREAMS + 5)])
+    assert value("reconciler_edge_requests_total",
+                 {"upstream": "other", "status_class": "2xx"}) == 7
+
+
+def test_edge_log_follows_appends_rotation_and_truncation(tmp_path: Path) -> None:
+    path = tmp_path / "access.json"
+    path.write_bytes(b"old 1\nold 2\n")
+    log = telemetry.EdgeLog(path, max_bytes=64, truncate_at=10_000)
+    assert log.read() == []  # starts at the end: lines from before the start are not counted
+    with path.open("ab") as f:
+        f.write(b"a\nb\npart")
+    assert log.read() == [b"a", b"b"]
+    with path.open("ab") as f:
+        f.write(b"ial\n")
+    assert log.read() == [b"partial"]
+    # rotation: the old file gets its last lines, then the new file is read from its start
+    with path.open("ab") as f:
+        f.write(b"last of old\n")
+    path.rename(tmp_path / "access.json.1")
+    path.write_bytes(b"first of new\n")
+    assert log.read() == [b"last of old", b"first of new"]
+    # truncation (copytruncate): start over at 0
+    path.write_bytes(b"")
+    with path.open("ab") as f:
+        f.write(b"x\n")
+    assert log.read() == [b"x"]
+    # bounded per read: the rest comes next time
+    with path.open("ab") as f:
+        f.write(b"".join(b"%02d-line-of-twenty-b\n" % i for i in range(10)))
+    first = log.read()
+    assert 1 <= len(first) < 10
+    rest = []
+    for _ in range(10):
+        rest += log.read()
+    assert len(first) + len(rest) == 10
+    # a file that does not exist yet is read from its start once it appears
+    late = telemetry.EdgeLog(tmp_path / "later.json")
+    assert late.read() == []
+    (tmp_path / "later.json").write_bytes(b"hello\n")
+    assert late.read() == [b"hello"]
+    late.close()
+    log.close()
+
+
+def test_edge_log_truncates_a_large_file_after_reading_it(tmp_path: Path) -> None:
+    path = tmp_path / "access.json"
+    path.write_bytes(b"")
+    log = telemetry.EdgeLog(path, max_bytes=1 << 20, truncate_at=100, max_line=50)
+    assert log.read() == []
+    with path.open("ab") as f:  # O_APPEND, like nginx
+        f.write(b"y" * 80 + b"\n" + b"line\n" * 30)
+        f.flush()
+        assert log.read() == [b"line"] * 30  # the 80-byte line is over max_line: dropped
+        assert path.stat().st_size == 0
+        f.write(b"after\n")
+    assert log.read() == [b"after"]
+    log.close()

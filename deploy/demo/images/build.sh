@@ -21,16 +21,6 @@ usage: $(basename "$0") [--force] [app|nginx ...]
 EOF
 }
 
-for arg in "$@"; do
-    case $arg in
-        --force) FORCE=1 ;;
-        -h|--help) usage; exit 0 ;;
-        app|nginx) ONLY+=("$arg") ;;
-        *) usage >&2; exit 2 ;;
-    esac
-done
-[ ${#ONLY[@]} -gt 0 ] || ONLY=(app nginx)
-
 log() { echo "[images] $*"; }
 die() { echo "[images] ERROR: $*" >&2; exit 1; }
 
@@ -192,6 +182,22 @@ build_nginx() {
     ensure_image "$NGINX_REPO" "$ctx" "${NGINX_TAGS[@]}"
 }
 
-for img in "${ONLY[@]}"; do
-    "build_$img"
-done
+main() {
+    for arg in "$@"; do
+        case $arg in
+            --force) FORCE=1 ;;
+            -h|--help) usage; exit 0 ;;
+            app|nginx) ONLY+=("$arg") ;;
+            *) usage >&2; exit 2 ;;
+        esac
+    done
+    [ ${#ONLY[@]} -gt 0 ] || ONLY=(app nginx)
+    for img in "${ONLY[@]}"; do
+        "build_$img"
+    done
+}
+
+# Sourced (deploy/rehearsal/build.sh reuses the helpers above): define, do not build.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    main "$@"
+fi

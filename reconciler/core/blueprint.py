@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from reconciler import labels
-from reconciler.desired import DesiredService
-from reconciler.envfiles import Secret
-from reconciler.fields import apply_all
+from reconciler.core import labels
+from reconciler.core.desired import DesiredService
+from reconciler.core.envfiles import Secret
+from reconciler.core.fields import apply_all
 
 
 def _env_line(key: str, value: str | Secret) -> str:

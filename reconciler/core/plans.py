@@ -21,10 +21,10 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from reconciler import labels
-from reconciler.desired import Desired, DesiredService
-from reconciler.snapshots import ContainerState, Health, Observed, Snapshot
-from reconciler.specs import PullPolicy, Restart, UpdateOrder
+from reconciler.core import labels
+from reconciler.core.desired import Desired, DesiredService
+from reconciler.core.snapshots import ContainerState, Health, Observed, Snapshot
+from reconciler.core.specs import PullPolicy, Restart, UpdateOrder
 
 
 class Action(StrEnum):
@@ -37,11 +37,13 @@ class Action(StrEnum):
     RECREATE = "recreate"  # same generation, broken container: remove, then create
     START = "start"
     REMOVE = "remove"
+    BACKUP = "backup"  # copy a service's data before a step stops or replaces it
 
 
 class Phase(StrEnum):
     """When a step runs: before the tiers, inside its tier, or after every tier."""
 
+    BACKUP = "backup"  # before anything else is touched: a failed backup touches nothing
     OBJECTS = "objects"  # networks and volumes
     TIER = "tier"
     LAST = "last"  # containers of services gone from the spec (or unlabelled ones)
@@ -86,6 +88,7 @@ class Reason(StrEnum):
     ORPHAN = "service no longer in the spec"
     DUPLICATE = "duplicate container for one replica"
     UNLABELLED = "container of ours without a service or replica label"
+    BACKUP = "data backup before the service stops"
     RESTART = "restart requested"  # `reconciler restart`: same generation, fresh containers
 
 
@@ -202,6 +205,10 @@ class Plan:
         """The steps that run after every tier (containers of services gone from the spec)."""
         return [s for s in self.steps if s.phase is Phase.LAST]
 
+    def backups(self) -> list[Step]:
+        """The backup steps (they run before anything is touched)."""
+        return [s for s in self.steps if s.phase is Phase.BACKUP]
+
     def objects(self) -> list[Step]:
         """The network and volume steps (they run before the tiers)."""
         return [s for s in self.steps if s.phase is Phase.OBJECTS]
@@ -210,6 +217,8 @@ class Plan:
         """Steps by kind for the summary line: create, replace, start, remove."""
         counts = {"create": 0, "replace": 0, "start": 0, "remove": 0}
         for s in self.steps:
+            if s.action is Action.BACKUP:
+                continue
             if s.action in (Action.CREATE, Action.CREATE_NETWORK, Action.CREATE_VOLUME):
                 counts["create"] += 1
             elif s.action in (Action.REPLACE, Action.RECREATE):
@@ -337,6 +346,7 @@ def compute(desired: Desired, snapshot: Snapshot) -> Plan:
                           replica=c.replica, old=(ContainerRef.of(c),), phase=Phase.LAST))
 
     steps = [_how(s, desired) for s in steps]
+    steps = _backups(steps, desired) + steps
     needs: dict[str, PullPolicy] = {}
     for s in steps:
         if s.action in (Action.CREATE, Action.REPLACE, Action.RECREATE):
@@ -347,6 +357,26 @@ def compute(desired: Desired, snapshot: Snapshot) -> Plan:
     return Plan(project=desired.project, tiers=desired.tiers, steps=tuple(steps),
                 images=tuple(images), engine_available=snapshot.engine_available,
                 upstreams=upstream_changes(steps), edge=desired.edge_service)
+
+
+def _backups(steps: list[Step], desired: Desired) -> list[Step]:
+    """A backup step for each service with `backup` that a step stops or replaces (a running
+    container of it is in some step's `old`). A dump command runs in that container; a volume
+    copy needs no running container but is still taken only before a stop."""
+    out: list[Step] = []
+    stopping: dict[str, list[ContainerRef]] = {}
+    for s in steps:
+        running = [o for o in s.old if o.state is ContainerState.RUNNING]
+        if s.service in desired.services and running:
+            stopping.setdefault(s.service, []).extend(running)
+    for name in sorted(stopping):
+        svc = desired.services[name]
+        if svc.service.backup is None:
+            continue
+        source = min(stopping[name], key=lambda ref: ref.name)
+        out.append(Step(Action.BACKUP, Reason.BACKUP, tier=svc.tier, service=name,
+                        target=source, phase=Phase.BACKUP))
+    return out
 
 
 def _how(step: Step, desired: Desired) -> Step:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from reconciler.desired import Desired
-from reconciler.plans import (
+from reconciler.core.desired import Desired
+from reconciler.core.plans import (
     Action,
     ImageAction,
     ImageNeed,
@@ -24,8 +24,8 @@ from reconciler.plans import (
     compute,
     upstream_changes,
 )
-from reconciler.snapshots import ContainerState, Snapshot
-from reconciler.specs import PullPolicy
+from reconciler.core.snapshots import ContainerState, Snapshot
+from reconciler.core.specs import PullPolicy
 
 RESTART_SUFFIX = "-r"
 

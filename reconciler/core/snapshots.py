@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from reconciler import labels
+from reconciler.core import labels
 
 _EXIT = re.compile(r"^Exited \((-?\d+)\)")
 
@@ -129,18 +129,23 @@ def parse(
     networks: Iterable[Mapping[str, Any]] = (),
     volumes: Iterable[Mapping[str, Any]] = (),
 ) -> Snapshot:
-    """Build a snapshot; anything without `reconciler.project=<project>` is dropped."""
+    """Build a snapshot; anything without `reconciler.project=<project>` is dropped, except
+    networks and volumes of the docker compose project of the same name (a migrated stack
+    keeps using them)."""
 
     def ours(item: Mapping[str, Any]) -> bool:
         return bool((item.get("Labels") or {}).get(labels.PROJECT) == project)
+
+    def usable(item: Mapping[str, Any]) -> bool:  # ours, or compose's of the same project
+        return ours(item) or (item.get("Labels") or {}).get(labels.COMPOSE_PROJECT) == project
 
     parsed = [parse_container(c) for c in containers if ours(c)]
     return Snapshot(
         project=project,
         containers=tuple(sorted((c for c in parsed if c is not None),
                                 key=lambda c: (c.service, c.replica or 0, c.name, c.id))),
-        networks=frozenset(str(n.get("Name")) for n in networks if ours(n)),
-        volumes=frozenset(str(v.get("Name")) for v in volumes if ours(v)),
+        networks=frozenset(str(n.get("Name")) for n in networks if usable(n)),
+        volumes=frozenset(str(v.get("Name")) for v in volumes if usable(v)),
     )
 
 

@@ -26,6 +26,9 @@ EDGE = "reconciler.edge"  # "true" on the edge service's containers
 FINGERPRINT_LENGTH = 16
 NAME_FINGERPRINT_LENGTH = 8
 UNKNOWN = "unknown"
+# docker compose's project label: networks and volumes carrying it with our project's name are
+# the same `<project>_<name>` objects an imported spec declares (used, never removed)
+COMPOSE_PROJECT = "com.docker.compose.project"
 
 
 def canonical(data: Any) -> str:

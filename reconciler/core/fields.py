@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.specs import Service, parse_port
+from reconciler.core.specs import Service, parse_port
 
 NANO = 1_000_000_000
 JSON = dict[str, Any]
@@ -81,6 +81,8 @@ def _ports(s: Service, body: JSON, host: JSON) -> None:
 def _resources(s: Service, _body: JSON, host: JSON) -> None:
     if s.resources.memory:
         host["Memory"] = s.resources.memory
+    if s.resources.memory_reservation:
+        host["MemoryReservation"] = s.resources.memory_reservation
     if s.resources.cpus:
         host["NanoCpus"] = int(s.resources.cpus * NANO)
 

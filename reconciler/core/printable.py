@@ -3,14 +3,13 @@ bidi overrides) in names and messages that came from a spec or a compose file ar
 escaped (`\\x1b`), never interpreted.
 
 `clean` escapes every C0/C1 control character except newline and tab, DEL, and the Unicode
-bidi controls. `SafeStream` wraps `sys.stdout`/`sys.stderr` for the CLI: everything written
-through it is cleaned, except the plain SGR color sequences the CLI itself paints with.
+bidi controls. The CLI's `SafeStream` (in `reconciler.cli`) wraps stdout/stderr with it:
+everything written through it is cleaned, except the plain SGR colors the CLI paints with.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, TextIO
 
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _SGR = re.compile(r"\x1b\[(?:0|1|3[0-7])m")
@@ -37,22 +36,3 @@ def clean_keep_colors(text: str) -> str:
         last = match.end()
     out.append(clean(text[last:]))
     return "".join(out)
-
-
-class SafeStream:
-    """A text stream whose writes are cleaned (`clean_keep_colors`); everything else is the
-    wrapped stream's."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        self._stream.write(clean_keep_colors(text))
-        return len(text)
-
-    def writelines(self, lines: Any) -> None:
-        for line in lines:
-            self.write(line)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)

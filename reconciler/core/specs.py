@@ -12,9 +12,16 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
-from reconciler.envfiles import SECRET_KEY
+from reconciler.core.envfiles import SECRET_KEY
 
 DEFAULT_TIERS: tuple[str, ...] = ("infrastructure", "core", "business", "external")
 
@@ -174,6 +181,7 @@ class Resources(_Model):
     """Memory (bytes) and CPU limits of each container."""
 
     memory: Size | None = None
+    memory_reservation: Size | None = None  # compose `mem_reservation`: a soft floor
     cpus: float | None = Field(default=None, gt=0)
 
 
@@ -196,6 +204,27 @@ def _depends(value: object) -> object:
     if isinstance(value, list):
         return {name: {} for name in value}
     return value
+
+
+class Backup(_Model):
+    """A service's backup, taken before any step stops or replaces it: either `command` (run
+    in the running container; its stdout is the backup, e.g. `pg_dump -Fc`) with `restore`
+    (run in the running container with the backup on stdin, e.g. `pg_restore --clean -d db`),
+    or `volumes: true` (a tar of the service's named volumes through a short-lived helper
+    container of the same image). `keep` backups are retained per service."""
+
+    command: StrList | None = None
+    restore: StrList | None = None
+    volumes: bool = False
+    keep: int = Field(default=5, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Backup:
+        if (self.command is None) == (not self.volumes):
+            raise ValueError("backup needs exactly one of `command` or `volumes: true`")
+        if self.volumes and self.restore is not None:
+            raise ValueError("backup `restore` goes with `command`, not with `volumes`")
+        return self
 
 
 class Service(_Model):
@@ -249,6 +278,7 @@ class Service(_Model):
     network_aliases: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     dns: tuple[str, ...] = ()
     dns_search: tuple[str, ...] = ()
+    backup: Backup | None = None
 
     @field_validator("labels")
     @classmethod

@@ -7,16 +7,16 @@ executor turns a `DesiredService` into a container through `blueprint`.
 
 from __future__ import annotations
 
-import os
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler import labels
-from reconciler.envfiles import SECRET_KEY, Secret
-from reconciler.fields import public_fields
-from reconciler.loading import LoadedSpec
-from reconciler.specs import (
+from reconciler.core import labels
+from reconciler.core.envfiles import SECRET_KEY, Secret
+from reconciler.core.fields import public_fields
+from reconciler.core.model import LoadedSpec
+from reconciler.core.specs import (
     Network,
     Service,
     UpdateOrder,
@@ -81,13 +81,19 @@ def _relative(path: str, root: str) -> str:
     """Bind sources inside the spec's repo enter fingerprints relative to it, so a kept
     last-good copy of the same files fingerprints the same as the original checkout."""
     if root and (path == root or path.startswith(root.rstrip("/") + "/")):
-        return "./" + os.path.relpath(path, root)
+        return "./" + posixpath.relpath(path, root)
     return path
 
 
-def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None) -> Desired:
+EDGE_LOG_TARGET = "/var/log/nginx/edge"
+
+
+def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None,
+          edge_log_dir: str | None = None) -> Desired:
     """`edge_dir`: host directory holding the rendered upstreams; the edge container gets it
-    bind-mounted at the upstreams file's directory (not part of the fingerprint)."""
+    bind-mounted at the upstreams file's directory (not part of the fingerprint).
+    `edge_log_dir`: host directory mounted writable at /var/log/nginx/edge, where nginx writes
+    the JSON access log the reconciler reads into edge metrics (not part of the fingerprint)."""
     spec = loaded.spec
     services: dict[str, DesiredService] = {}
     for name, svc in sorted(active_services(spec, loaded.profiles).items()):
@@ -130,7 +136,9 @@ def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None) -> Des
         assert svc.tier is not None  # validated
         is_edge = spec.edge is not None and spec.edge.service == name
         if is_edge and edge_dir is not None and spec.edge is not None:
-            binds.append(f"{edge_dir}:{os.path.dirname(spec.edge.upstreams_file)}:ro")
+            binds.append(f"{edge_dir}:{posixpath.dirname(spec.edge.upstreams_file)}:ro")
+        if is_edge and edge_log_dir is not None:
+            binds.append(f"{edge_log_dir}:{EDGE_LOG_TARGET}")
         services[name] = DesiredService(
             project=spec.project, name=name, tier=svc.tier, service=svc,
             order=resolved_order(spec, svc),

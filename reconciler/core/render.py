@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from reconciler.labels import UNKNOWN
-from reconciler.plans import Action, FieldChange, Plan, Step
-from reconciler.printable import clean
-from reconciler.specs import UpdateOrder
+from reconciler.core.labels import UNKNOWN
+from reconciler.core.plans import Action, FieldChange, Plan, Step
+from reconciler.core.printable import clean
+from reconciler.core.specs import UpdateOrder
 
 SYMBOLS = {
     Action.CREATE_NETWORK: "+",
@@ -21,6 +21,7 @@ SYMBOLS = {
     Action.START: "~",
     Action.REMOVE: "-",
     Action.RECREATE: "-/+",
+    Action.BACKUP: "*",
 }
 COLORS = {"+": "32", "-": "31", "-/+": "33", "+/-": "33", "~": "36"}
 LEGEND = ("  + create    -/+ replace (stop-first)    +/- replace (start-first)    "
@@ -103,6 +104,12 @@ def text(plan: Plan, *, color: bool = False, revision: str | None = None) -> str
         lines.append("No changes. The host matches the spec.")
         return "\n".join(clean(line) for line in lines) + "\n"
     lines += ["", LEGEND]
+    backups = plan.backups()
+    if backups:
+        lines += ["", "Backups (taken first; a failed backup stops the rollout before anything)"]
+        for step in backups:
+            source = f" from {step.target.name}" if step.target else ""
+            lines.append(f"  * backup {step.service}{source}    # {step.reason}")
     objects = plan.objects()
     if objects:
         lines += ["", "Networks and volumes"]

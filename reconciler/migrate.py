@@ -1,0 +1,290 @@
+"""`reconciler migrate`: take over a running docker compose project service by service.
+
+Instead of `docker compose down` + install (the whole site down for a cold start), the spec
+(imported with the compose project's name, so its volumes and networks are the same
+`<project>_<name>` objects) converges through the usual planner, executor and health gates,
+and compose's containers stop around each tier: a service that can run twice (no fixed host
+port, no named volume: start-first) starts ours first and stops compose's once ours is
+healthy; the others (databases on a volume, the edge on its port) stop compose's first. The
+edge is in the last tier, so it moves last, with the gap of one stop + start. Everything is
+backed up first (the service's `backup` hook, else a copy of its named volumes).
+
+Compose's containers are foreign to the reconciler: this module is the ONLY place that
+stops them, and only those labelled `com.docker.compose.project=<NAME>`. It never removes
+them; `<state>/migrations/<NAME>-<time>/restore.sh` removes ours and starts them again
+(volumes untouched), and `reconciler migrate --rollback` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reconciler.backupstore import BackupError, BackupStore
+from reconciler.core import backups, labels
+from reconciler.core.blueprint import container_config
+from reconciler.core.desired import Desired, DesiredService, build
+from reconciler.core.plans import Action, Step
+from reconciler.core.specs import Backup, UpdateOrder
+from reconciler.edges import edge_dir
+from reconciler.execute import ExecutionReport, Executor
+from reconciler.persistence import State, atomic_write
+from reconciler.runtimes import JSON, EngineError, Runtime
+
+COMPOSE_PROJECT = labels.COMPOSE_PROJECT
+COMPOSE_SERVICE = "com.docker.compose.service"
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+@dataclass(frozen=True, slots=True)
+class ComposeContainer:
+    id: str
+    name: str
+    service: str
+    running: bool
+
+
+def compose_containers(raw: list[JSON], project: str) -> list[ComposeContainer]:
+    """The compose project's containers from the engine's list JSON (only that project's)."""
+    out = []
+    for c in raw:
+        lbl = c.get("Labels") or {}
+        if lbl.get(COMPOSE_PROJECT) != project:
+            continue
+        names = c.get("Names") or ["/?"]
+        out.append(ComposeContainer(id=str(c["Id"]), name=str(names[0]).lstrip("/"),
+                                    service=str(lbl.get(COMPOSE_SERVICE, "")),
+                                    running=c.get("State") == "running"))
+    return sorted(out, key=lambda c: (c.service, c.name))
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """How one spec service takes over from compose's containers of the same name."""
+
+    service: str
+    tier: str
+    stop_first: bool
+    compose: tuple[ComposeContainer, ...]
+    why: str
+
+
+def moves(desired: Desired, found: list[ComposeContainer]) -> list[Move]:
+    """Per service in tier order: stop compose's first or start ours first. Pure."""
+    out = []
+    for tier in desired.tiers:
+        for svc in desired.in_tier(tier):
+            theirs = tuple(c for c in found if c.service == svc.name and c.running)
+            stop_first = svc.order is UpdateOrder.STOP_FIRST
+            why = ("stop-first: a fixed host port or a named volume cannot be shared"
+                   if stop_first else "start-first: ours is healthy before compose's stops")
+            out.append(Move(svc.name, tier, stop_first, theirs, why))
+    return out
+
+
+def leftovers(desired: Desired, found: list[ComposeContainer]) -> list[ComposeContainer]:
+    """Running compose containers of services the spec does not have (stopped last)."""
+    return [c for c in found if c.running and c.service not in desired.services]
+
+
+def restore_script(project: str, found: list[ComposeContainer], order: list[str]) -> str:
+    """A shell script that removes the reconciler's containers of `project` and starts the
+    compose containers that were running, in tier order (volumes untouched)."""
+    running = {c.id: c for c in found if c.running}
+    ids = [cid for cid in order if cid in running] + [
+        cid for cid in running if cid not in order]
+    lines = [
+        "#!/bin/sh",
+        f"# Brings the compose project {project} back as it ran before `reconciler migrate`.",
+        "# Stop the reconciler service first (systemctl stop reconciler).",
+        "set -eu",
+        f"ours=$(docker ps -aq --filter label=reconciler.project={shlex.quote(project)})",
+        'if [ -n "$ours" ]; then docker rm -f $ours >/dev/null; fi',
+    ]
+    lines += [f"docker start {shlex.quote(cid)} >/dev/null  # {running[cid].name}"
+              for cid in ids]
+    lines.append(f'echo "compose project {project}: {len(ids)} container(s) started"')
+    return "\n".join(lines) + "\n"
+
+
+def sequence_text(desired: Desired, found: list[ComposeContainer], *,
+                  backed_up: list[str]) -> str:
+    """The whole migration as text (`--dry-run`)."""
+    lines = [f'Migration of compose project "{desired.project}" ({len(found)} container(s), '
+             f"{sum(c.running for c in found)} running)", "", "1. Backups (before anything "
+             "stops)"]
+    lines += [f"   * {b}" for b in backed_up] or ["   (nothing to back up)"]
+    n = 2
+    for tier in desired.tiers:
+        lines += ["", f"{n}. Tier {tier}"]
+        n += 1
+        for m in moves(desired, found):
+            if m.tier != tier:
+                continue
+            names = ", ".join(c.name for c in m.compose) or "no compose container"
+            if m.stop_first:
+                lines.append(f"   {m.service}: stop {names}, then start ours, health-gated "
+                             f"({m.why})")
+            else:
+                lines.append(f"   {m.service}: start ours, health-gated ({m.why}); "
+                             f"{names} stops once the edge moved")
+    later = [c.name for m in moves(desired, found) if not m.stop_first for c in m.compose]
+    lines += ["", f"{n}. After the edge moved, stop: " + (", ".join(
+        later + [c.name for c in leftovers(desired, found)]) or "nothing")]
+    lines += ["", "Compose's containers are stopped, never removed; volumes are kept. "
+                  "`reconciler migrate --rollback` brings compose back."]
+    return "\n".join(lines) + "\n"
+
+
+def backup_plan(desired: Desired, found: list[ComposeContainer]) -> list[
+        tuple[DesiredService, Backup, ComposeContainer | None]]:
+    """What to back up: the `backup` hook where defined, else a copy of the named volumes."""
+    out: list[tuple[DesiredService, Backup, ComposeContainer | None]] = []
+    for svc in sorted(desired.services.values(), key=lambda s: s.name):
+        source = next((c for c in found if c.service == svc.name and c.running), None)
+        spec = svc.service.backup
+        if spec is None and backups.named_volumes(svc):
+            spec = Backup(volumes=True)
+        if spec is None or (spec.command is not None and source is None):
+            continue
+        out.append((svc, spec, source))
+    return out
+
+
+class _Migrating(Executor):
+    """The executor with compose's containers stopped around each tier (see module doc)."""
+
+    def __init__(self, *args: Any, tier_moves: list[Move], stop: Callable[[ComposeContainer],
+                                                                          Any], **kw: Any):
+        super().__init__(*args, **kw)
+        self.tier_moves = tier_moves
+        self.stop_compose = stop
+
+    async def _tier(self, steps: list[Step], desired: Desired,
+                    outcome: ExecutionReport) -> None:
+        tier = steps[0].tier
+        first = {m.service for m in self.tier_moves if m.tier == tier and m.stop_first}
+        # create ours before compose's stops (creating binds no port and runs nothing): the
+        # gap is stop -> start; the executor adopts the created container by its labels
+        for step in steps:
+            if step.service in first and step.action is Action.CREATE and step.new_name:
+                with contextlib.suppress(EngineError):
+                    await self.rt.create_container(step.new_name, container_config(
+                        desired.services[step.service], step.replica or 1))
+        for m in self.tier_moves:
+            if m.service in first:
+                for c in m.compose:
+                    await self.stop_compose(c)
+        await super()._tier(steps, desired, outcome)
+
+
+def add_parser(sub: Any, common: Any) -> None:
+    p = sub.add_parser("migrate", help="take over a running docker compose project")
+    common(p, suppress=True)
+    p.add_argument("--compose-project", metavar="NAME", required=True)
+    p.add_argument("--dry-run", action="store_true", default=False,
+                   help="show the whole sequence, change nothing")
+    p.add_argument("--rollback", action="store_true",
+                   help="run the last migration's restore.sh: compose back, ours removed")
+
+
+def rollback(state_root: Path, project: str) -> int:
+    base = state_root / "migrations"
+    runs = sorted(base.glob(f"{project}-*")) if base.is_dir() else []
+    if not runs:
+        print(f"reconciler: no migration of {project} recorded in {base}", file=sys.stderr)
+        return EXIT_FAILED
+    script = runs[-1] / "restore.sh"
+    res = subprocess.run(["sh", str(script)], check=False)
+    return EXIT_OK if res.returncode == 0 else EXIT_FAILED
+
+
+async def cmd_migrate(args: argparse.Namespace, *, state: State, runtime: Runtime,
+                      spec_dir: Path, report: Any, policy: Any) -> int:
+    from reconciler.reconcile import Reconciler
+
+    name = args.compose_project
+    raw = await runtime.list_containers(label=f"{COMPOSE_PROJECT}={name}")
+    found = compose_containers(raw, name)
+    rec = Reconciler(spec_dir=spec_dir, state=state, runtime=runtime,
+                     profiles=tuple(args.profile), policy=policy, report=report)
+    loaded = rec.load_candidate()
+    if loaded.spec.project != name:
+        print(f"reconciler: the spec's project is {loaded.spec.project!r}, the compose project "
+              f"{name!r}: import with the same name so volumes and networks are reused",
+              file=sys.stderr)
+        return EXIT_FAILED
+    if not any(c.running for c in found):
+        print(f"reconciler: no running container of compose project {name!r}", file=sys.stderr)
+        return EXIT_FAILED
+    key = state.key(create=True)
+    assert key is not None
+    desired = build(loaded, key, edge_dir=str(edge_dir(state.root, name))
+                    if loaded.spec.edge else None)
+    todo = backup_plan(desired, found)
+    shown = [f"{svc.name}: {'hook ' + ' '.join(spec.command) if spec.command else 'volume copy'}"
+             + (f" in {src.name}" if src and spec.command else "") for svc, spec, src in todo]
+    if args.dry_run:
+        print(sequence_text(desired, found, backed_up=shown), end="")
+        return EXIT_OK
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    directory = state.root / "migrations" / f"{name}-{stamp}"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    order = [c.id for m in moves(desired, found) for c in m.compose]
+    atomic_write(directory / "restore.sh", restore_script(name, found, order).encode(),
+                 mode=0o700)
+    atomic_write(directory / "containers.json", json.dumps(
+        [{"id": c.id, "name": c.name, "service": c.service, "running": c.running}
+         for c in found], indent=1).encode())
+    print(f"restore script: {directory / 'restore.sh'}")
+    store = BackupStore(state.root, runtime)
+    for (svc, spec, src), text in zip(todo, shown, strict=True):
+        started = time.monotonic()
+        try:
+            entry = await store.backup(svc, source=src.id if src else None, spec=spec)
+        except BackupError as exc:
+            print(f"reconciler: {exc}: nothing was stopped", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"backup {text}: {entry.file} ({entry.size} bytes, "
+              f"{time.monotonic() - started:.1f}s)")
+    stopped: list[str] = []
+
+    async def stop(c: ComposeContainer) -> None:
+        began = time.monotonic()
+        await runtime.stop_container(c.id, timeout_s=10)
+        stopped.append(c.name)
+        print(f"stopped compose container {c.name} ({time.monotonic() - began:.1f}s) at "
+              f"{time.strftime('%H:%M:%S', time.gmtime())}", flush=True)
+
+    tier_moves = moves(desired, found)
+    rec.executor = _Migrating(runtime, report=report, backups=store, tier_moves=tier_moves,
+                              stop=stop)
+    res = await rec.reconcile()
+    if res.ok:
+        # start-first services' compose containers kept serving compose's edge until ours
+        # took over (the edge moves last): stop them now, then what the spec does not have
+        for c in [c for m in tier_moves if not m.stop_first for c in m.compose]:
+            await stop(c)
+    if not res.ok:
+        print(f"Migration FAILED: {res.message}\nRun `reconciler migrate --compose-project "
+              f"{name} --rollback` to bring compose back.", file=sys.stderr)
+        return EXIT_FAILED
+    for c in leftovers(desired, found):
+        try:
+            await stop(c)
+        except EngineError as exc:
+            print(f"reconciler: stop {c.name}: {exc}", file=sys.stderr)
+    print(f"Migrated compose project {name}: {len(stopped)} compose container(s) stopped "
+          f"(kept for `reconciler migrate --compose-project {name} --rollback`).")
+    os.sync()
+    return EXIT_OK

@@ -1,0 +1,49 @@
+"""The pure parts of `reconciler migrate`: which compose containers, in which order, and
+the restore script."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reconciler import migrate
+from tests.specfactory import desired_from
+from tests.unit.test_planner import BASE
+
+SPEC = BASE
+
+
+def listed(service: str, n: int, *, project: str = "shop", state: str = "running") -> dict:
+    return {"Id": f"id-{project}-{service}-{n}", "Names": [f"/{project}_{service}_{n}"],
+            "State": state, "Labels": {"com.docker.compose.project": project,
+                                       "com.docker.compose.service": service}}
+
+
+def test_only_the_named_projects_containers_and_the_order(tmp_path: Path) -> None:
+    d = desired_from(tmp_path, SPEC)
+    found = migrate.compose_containers(
+        [listed("db", 1), listed("api", 1), listed("api", 2, state="exited"),
+         listed("db", 1, project="other"), listed("old-worker", 1),
+         {"Id": "x", "Names": ["/x"], "State": "running", "Labels": {}}], "shop")
+    assert [c.name for c in found] == ["shop_api_1", "shop_api_2", "shop_db_1",
+                                       "shop_old-worker_1"]
+    moves = {m.service: m for m in migrate.moves(d, found)}
+    assert moves["db"].stop_first is True  # named volume
+    assert moves["api"].stop_first is False
+    assert [c.name for c in moves["api"].compose] == ["shop_api_1"]  # running ones only
+    assert [c.name for c in migrate.leftovers(d, found)] == ["shop_old-worker_1"]
+    text = migrate.sequence_text(d, found, backed_up=["db: volume copy"])
+    assert text.index("Tier infrastructure") < text.index("Tier business")
+    assert "db: stop shop_db_1, then start ours" in text
+    assert "shop_old-worker_1" in text
+
+
+def test_restore_script_removes_ours_and_starts_the_running_ones_in_order() -> None:
+    found = migrate.compose_containers(
+        [listed("db", 1), listed("api", 1), listed("api", 2, state="exited")], "shop")
+    script = migrate.restore_script("shop", found, ["id-shop-db-1", "id-shop-api-1"])
+    lines = script.splitlines()
+    assert "docker ps -aq --filter label=reconciler.project=shop" in script
+    starts = [ln for ln in lines if ln.startswith("docker start")]
+    assert starts == ["docker start id-shop-db-1 >/dev/null  # shop_db_1",
+                      "docker start id-shop-api-1 >/dev/null  # shop_api_1"]
+    assert "volume" not in script  # volumes untouched
