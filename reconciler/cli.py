@@ -356,6 +356,8 @@ def report_pass(res: PassResult) -> int:
     }[res.result]
     if res.held_last_good:
         head = "Spec is quarantined: not applied."
+    if res.degraded:
+        head = "DEGRADED: did not converge (first deploy: the rest is up)."
     stream = sys.stdout if res.ok else sys.stderr
     print(head, file=stream)
     if res.message and res.result is not PassStatus.INVALID_SPEC:
@@ -380,6 +382,12 @@ async def cmd_status(args: argparse.Namespace) -> int:
           + (f" (revision {loaded.revision[:12]})" if loaded.revision else ""))
     print(f"last-good: {good.label if good else '(none)'}"
           + ("   candidate QUARANTINED" if loaded.fingerprint in quarantined else ""))
+    degraded = state.degraded()
+    if degraded:
+        from reconciler.plans import degraded_line
+
+        print(degraded_line(degraded["failed"], degraded.get("waiting") or {})
+              + " (retried with backoff)")
     if quarantined:
         print("quarantined: " + ", ".join(
             f"{fp} ({(q.get('revision') or '')[:12]})" for fp, q in sorted(quarantined.items())))

@@ -108,6 +108,12 @@ class Metrics:
                                      "Docker Engine API calls by method and outcome.",
                                      ["method", "outcome"], registry=r)
 
+        self._degraded = Gauge("reconciler_degraded_services",
+                               "First deploy running degraded: services that failed to start "
+                               "(state=failed) and services held back waiting on them "
+                               "(state=waiting).", ["state"], registry=r)
+        for state in ("failed", "waiting"):
+            self._degraded.labels(state).set(0)
         for result in RESULTS:
             self._reconcile.labels(result)
         for action in ACTIONS:
@@ -162,6 +168,10 @@ class Metrics:
             for state in REPLICA_STATES:
                 self._replicas.remove(service, tier, state)
         self._rows = seen
+
+    def degraded(self, *, failed: int, waiting: int) -> None:
+        self._degraded.labels("failed").set(failed)
+        self._degraded.labels("waiting").set(waiting)
 
     def spec(self, revision: str, fingerprint: str) -> None:
         self._spec_info.clear()
