@@ -7,19 +7,17 @@ problems are printed as `file:line: key.path: message`, never as a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import os
 import secrets
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from reconciler import render
 from reconciler.desired import Desired, build
-from reconciler.execute import Progress
 from reconciler.loading import LoadedSpec, SpecError, load, load_policy
 from reconciler.persistence import State, StateError, default_state_dir
 from reconciler.plans import Plan, compute
@@ -28,9 +26,11 @@ from reconciler.runtimes import EngineError, EngineUnavailable, Runtime
 from reconciler.snapshots import Snapshot, empty
 
 if TYPE_CHECKING:
+    from reconciler.execute import Progress
     from reconciler.reconcile import PassResult
 
 EXIT_OK, EXIT_FAILED, EXIT_CHANGES = 0, 1, 2
+_T = TypeVar("_T")
 # a host without a key previews with a key of this process: a fixed, public key would make
 # the fingerprints shown (over env-file contents) as good as unkeyed
 PREVIEW_KEY = secrets.token_bytes(32)
@@ -48,7 +48,10 @@ def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
                         help="enable services of a compose-style profile (repeatable)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser. With `argv`, the import-compose and export subcommands (heavy modules)
+    get their full parsers only when `argv` names them: a preview does not import them."""
+    wanted = None if argv is None else set(argv)
     parser = argparse.ArgumentParser(
         prog="reconciler",
         description="Converge one Docker host to a declarative spec, tier by tier.",
@@ -92,13 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     history = sub.add_parser("history", help="every apply, revert and rollback")
     _common(history, suppress=True)
 
-    from reconciler.importer.cli import add_parser as add_import_parser
+    if wanted is None or "import-compose" in wanted:
+        from reconciler.importer.cli import add_parser as add_import_parser
 
-    _common(add_import_parser(sub), suppress=True)
+        _common(add_import_parser(sub), suppress=True)
+    else:
+        sub.add_parser("import-compose",
+                       help="translate docker compose files into a spec directory")
+    if wanted is None or "export" in wanted:
+        from reconciler.exporting import add_parser as add_export_parser
 
-    from reconciler.exporting import add_parser as add_export_parser
-
-    _common(add_export_parser(sub), suppress=True)
+        _common(add_export_parser(sub), suppress=True)
+    else:
+        sub.add_parser("export",
+                       help="write Kubernetes manifests (+ an Argo CD Application) for the spec")
 
     rollback = sub.add_parser("rollback", help="converge to a recorded good revision")
     _common(rollback, suppress=True)
@@ -120,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(words).parse_args(words)
     command = args.command or ("plan" if args.dry_run else "run")
     for name in ("git_pull", "metrics_addr", "resync"):
         if not hasattr(args, name):
@@ -133,13 +144,13 @@ def _main(argv: Sequence[str] | None = None) -> int:
         if command == "schema":
             return cmd_schema()
         if command == "apply":
-            return asyncio.run(cmd_apply(args))
+            return _run(cmd_apply(args))
         if command == "status":
-            return asyncio.run(cmd_status(args))
+            return _run(cmd_status(args))
         if command == "history":
             return cmd_history(args)
         if command == "rollback":
-            return asyncio.run(cmd_rollback(args))
+            return _run(cmd_rollback(args))
         if command == "import-compose":
             from reconciler.importer.cli import cmd_import_compose
 
@@ -148,7 +159,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
             from reconciler.exporting import cmd_export
 
             return cmd_export(args)
-        return asyncio.run(cmd_run(args))
+        return _run(cmd_run(args))
     except SpecError as exc:
         print_problems(exc)
         return EXIT_FAILED
@@ -169,6 +180,13 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _run(coro: Coroutine[Any, Any, _T]) -> _T:
+    """`asyncio.run`, imported on first use: a preview never needs an event loop."""
+    import asyncio
+
+    return asyncio.run(coro)
 
 
 def spec_dir(args: argparse.Namespace) -> Path:
@@ -204,6 +222,25 @@ def color_enabled(stream: object) -> bool:
             and bool(stream.isatty()))
 
 
+def peek_or_empty(project: str, *, timeout_s: float = 5.0) -> Snapshot | None:
+    """The host as the engine lists it, through the light read-only `peek` client (no
+    aiohttp, no event loop); an empty host when no engine answers; None when the endpoint
+    is not a local socket (then `observe_or_empty` does it)."""
+    from reconciler.labels import project_selector
+    from reconciler.peek import Peek, socket_path
+    from reconciler.snapshots import parse
+
+    path = socket_path()
+    if path is None:
+        return None
+    peek, selector = Peek(path, timeout_s=timeout_s), project_selector(project)
+    try:
+        return parse(project, peek.list_containers(label=selector),
+                     peek.list_networks(label=selector), peek.list_volumes(label=selector))
+    except EngineUnavailable:
+        return empty(project, engine_available=False)
+
+
 async def observe_or_empty(project: str, *, timeout_s: float = 5.0) -> Snapshot:
     """The host as the engine lists it; an empty host when no engine answers."""
     from reconciler.dockerd import DockerRuntime  # imported late: keeps --help and validate fast
@@ -230,7 +267,9 @@ def preview_key(args: argparse.Namespace) -> bytes:
 
 def plan_for(desired: Desired) -> Plan:
     try:
-        snapshot = asyncio.run(observe_or_empty(desired.project))
+        snapshot = peek_or_empty(desired.project)
+        if snapshot is None:
+            snapshot = _run(observe_or_empty(desired.project))
     except EngineError as exc:
         print(f"reconciler: engine: {exc}; planning against an empty host", file=sys.stderr)
         snapshot = empty(desired.project, engine_available=False)
@@ -325,13 +364,26 @@ async def _runtime() -> Runtime:
     return await DockerRuntime.connect(timeout_s=engine_timeout())
 
 
+def _lazy_runtime() -> Runtime | None:
+    """For one pass on a local socket: lists without aiohttp, connects `dockerd` on the
+    first call that needs it (None: not a local socket, use `_runtime`)."""
+    from typing import cast
+
+    from reconciler.peek import LazyRuntime, Peek, socket_path
+
+    path = socket_path()
+    if path is None:
+        return None
+    return cast(Runtime, LazyRuntime(Peek(path, timeout_s=engine_timeout()), _runtime))
+
+
 async def cmd_apply(args: argparse.Namespace) -> int:
     from reconciler.reconcile import Reconciler
 
     state = State(state_dir(args))
     load_spec(args, strict=True)  # a bad spec is reported as file:line, engine or not
     with state.lock():
-        runtime = await _runtime()
+        runtime = _lazy_runtime() or await _runtime()
         try:
             rec = Reconciler(spec_dir=spec_dir(args), state=state, runtime=runtime,
                              profiles=tuple(args.profile), policy=load_policy(),
@@ -372,7 +424,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     key = preview_key(args)
     loaded = load_spec(args, strict=False, key=key)
     desired = build(loaded, key)
-    snapshot = await observe_or_empty(desired.project)
+    snapshot = peek_or_empty(desired.project) or await observe_or_empty(desired.project)
     if not snapshot.engine_available:
         print("reconciler: no Docker engine reachable", file=sys.stderr)
         return EXIT_FAILED
@@ -456,6 +508,8 @@ async def cmd_rollback(args: argparse.Namespace) -> int:
 
 async def _connect_with_retry(log: Any) -> Runtime:
     """The engine may still be starting (or restarting): retry with backoff, forever."""
+    import asyncio
+
     from reconciler.dockerd import DockerRuntime
 
     delay = 0.5
@@ -469,6 +523,7 @@ async def _connect_with_retry(log: Any) -> Runtime:
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
     import signal
 
     from reconciler import logs

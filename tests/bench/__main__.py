@@ -24,7 +24,7 @@ from typing import Any
 from tests.bench import report, scenarios
 from tests.bench.scenarios import Bench, Config, log
 
-ALL = ("B1", "B2", "B3", "B4", "B5", "B6", "B7")
+ALL = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8")
 
 
 def machine() -> dict[str, Any]:
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     failures: dict[str, str] = {}
     steps: list[tuple[str, Callable[[], None]]] = [
         ("B7", lambda: scenarios.b7(bench)), ("B1", lambda: scenarios.b1(bench)),
+        ("B8", lambda: scenarios.b8(bench)),
         ("B2/B3/B5/B6", lambda: scenarios.scale_phases(bench, args.only)),
         ("B4", lambda: scenarios.b4(bench))]
     interrupted = False
