@@ -24,7 +24,7 @@ from typing import Any
 from tests.bench import report, scenarios
 from tests.bench.scenarios import Bench, Config, log
 
-ALL = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8")
+ALL = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9")
 
 
 def machine() -> dict[str, Any]:
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         ("B7", lambda: scenarios.b7(bench)), ("B1", lambda: scenarios.b1(bench)),
         ("B8", lambda: scenarios.b8(bench)),
         ("B2/B3/B5/B6", lambda: scenarios.scale_phases(bench, args.only)),
-        ("B4", lambda: scenarios.b4(bench))]
+        ("B4", lambda: scenarios.b4(bench)), ("B9", lambda: scenarios.b9(bench))]
     interrupted = False
     try:
         for name, step in steps:

@@ -698,6 +698,35 @@ def add_b4_rows(rows: list[Row], results: Sequence[dict[str, Any]]) -> None:
                         note="edge_compare returned an unknown shape: see --json raw.B4"))
 
 
+# --- B9 one change in `defaults` under load ------------------------------------------------------
+
+
+def b9(bench: Bench) -> None:
+    from tests.bench import defaults_change
+
+    results: list[dict[str, Any]] = []
+    for run in range(bench.cfg.runs):
+        log(f"B9 run {run + 1}: defaults_change.compare()")
+        results.append(defaults_change.compare(seconds=bench.cfg.b4_seconds,
+                                               max_requests=bench.cfg.b4_max_requests))
+    bench.raw["B9"] = results
+    for name, unit, key in (("failed requests", "count", "failed"),
+                            ("longest gap between successes", "s", "longest_gap_s"),
+                            ("stateful services down at once (max, engine events)", "count",
+                             "max_stateful_down_together"),
+                            ("deploy (CLI) time", "s", "deploy_s")):
+        rec = [v for r in results if (v := _get(_side(r, REC), key)) is not None]
+        cmp = [v for r in results if (v := _get(_side(r, CMP), key)) is not None]
+        row = bench.add(Row("B9", f"one `defaults` change under load: {name}", unit,
+                            rec=rec or None, cmp=cmp or None))
+        if key == "failed":
+            row.target = "0 failed"
+            row.met = bool(rec) and max(rec) == 0
+        elif key == "max_stateful_down_together":
+            row.target = "<= 1"
+            row.met = bool(rec) and max(rec) <= 1
+
+
 # --- B7 planning at scale without an engine ------------------------------------------------------
 
 

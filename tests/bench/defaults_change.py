@@ -1,0 +1,191 @@
+"""B9: one change in `defaults` under load through the edge, reconciler vs docker-compose.
+
+A 3-tier stack (two stateful services on named volumes, a 2-replica gateway behind the
+nginx edge) takes one changed key that every service inherits (an environment variable in
+`defaults`; compose: the same variable in every service). Load runs through the edge's
+port on 127.0.0.1 (tests/loadgen.py) while `reconciler apply` / `docker-compose up -d`
+rolls it out. Reported per tool: failed requests, the longest gap between successes, and
+the largest number of stateful services that were down at the same moment, from the
+engine's own `die`/`start` events. Figures are reported, never asserted.
+
+    python -m tests.bench.defaults_change [seconds] [max_requests]   # prints JSON
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from tests.bench import engine
+from tests.bench.edge_compare import _compose, _figures, _free_port, _under_load, _wait_serving
+from tests.dockerkit import APP, NGINX, REPO, Host
+
+STATEFUL = ("db", "cache")
+HEALTH = ('{test: ["CMD", "wget", "-qO-", "http://127.0.0.1:8080/health"], interval: 500ms, '
+          'timeout: 5s, retries: 5, start_period: 5s}')
+
+SPEC = f"""
+project: PROJECT
+tiers: [infrastructure, business, external]
+defaults:
+  environment: {{DEPLOY_REV: "REV"}}
+  healthcheck: {HEALTH}
+  update: {{min_ready: 1s, deadline: 60s, drain: 1s}}
+  stop_grace_period: 5s
+networks: {{edge: {{}}}}
+volumes: {{db-data: {{}}, cache-data: {{}}}}
+edge: {{service: nginx, upstreams_file: /etc/nginx/conf.d/upstreams.conf}}
+services:
+  db:
+    tier: infrastructure
+    image: {APP}:1.0
+    environment: {{APP_NAME: db}}
+    volumes: ["db-data:/data"]
+    networks: [edge]
+  cache:
+    tier: infrastructure
+    image: {APP}:1.0
+    environment: {{APP_NAME: cache}}
+    volumes: ["cache-data:/data"]
+    networks: [edge]
+  api-gateway:
+    tier: business
+    image: {APP}:1.0
+    replicas: 2
+    depends_on: [db, cache]
+    environment: {{APP_NAME: api-gateway, APP_VERSION: "1.0"}}
+    networks: [edge]
+    expose: {{port: 8080}}
+  nginx:
+    tier: external
+    image: {NGINX}
+    volumes: ["./nginx.conf:/etc/nginx/nginx.conf:ro"]
+    ports: ["127.0.0.1:PORT:80"]
+    networks: [edge]
+    healthcheck: {{test: ["CMD", "wget", "-qO-", "http://127.0.0.1/nginx-health"]}}
+    stop_signal: SIGQUIT
+"""
+
+_APP_SVC = """  {name}:
+    image: {image}
+    environment: {{APP_NAME: {name}, APP_VERSION: "1.0", DEPLOY_REV: "REV"}}
+    healthcheck: {{test: ["CMD", "wget", "-qO-", "http://127.0.0.1:8080/health"],
+                  interval: 500ms, timeout: 5s, retries: 5, start_period: 5s}}
+    stop_grace_period: 5s
+    restart: unless-stopped
+    networks: [edge]
+"""
+
+STATIC_UPSTREAMS = """upstream api-gateway {
+    server api-gateway:8080;
+    keepalive 16;
+}
+"""
+
+
+def compose_file() -> str:
+    out = 'version: "2.4"\nservices:\n'
+    for name in STATEFUL:
+        out += (_APP_SVC.format(name=name, image=f"{APP}:1.0")
+                + f'    volumes: ["{name}-data:/data"]\n')
+    out += _APP_SVC.format(name="api-gateway", image=f"{APP}:1.0") + "    scale: 2\n" + (
+        "    depends_on: {db: {condition: service_healthy}, cache: {condition: service_healthy}}\n")
+    out += f"""  nginx:
+    image: {NGINX}
+    environment: {{DEPLOY_REV: "REV"}}
+    volumes: ["./nginx.conf:/etc/nginx/nginx.conf:ro", "./conf.d:/etc/nginx/conf.d:ro"]
+    ports: ["127.0.0.1:PORT:80"]
+    depends_on: {{api-gateway: {{condition: service_healthy}}}}
+    stop_signal: SIGQUIT
+    restart: unless-stopped
+    networks: [edge]
+networks:
+  edge: {{}}
+volumes:
+  db-data: {{}}
+  cache-data: {{}}
+"""
+    return out
+
+
+def _stateful(label: str, service_label: str, since: float) -> int:
+    evts = engine.events(label, since=since, until=time.time())
+    return engine.max_down_together(evts, STATEFUL, service_label)
+
+
+def run_reconciler(root: Path, *, seconds: float, max_requests: int) -> dict[str, Any]:
+    h = Host(project=f"dc{uuid.uuid4().hex[:8]}", root=root / "reconciler")
+    port = _free_port()
+    spec = SPEC.replace("PORT", str(port))
+    try:
+        h.write(spec.replace("REV", "1"))
+        shutil.copy(REPO / "nginx" / "nginx.conf", h.spec / "nginx.conf")
+        res = h.cli("apply")
+        if res.returncode != 0:
+            raise RuntimeError(f"reconciler apply failed:\n{res.stdout}{res.stderr}")
+        _wait_serving(port)
+        since = time.time()
+
+        def deploy() -> str:
+            h.write(spec.replace("REV", "2"))
+            r = h.cli("apply")
+            return f"exit {r.returncode}"
+
+        result, took, out = _under_load(port, deploy, seconds=seconds,
+                                        max_requests=max_requests)
+        both = _stateful(f"{engine.RECONCILER_LABEL}={h.project}", "reconciler.service", since)
+        return {**_figures(result, took), "deploy": out, "max_stateful_down_together": both}
+    finally:
+        h.cleanup()
+
+
+def run_compose(root: Path, *, seconds: float, max_requests: int) -> dict[str, Any]:
+    directory = root / "compose"
+    (directory / "conf.d").mkdir(parents=True)
+    shutil.copy(REPO / "nginx" / "nginx.conf", directory / "nginx.conf")
+    (directory / "conf.d" / "upstreams.conf").write_text(STATIC_UPSTREAMS)
+    project = f"dcc{uuid.uuid4().hex[:8]}"
+    port = _free_port()
+    compose = compose_file().replace("PORT", str(port))
+    try:
+        (directory / "docker-compose.yml").write_text(compose.replace("REV", "1"))
+        res = _compose(directory, project, "up", "-d")
+        if res.returncode != 0:
+            raise RuntimeError(f"docker-compose up failed:\n{res.stdout}{res.stderr}")
+        _wait_serving(port)
+        since = time.time()
+
+        def deploy() -> str:
+            (directory / "docker-compose.yml").write_text(compose.replace("REV", "2"))
+            r = _compose(directory, project, "up", "-d")
+            return f"exit {r.returncode}"
+
+        result, took, out = _under_load(port, deploy, seconds=seconds,
+                                        max_requests=max_requests)
+        both = _stateful(f"{engine.COMPOSE_LABEL}={project}", "com.docker.compose.service", since)
+        return {**_figures(result, took), "deploy": out, "max_stateful_down_together": both}
+    finally:
+        _compose(directory, project, "down", "-v", "--remove-orphans", "-t", "2")
+
+
+def compare(seconds: float = 20.0, max_requests: int = 6000) -> dict[str, Any]:
+    """One `defaults` change rolled out by each tool under the same load."""
+    with tempfile.TemporaryDirectory(prefix="defaults-change-") as tmp:
+        root = Path(tmp)
+        return {
+            "load": {"seconds": seconds, "max_requests": max_requests},
+            "reconciler": run_reconciler(root, seconds=seconds, max_requests=max_requests),
+            "compose": run_compose(root, seconds=seconds, max_requests=max_requests),
+        }
+
+
+if __name__ == "__main__":
+    secs = float(sys.argv[1]) if len(sys.argv) > 1 else 20.0
+    cap = int(sys.argv[2]) if len(sys.argv) > 2 else 6000
+    print(json.dumps(compare(secs, cap), indent=2))
