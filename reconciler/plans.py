@@ -266,6 +266,14 @@ def _replica_steps(
                      FieldChange("update.order", None, svc.order.value))
             steps.append(Step(Action.CREATE, reason, new_name=svc.container_name(replica),
                               changes=shown, **base))
+    elif stale and retry and not (keep.state is ContainerState.RUNNING
+                                  and keep.health in (Health.HEALTHY, Health.NONE)):
+        # the new generation failed to start in an earlier pass (degraded first deploy): a
+        # new container of it, gated, then the old generation goes (it kept serving)
+        steps.append(Step(Action.RECREATE, Reason.RETRY, new_name=keep.name,
+                          old=(ContainerRef.of(keep),), **base))
+        steps.append(Step(Action.REMOVE, Reason.INTERRUPTED,
+                          old=tuple(ContainerRef.of(c) for c in stale), **base))
     elif stale:
         # a rollout was interrupted: the new generation exists next to the old one
         steps.append(Step(Action.REPLACE, Reason.INTERRUPTED, order=svc.order,

@@ -181,6 +181,20 @@ def case_interrupted_start_first(tmp_path: Path) -> tuple[Desired, snapshots.Sna
 
 
 @case
+def case_retry_a_failed_new_generation(
+        tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, list[str]]:
+    old = desired_from(tmp_path, BASE)
+    new = variant(tmp_path, "image: api:1", "image: api:2")
+    items = [*in_sync(old), container_json(new, "api", 1, status="Up 9 seconds (unhealthy)")]
+    old_name = old.services["api"].container_name(1)
+    return new, observed(new, *items), [
+        "recreate api[1] (retry a service that failed to start)",
+        f"remove api[1] {old_name} (finish an interrupted update)",
+        "replace api[2] start-first (config changed)",
+    ]
+
+
+@case
 def case_created_not_started(tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, list[str]]:
     d = desired_from(tmp_path, BASE)
     items = in_sync(d)
@@ -211,7 +225,7 @@ def case_retry_a_service_that_failed_to_start(
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_planner_table(name: str, tmp_path: Path) -> None:
     desired, snapshot, expected = CASES[name](tmp_path)
-    retry = ("db",) if name.startswith("retry") else ()
+    retry = ("db", "api") if name.startswith("retry") else ()
     assert lines(compute(desired, snapshot, retry=retry)) == expected
 
 
