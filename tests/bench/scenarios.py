@@ -707,8 +707,7 @@ def b9(bench: Bench) -> None:
     results: list[dict[str, Any]] = []
     for run in range(bench.cfg.runs):
         log(f"B9 run {run + 1}: defaults_change.compare()")
-        results.append(defaults_change.compare(seconds=bench.cfg.b4_seconds,
-                                               max_requests=bench.cfg.b4_max_requests))
+        results.append(defaults_change.compare(seconds=bench.cfg.b4_seconds))
     bench.raw["B9"] = results
     for name, unit, key in (("failed requests", "count", "failed"),
                             ("longest gap between successes", "s", "longest_gap_s"),
