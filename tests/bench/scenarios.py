@@ -289,7 +289,7 @@ def b1(bench: Bench) -> None:
 # --- B8 production health cadence ---------------------------------------------------------------
 
 B8_INTERVAL_S = 45.0  # the production cadence of the issue (timeout 15s, retries 5, start 90s)
-B8_QUICK_INTERVAL_S = 5.0  # --quick (CI): a reduced interval, so compose's cost stays small
+B8_QUICK_INTERVAL_S = 3.0  # --quick (CI): a reduced interval, so compose's cost stays small
 B8_READY_S = 2  # every app answers its health check 2 s after start
 B8_SERVICE = "order-service"  # the one-service update (business tier)
 
