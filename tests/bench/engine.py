@@ -289,23 +289,6 @@ def proc_rss_kib(pid: int) -> int:
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def events(label: str, *, since: float, until: float, actions: Iterable[str] = ("start", "die")
-           ) -> list[dict[str, Any]]:
-    """Container events of one project between two unix times (the engine's own record),
-    oldest first."""
-    filters = urllib.parse.quote(json.dumps({"label": [label], "type": ["container"],
-                                             "event": list(actions)}))
-    conn = _UnixHTTP(socket_path(), 60.0)
-    try:
-        conn.request("GET", f"/events?since={int(since) - 1}&until={int(until) + 1}"
-                            f"&filters={filters}")
-        raw = conn.getresponse().read()
-    finally:
-        conn.close()
-    out = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
-    return sorted(out, key=lambda e: int(e.get("timeNano") or 0))
-
-
 def max_down_together(evts: list[dict[str, Any]], services: Iterable[str],
                       service_label: str) -> int:
     """The largest number of `services` without a running container at one moment, from
