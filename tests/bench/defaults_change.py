@@ -149,10 +149,17 @@ def _stateful(evts: list[dict[str, Any]], service_label: str) -> int:
                                     STATEFUL, service_label)
 
 
-def run_reconciler(root: Path, *, seconds: float, max_requests: int) -> dict[str, Any]:
+def run_reconciler(root: Path, *, seconds: float, max_requests: int,
+                   edge_only: bool = False) -> dict[str, Any]:
+    """`edge_only`: the change is a container-level change of the edge alone (what an edge
+    image change costs: the edge is recreated, stop-first, since it publishes a port)."""
     h = Host(project=f"dc{uuid.uuid4().hex[:8]}", root=root / "reconciler")
     port = _free_port()
     spec = SPEC.replace("PORT", str(port))
+    if edge_only:
+        spec = spec.replace('DEPLOY_REV: "REV"', 'DEPLOY_REV: "1"').replace(
+            "    stop_signal: SIGQUIT\n", "    stop_signal: SIGQUIT\n"
+                                        '    environment: {EDGE_REV: "REV"}\n')
     try:
         h.write(spec.replace("REV", "1"))
         shutil.copy(REPO / "nginx" / "nginx.conf", h.spec / "nginx.conf")
@@ -169,7 +176,7 @@ def run_reconciler(root: Path, *, seconds: float, max_requests: int) -> dict[str
         with _watch(f"{engine.RECONCILER_LABEL}={h.project}") as evts:
             result, took, out = _under_load(port, deploy, seconds=seconds,
                                             max_requests=max_requests)
-        both = _stateful(evts, "reconciler.service")
+        both = 0 if edge_only else _stateful(evts, "reconciler.service")
         return {**_figures(result, took), "deploy": out, "max_stateful_down_together": both,
                 "load_covered_deploy": result.seconds >= took + 2}
     finally:
@@ -217,7 +224,19 @@ def compare(seconds: float = 20.0, max_requests: int = MAX_REQUESTS) -> dict[str
         }
 
 
+def edge_recreate(seconds: float = 20.0, max_requests: int = MAX_REQUESTS) -> dict[str, Any]:
+    """The gap a container-level change of the edge (its image, its environment) costs under
+    load: the edge is recreated stop-first (it publishes a fixed host port)."""
+    with tempfile.TemporaryDirectory(prefix="edge-recreate-") as tmp:
+        return run_reconciler(Path(tmp), seconds=seconds, max_requests=max_requests,
+                              edge_only=True)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["edge"]:
+        print(json.dumps(edge_recreate(float(sys.argv[2]) if len(sys.argv) > 2 else 8.0),
+                         indent=2))
+        sys.exit(0)
     secs = float(sys.argv[1]) if len(sys.argv) > 1 else 20.0
     cap = int(sys.argv[2]) if len(sys.argv) > 2 else MAX_REQUESTS
     print(json.dumps(compare(secs, cap), indent=2))
