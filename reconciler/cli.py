@@ -265,7 +265,7 @@ def preview_key(args: argparse.Namespace) -> bytes:
     return key or PREVIEW_KEY
 
 
-def plan_for(desired: Desired) -> Plan:
+def plan_for(desired: Desired, *, retry: tuple[str, ...] = ()) -> Plan:
     try:
         snapshot = peek_or_empty(desired.project)
         if snapshot is None:
@@ -276,7 +276,7 @@ def plan_for(desired: Desired) -> Plan:
     if not snapshot.engine_available:
         print("reconciler: no Docker engine reachable: planning against an empty host",
               file=sys.stderr)
-    return compute(desired, snapshot)
+    return compute(desired, snapshot, retry=retry)
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -287,7 +287,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     loaded = load_spec(args, strict=False, key=key)
     print_warnings(loaded)
     desired = build(loaded, key)
-    plan = plan_for(desired)
+    try:
+        degraded = State(state_dir(args)).degraded()
+    except StateError:
+        degraded = None
+    plan = plan_for(desired, retry=tuple(degraded["failed"]) if degraded else ())
+    if degraded:
+        from reconciler.plans import degraded_line
+
+        plan = dataclasses.replace(plan, notes=(*plan.notes, (
+            degraded_line(degraded["failed"], degraded.get("waiting") or {})
+            + " (first deploy: the failed services are retried)")))
     try:
         held = State(state_dir(args)).quarantined().get(loaded.fingerprint)
     except StateError:

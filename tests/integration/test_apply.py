@@ -209,6 +209,8 @@ def test_first_deploy_degrades_then_heals(host: Host) -> None:
     assert not (host.state / "quarantine.json").exists() or json.loads(
         (host.state / "quarantine.json").read_text()) == {}
     assert "degraded: notify failed" in host.cli("status").stdout
+    preview = host.cli("plan")
+    assert "degraded: notify failed" in preview.stdout, preview.stdout + preview.stderr
 
     # a failing service that others depend on: they wait, the rest is up
     bad_auth = swap(STACK, "APP_NAME: auth}", 'APP_NAME: auth, NEVER_HEALTHY: "1"}')
