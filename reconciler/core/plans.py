@@ -16,7 +16,7 @@ missing. The executor only reads them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -89,6 +89,7 @@ class Reason(StrEnum):
     DUPLICATE = "duplicate container for one replica"
     UNLABELLED = "container of ours without a service or replica label"
     BACKUP = "data backup before the service stops"
+    RETRY = "retry a service that failed to start"
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +191,9 @@ class Plan:
     notes: tuple[str, ...] = field(default=())
     upstreams: tuple[UpstreamChange, ...] = ()  # edge upstream changes the steps imply
     edge: str | None = None  # the edge service, when the spec has one
+    # services left out of this plan (first deploy, degraded): service -> the failed
+    # services it waits on (empty for a failed service itself)
+    held: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -249,6 +253,7 @@ def field_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[Field
 
 def _replica_steps(
     svc: DesiredService, replica: int, found: list[Observed], *, service_exists: bool,
+    retry: bool = False,
 ) -> list[Step]:
     base: dict[str, Any] = {"tier": svc.tier, "service": svc.name, "replica": replica}
     current = [c for c in found if c.fingerprint == svc.fingerprint]
@@ -270,25 +275,38 @@ def _replica_steps(
                      FieldChange("update.order", None, svc.order.value))
             steps.append(Step(Action.CREATE, reason, new_name=svc.container_name(replica),
                               changes=shown, **base))
+    elif stale and retry and not (keep.state is ContainerState.RUNNING
+                                  and keep.health in (Health.HEALTHY, Health.NONE)):
+        # the new generation failed to start in an earlier pass (degraded first deploy): a
+        # new container of it, gated, then the old generation goes (it kept serving)
+        steps.append(Step(Action.RECREATE, Reason.RETRY, new_name=keep.name,
+                          old=(ContainerRef.of(keep),), **base))
+        steps.append(Step(Action.REMOVE, Reason.INTERRUPTED,
+                          old=tuple(ContainerRef.of(c) for c in stale), **base))
     elif stale:
         # a rollout was interrupted: the new generation exists next to the old one
         steps.append(Step(Action.REPLACE, Reason.INTERRUPTED, order=svc.order,
                           new_name=keep.name, old=tuple(ContainerRef.of(c) for c in stale),
                           adopt=ContainerRef.of(keep), **base))
     else:
-        steps.extend(_repair(svc, keep, base))
+        steps.extend(_repair(svc, keep, base, retry=retry))
     for ref in extra:
         steps.append(Step(Action.REMOVE, Reason.DUPLICATE, old=(ref,), **base))
     return steps
 
 
-def _repair(svc: DesiredService, c: Observed, base: Mapping[str, Any]) -> list[Step]:
-    """A container of the desired generation: in sync, or drift with a defined action."""
+def _repair(svc: DesiredService, c: Observed, base: Mapping[str, Any], *,
+            retry: bool = False) -> list[Step]:
+    """A container of the desired generation: in sync, or drift with a defined action.
+    `retry`: the service failed to start in an earlier pass; a container of it that is
+    not healthy yet is started again (and gated) instead of being taken as in sync."""
     ref = ContainerRef.of(c)
     recreate: dict[str, Any] = {"new_name": c.name, "old": (ref,)}
     if c.state is ContainerState.RUNNING:
         if c.health is Health.UNHEALTHY:
             return [Step(Action.RECREATE, Reason.UNHEALTHY, **recreate, **base)]
+        if retry and c.health is Health.STARTING:
+            return [Step(Action.RECREATE, Reason.RETRY, **recreate, **base)]
         return []
     if c.state is ContainerState.EXITED:
         if svc.service.restart is Restart.NO and c.exit_code == 0:
@@ -305,8 +323,66 @@ def _repair(svc: DesiredService, c: Observed, base: Mapping[str, Any]) -> list[S
     return [Step(Action.RECREATE, reason, **recreate, **base)]
 
 
-def compute(desired: Desired, snapshot: Snapshot) -> Plan:
-    """The steps that take `snapshot` to `desired`. Total: never raises for any snapshot."""
+def waiting_on(depends_on: Mapping[str, Collection[str]],
+               failed: Collection[str]) -> dict[str, tuple[str, ...]]:
+    """Services that cannot start because a failed service is among their (transitive)
+    `depends_on`: service -> the failed services it waits on, sorted. The failed services
+    themselves are not listed."""
+    out: dict[str, tuple[str, ...]] = {}
+    memo: dict[str, frozenset[str]] = {}
+
+    def roots(name: str, seen: frozenset[str]) -> frozenset[str]:
+        if name in memo:
+            return memo[name]
+        found: set[str] = set()
+        for dep in depends_on.get(name, ()):
+            if dep in failed:
+                found.add(dep)
+            if dep not in seen:
+                found |= roots(dep, seen | {dep})
+        memo[name] = frozenset(found)
+        return memo[name]
+
+    for name in sorted(depends_on):
+        if name in failed:
+            continue
+        hit = roots(name, frozenset({name}))
+        if hit:
+            out[name] = tuple(sorted(hit))
+    return out
+
+
+def degraded_line(failed: Collection[str], waiting: Mapping[str, Collection[str]]) -> str:
+    """`degraded: X failed, Y waiting on X` (for status, logs and `apply`)."""
+    line = "degraded: " + ", ".join(sorted(failed)) + " failed"
+    by_root: dict[tuple[str, ...], list[str]] = {}
+    for svc, on in waiting.items():
+        by_root.setdefault(tuple(sorted(on)), []).append(svc)
+    for on, svcs in sorted(by_root.items()):
+        line += f", {', '.join(sorted(svcs))} waiting on {', '.join(on)}"
+    return line
+
+
+def held_services(desired: Desired, failed: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """The services a plan leaves out when `failed` failed to start (first deploy,
+    degraded): each failed service (-> ()) and every service that depends on one,
+    transitively (-> the failed services it waits on)."""
+    failed = {f for f in failed if f in desired.services}
+    depends = {name: tuple(s.service.depends_on) for name, s in desired.services.items()}
+    held: dict[str, tuple[str, ...]] = {f: () for f in sorted(failed)}
+    held.update(waiting_on(depends, failed))
+    return held
+
+
+def compute(desired: Desired, snapshot: Snapshot, *, hold: Iterable[str] = (),
+            retry: Iterable[str] = ()) -> Plan:
+    """The steps that take `snapshot` to `desired`. Total: never raises for any snapshot.
+
+    `hold`: services that failed to start on a first deploy; they and the services that
+    depend on them get no steps (the rest still converges). `retry`: services that failed
+    in an earlier pass; a not-yet-healthy container of theirs is started again."""
+    held = held_services(desired, hold)
+    retrying = set(retry)
     steps: list[Step] = []
     for name in sorted(set(desired.networks) - snapshot.networks):
         if not desired.networks[name].external:
@@ -323,11 +399,14 @@ def compute(desired: Desired, snapshot: Snapshot) -> Plan:
 
     for tier in desired.tiers:
         for svc in desired.in_tier(tier):
+            if svc.name in held:
+                continue
             found = by_service.get(svc.name, [])
             service_exists = bool(found)
             for replica in range(1, svc.replicas + 1):
                 mine = [c for c in found if c.replica == replica]
-                steps.extend(_replica_steps(svc, replica, mine, service_exists=service_exists))
+                steps.extend(_replica_steps(svc, replica, mine, service_exists=service_exists,
+                                            retry=svc.name in retrying))
             for c in sorted(found, key=lambda c: (c.replica or 0, c.name)):
                 if c.replica is None or c.replica < 1:
                     steps.append(Step(Action.REMOVE, Reason.UNLABELLED, tier=svc.tier,
@@ -355,7 +434,17 @@ def compute(desired: Desired, snapshot: Snapshot) -> Plan:
     images = [ImageNeed.of(ref, needs[ref]) for ref in sorted(needs)]
     return Plan(project=desired.project, tiers=desired.tiers, steps=tuple(steps),
                 images=tuple(images), engine_available=snapshot.engine_available,
-                upstreams=upstream_changes(steps), edge=desired.edge_service)
+                upstreams=upstream_changes(steps), edge=desired.edge_service,
+                held=tuple(held.items()), notes=_held_notes(held))
+
+
+def _held_notes(held: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
+    failed = [name for name, on in held.items() if not on]
+    if not failed:
+        return ()
+    waiting = {name: on for name, on in held.items() if on}
+    return (degraded_line(failed, waiting)
+            + " (held back; the failed services are retried with backoff)",)
 
 
 def _backups(steps: list[Step], desired: Desired) -> list[Step]:

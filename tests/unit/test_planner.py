@@ -181,6 +181,20 @@ def case_interrupted_start_first(tmp_path: Path) -> tuple[Desired, snapshots.Sna
 
 
 @case
+def case_retry_a_failed_new_generation(
+        tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, list[str]]:
+    old = desired_from(tmp_path, BASE)
+    new = variant(tmp_path, "image: api:1", "image: api:2")
+    items = [*in_sync(old), container_json(new, "api", 1, status="Up 9 seconds (unhealthy)")]
+    old_name = old.services["api"].container_name(1)
+    return new, observed(new, *items), [
+        "recreate api[1] (retry a service that failed to start)",
+        f"remove api[1] {old_name} (finish an interrupted update)",
+        "replace api[2] start-first (config changed)",
+    ]
+
+
+@case
 def case_created_not_started(tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, list[str]]:
     d = desired_from(tmp_path, BASE)
     items = in_sync(d)
@@ -199,10 +213,20 @@ def case_dead_and_paused(tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, l
     ]
 
 
+@case
+def case_retry_a_service_that_failed_to_start(
+        tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, list[str]]:
+    d = desired_from(tmp_path, BASE)
+    items = in_sync(d)
+    items[0] = container_json(d, "db", 1, status="Up 2 minutes (health: starting)")
+    return d, observed(d, *items), ["recreate db[1] (retry a service that failed to start)"]
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_planner_table(name: str, tmp_path: Path) -> None:
     desired, snapshot, expected = CASES[name](tmp_path)
-    assert lines(compute(desired, snapshot)) == expected
+    retry = ("db", "api") if name.startswith("retry") else ()
+    assert lines(compute(desired, snapshot, retry=retry)) == expected
 
 
 def test_tiers_are_planned_in_spec_order(tmp_path: Path) -> None:
@@ -326,3 +350,40 @@ def test_pull_policy_is_decided_in_the_plan(policy: PullPolicy, present: ImageAc
                                             missing: ImageAction) -> None:
     need = ImageNeed.of("x:1", policy)
     assert (need.if_present, need.if_missing) == (present, missing)
+
+
+DEGRADE = """
+project: shop
+services:
+  db: {tier: infrastructure, image: db:1}
+  cache: {tier: infrastructure, image: cache:1}
+  auth: {tier: core, image: auth:1, depends_on: [db]}
+  mail: {tier: core, image: mail:1}
+  api: {tier: business, image: api:1, depends_on: [auth, cache]}
+  notify: {tier: business, image: notify:1, depends_on: [mail]}
+  nginx: {tier: external, image: nginx:1, depends_on: [api]}
+"""
+
+
+@pytest.mark.parametrize(("failed", "held", "planned"), [
+    ((), {}, ["db", "cache", "auth", "mail", "api", "notify", "nginx"]),
+    # a leaf failing holds nothing else: the edge still comes up
+    (("mail",), {"mail": (), "notify": ("mail",)}, ["db", "cache", "auth", "api", "nginx"]),
+    # transitively: db -> auth -> api -> nginx
+    (("db",), {"db": (), "auth": ("db",), "api": ("db",), "nginx": ("db",)},
+     ["cache", "mail", "notify"]),
+    (("db", "mail"), {"db": (), "mail": (), "auth": ("db",), "api": ("db",), "nginx": ("db",),
+                      "notify": ("mail",)}, ["cache"]),
+    (("unknown",), {}, ["db", "cache", "auth", "mail", "api", "notify", "nginx"]),
+])
+def test_a_failed_service_holds_only_what_depends_on_it(
+        tmp_path: Path, failed: tuple[str, ...], held: dict[str, tuple[str, ...]],
+        planned: list[str]) -> None:
+    d = desired_from(tmp_path, DEGRADE)
+    plan = compute(d, snapshots.empty("shop"), hold=failed)
+    assert dict(plan.held) == held
+    assert sorted(s.service for s in plan.steps) == sorted(planned)
+    if failed == ("db", "mail"):
+        assert plan.notes == ("degraded: db, mail failed, api, auth, nginx waiting on db, "
+                              "notify waiting on mail (held back; the failed services are "
+                              "retried with backoff)",)
