@@ -259,7 +259,7 @@ def peek_or_empty(project: str, *, timeout_s: float = 5.0) -> Snapshot | None:
     """The host as the engine lists it, through the light read-only `peek` client (no
     aiohttp, no event loop); an empty host when no engine answers; None when the endpoint
     is not a local socket (then `observe_or_empty` does it)."""
-    from reconciler.core.labels import project_selector
+    from reconciler.core.labels import compose_selector, project_selector
     from reconciler.core.snapshots import parse
     from reconciler.peek import Peek, socket_path
 
@@ -267,9 +267,11 @@ def peek_or_empty(project: str, *, timeout_s: float = 5.0) -> Snapshot | None:
     if path is None:
         return None
     peek, selector = Peek(path, timeout_s=timeout_s), project_selector(project)
+    compose = compose_selector(project)  # the same lists as `reconcile.observe`
     try:
         return parse(project, peek.list_containers(label=selector),
-                     peek.list_networks(label=selector), peek.list_volumes(label=selector))
+                     peek.list_networks(label=selector) + peek.list_networks(label=compose),
+                     peek.list_volumes(label=selector) + peek.list_volumes(label=compose))
     except EngineUnavailable:
         return empty(project, engine_available=False)
 

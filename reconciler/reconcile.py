@@ -95,9 +95,10 @@ class PassResult:
 
 
 async def observe(runtime: Runtime, project: str) -> Snapshot:
-    """One list call per kind, filtered by our project label."""
+    """One list call per kind, filtered by our project label (and the networks and volumes
+    of a compose project of the same name, which an imported spec uses)."""
     selector = project_selector(project)
-    compose = f"{labels.COMPOSE_PROJECT}={project}"  # a migrated compose project's objects
+    compose = labels.compose_selector(project)  # a migrated compose project's objects
     containers, networks, volumes, compose_networks, compose_volumes = await asyncio.gather(
         runtime.list_containers(label=selector),
         runtime.list_networks(label=selector),
