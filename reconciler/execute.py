@@ -94,6 +94,7 @@ class ExecutionReport:
     failure: StepFailed | None = None
     tier_seconds: dict[str, float] = field(default_factory=dict)
     health_waits: dict[str, float] = field(default_factory=dict)  # service -> longest wait
+    jobs: dict[str, int] = field(default_factory=dict)  # job service -> exit code of its run
     images_ok: bool = True
     # the failure came from an engine that did not answer (socket gone, refused, timeout):
     # a fact for the controller to decide on, not a verdict on the rollout
@@ -343,6 +344,9 @@ class Executor:
     async def _ready(self, step: Step, svc: DesiredService, cid: str,
                      outcome: ExecutionReport) -> None:
         """Wait on the health gate; fail early on exit, OOM, restarts or `unhealthy`."""
+        if step.job:
+            await self._completed(step, svc, cid, outcome)
+            return
         update = svc.service.update
         started = self.clock()
         info = await self._call(step.id, self.rt.inspect_container(cid))
@@ -367,6 +371,31 @@ class Executor:
             delay = min(delay * 1.5, self.poll_s)
             info = await self._call(step.id, self.rt.inspect_container(cid))
             probe = Probe.from_inspect(info)
+
+    async def _completed(self, step: Step, svc: DesiredService, cid: str,
+                         outcome: ExecutionReport) -> None:
+        """A job's gate: its container exits 0 within the deadline (non-zero or the
+        deadline fails the step like a failed health gate; its output is kept)."""
+        started = self.clock()
+        delay = min(0.05, self.poll_s)
+        while True:
+            info = await self._call(step.id, self.rt.inspect_container(cid))
+            probe = Probe.from_inspect(info)
+            if probe.status in ("exited", "dead"):
+                outcome.jobs[svc.name] = probe.exit_code
+                if probe.exit_code == 0 and not probe.oom_killed:
+                    outcome.health_waits[svc.name] = self.clock() - started
+                    return
+                raise StepFailed(step.id, f"job exited with code {probe.exit_code}"
+                                          f"{await self._log_tail(cid, svc)}",
+                                 kind=FailureKind.HEALTH_GATE)
+            if self.clock() - started >= svc.service.update.deadline:
+                raise StepFailed(step.id, f"job did not finish within the deadline of "
+                                          f"{svc.service.update.deadline:g}s"
+                                          f"{await self._log_tail(cid, svc)}",
+                                 kind=FailureKind.DEADLINE)
+            await self.sleep(delay)
+            delay = min(delay * 1.5, self.poll_s)
 
     async def _log_tail(self, cid: str, svc: DesiredService) -> str:
         try:

@@ -86,6 +86,8 @@ class Reason(StrEnum):
     ORPHAN = "service no longer in the spec"
     DUPLICATE = "duplicate container for one replica"
     UNLABELLED = "container of ours without a service or replica label"
+    JOB_FAILED = "job failed before: run it again"
+    JOB_RECORD = "older run of a job (pruned once every tier passed)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +138,7 @@ class Step:
     # labels that prove a container already under `new_name` is this step's own (left by a
     # crash between create and start): the executor adopts it on a name conflict
     claim: tuple[tuple[str, str], ...] = ()
+    job: bool = False  # the gate waits for the container to exit 0 (not for health)
 
     @property
     def id(self) -> str:
@@ -248,6 +251,8 @@ def _replica_steps(
     keep = current[0] if current else None
     extra = [ContainerRef.of(c) for c in current[1:]]
     steps: list[Step] = []
+    if svc.service.job:
+        return _job_steps(svc, keep, stale + [c for c in current[1:]], base)
     if keep is None:
         if stale:
             newest = max(stale, key=lambda c: (c.created, c.name))
@@ -270,6 +275,28 @@ def _replica_steps(
         steps.extend(_repair(svc, keep, base))
     for ref in extra:
         steps.append(Step(Action.REMOVE, Reason.DUPLICATE, old=(ref,), **base))
+    return steps
+
+
+def _job_steps(svc: DesiredService, keep: Observed | None, others: list[Observed],
+               base: Mapping[str, Any]) -> list[Step]:
+    """A job runs when no container of its current fingerprint exists (or the last one
+    failed); an exited-0 container of the current fingerprint is "done". Older runs stay as
+    the record until every tier passed (a revert then finds its own generation done and
+    never re-runs an older job)."""
+    steps: list[Step] = []
+    if keep is None:
+        steps.append(Step(Action.REPLACE if others else Action.CREATE,
+                          Reason.CONFIG_CHANGED if others else Reason.NEW_SERVICE,
+                          new_name=svc.container_name(base["replica"]),
+                          changes=(FieldChange("image", None, svc.service.image),), **base))
+    elif keep.state is ContainerState.EXITED and keep.exit_code != 0:
+        steps.append(Step(Action.START, Reason.JOB_FAILED, target=ContainerRef.of(keep), **base))
+    elif keep.state is not ContainerState.EXITED:
+        steps.extend(_repair(svc, keep, base))
+    for c in sorted(others, key=lambda c: (c.created, c.name)):
+        steps.append(Step(Action.REMOVE, Reason.JOB_RECORD, old=(ContainerRef.of(c),),
+                          phase=Phase.LAST, **base))
     return steps
 
 
@@ -359,11 +386,13 @@ def _how(step: Step, desired: Desired) -> Step:
                 and desired.edge_service is not None else None)
     if step.action is Action.REMOVE:
         return replace(step, lane=Lane.AFTER, stop_grace_s=grace, upstream=upstream,
-                       parallelism=svc.service.update.parallelism if svc is not None else 1)
+                       parallelism=svc.service.update.parallelism if svc is not None else 1,
+                       job=svc is not None and svc.service.job)
     assert svc is not None  # every other container step is for a desired service
     stop_first = (step.action is Action.RECREATE
                   or (step.action is Action.CREATE and bool(step.old))
-                  or (step.action is Action.REPLACE and step.order is UpdateOrder.STOP_FIRST))
+                  or (step.action is Action.REPLACE and step.order is UpdateOrder.STOP_FIRST
+                      and not svc.service.job))
     # `parallelism` protects capacity during an update: new replicas that take nothing
     # serving away all start at once (as a cold start should)
     lane = Lane.FREE if step.action is Action.CREATE and not step.old else Lane.THROTTLED
@@ -373,7 +402,8 @@ def _how(step: Step, desired: Desired) -> Step:
                  (labels.REPLICA, str(step.replica or 1)),
                  (labels.FINGERPRINT, svc.fingerprint))
     return replace(step, lane=lane, parallelism=svc.service.update.parallelism,
-                   stop_first=stop_first, stop_grace_s=grace, upstream=upstream, claim=claim)
+                   stop_first=stop_first, stop_grace_s=grace, upstream=upstream, claim=claim,
+                   job=svc.service.job)
 
 
 def upstream_changes(steps: Iterable[Step]) -> tuple[UpstreamChange, ...]:

@@ -23,6 +23,7 @@ SYMBOLS = {
     Action.RECREATE: "-/+",
 }
 COLORS = {"+": "32", "-": "31", "-/+": "33", "+/-": "33", "~": "36"}
+JOB_NOTE = "job (forward-only: a revert does not undo it)"
 LEGEND = ("  + create    -/+ replace (stop-first)    +/- replace (start-first)    "
           "~ start    - remove")
 
@@ -64,7 +65,7 @@ def _change_line(change: FieldChange) -> str:
 def _step_line(step: Step) -> str:
     who = step.service + (f"[{step.replica}]" if step.replica is not None else "")
     parts = [f"{symbol(step)} {who}"]
-    if step.action is Action.REPLACE:
+    if step.action is Action.REPLACE and step.order:
         parts.append(f"({step.order})")
     if step.action is Action.REMOVE and step.old:
         parts.append(step.old[0].name)
@@ -74,6 +75,8 @@ def _step_line(step: Step) -> str:
         parts.append("replaces " + ", ".join(o.name for o in step.old))
     if step.target:
         parts.append(step.target.name)
+    if step.job and step.action is not Action.REMOVE:
+        parts.append(JOB_NOTE)
     return "  ".join(parts) + f"    # {step.reason}"
 
 
@@ -170,6 +173,7 @@ def step_dict(step: Step) -> dict[str, Any]:
         "service": step.service or None,
         "replica": step.replica,
         "order": step.order.value if step.order else None,
+        **({"job": "forward-only: a revert does not undo it"} if step.job else {}),
         "new_name": step.new_name,
         "old": [{"id": o.id, "name": o.name, "state": o.state.value} for o in step.old],
         "adopt": step.adopt.name if step.adopt else None,

@@ -326,3 +326,55 @@ def test_pull_policy_is_decided_in_the_plan(policy: PullPolicy, present: ImageAc
                                             missing: ImageAction) -> None:
     need = ImageNeed.of("x:1", policy)
     assert (need.if_present, need.if_missing) == (present, missing)
+
+
+# --- jobs: run when their own fingerprint has no finished run; older runs pruned last ------
+
+JOB_SPEC = """
+project: shop
+services:
+  migrate: {tier: core, kind: job, image: "tool:1", command: ["sh", "-c", "echo v1"]}
+  api:
+    tier: core
+    image: "api:1"
+    depends_on: {migrate: {condition: service_completed_successfully}}
+"""
+
+
+def _job(d: Desired, code: int | None, *, fp: str | None = None,
+         created: int = 1) -> dict[str, Any]:
+    if code is None:
+        return container_json(d, "migrate", 1, fingerprint=fp, created=created)
+    return container_json(d, "migrate", 1, state="exited", fingerprint=fp, created=created,
+                          status=f"Exited ({code}) 3 seconds ago")
+
+
+JOB_CASES: dict[str, Any] = {
+    # name: (observed job containers given (desired, older fingerprint), expected lines)
+    "first run": (lambda d, old: [], ["create migrate[1] (new service)"]),
+    "done": (lambda d, old: [_job(d, 0)], []),
+    "failed before": (lambda d, old: [_job(d, 2)], ["start migrate[1] (job failed before: "
+                                                    "run it again)"]),
+    "changed": (lambda d, old: [_job(d, 0, fp=old)], [
+        "replace migrate[1] (config changed)",
+        "remove migrate[1] shop-migrate-1-{old} (older run of a job (pruned once every tier "
+        "passed))"]),
+    # a revert: the desired generation's own run is done; the newer one is only pruned
+    "revert finds its run": (lambda d, old: [_job(d, 0), _job(d, 3, fp=old, created=2)], [
+        "remove migrate[1] shop-migrate-1-{old} (older run of a job (pruned once every tier "
+        "passed))"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(JOB_CASES))
+def test_job_table(name: str, tmp_path: Path) -> None:
+    d = desired_from(tmp_path, JOB_SPEC)
+    old = "0123456789abcdef"
+    found, expected = JOB_CASES[name]
+    items = [*found(d, old), container_json(d, "api", 1)]
+    plan = compute(d, observed(d, *items))
+    assert lines(plan) == [e.replace("{old}", old[:8]) for e in expected]
+    for s in plan.steps:
+        assert s.job == (s.service == "migrate")
+        assert not s.stop_first
+        assert (s.phase is Phase.LAST) == (s.action.value == "remove")
