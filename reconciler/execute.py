@@ -24,7 +24,7 @@ from reconciler.desired import Desired, DesiredService
 from reconciler.envfiles import Secret, redact
 from reconciler.faults import crash_point
 from reconciler.health import Failure, Gate, Probe, Verdict, judge
-from reconciler.plans import Action, ContainerRef, ImageAction, Lane, Plan, Step
+from reconciler.plans import Action, ContainerRef, ImageAction, Lane, Plan, Step, Until
 from reconciler.runtimes import (
     Conflict,
     EngineError,
@@ -135,6 +135,7 @@ class Executor:
         self.report = report
         self.poll_s = poll_s
         self.edge = edge
+        self._marks: dict[str, _Marks] = {}
 
     async def run(self, plan: Plan, desired: Desired, *,
                   edge: EdgeHook | None = None) -> ExecutionReport:
@@ -199,6 +200,8 @@ class Executor:
         by_service: dict[str, list[Step]] = {}
         for step in steps:
             by_service.setdefault(step.service, []).append(step)
+        self._marks = {name: _Marks.of(service_steps)
+                       for name, service_steps in by_service.items()}
         await _gather_first_failure([
             self._service(service_steps, desired, outcome)
             for service_steps in by_service.values()
@@ -206,7 +209,22 @@ class Executor:
 
     async def _service(self, steps: list[Step], desired: Desired,
                        outcome: ExecutionReport) -> None:
-        """One service's steps, each in the lane the planner put it in."""
+        """One service's steps, each in the lane the planner put it in, once the services
+        the planner put before it (`Step.after`) got that far."""
+        for wait in sorted({w for s in steps for w in s.after}, key=lambda w: w.service):
+            marks = self._marks.get(wait.service)
+            if marks is not None:
+                await {Until.STARTED: marks.started, Until.HEALTHY: marks.healthy,
+                       Until.READY: marks.ready}[wait.until].wait()
+        await self._service_steps(steps, desired, outcome)
+        done = self._marks.get(steps[0].service) if steps else None
+        if done is not None:
+            done.started.set()
+            done.healthy.set()
+            done.ready.set()
+
+    async def _service_steps(self, steps: list[Step], desired: Desired,
+                             outcome: ExecutionReport) -> None:
         gate = asyncio.Semaphore(max((s.parallelism for s in steps), default=1))
 
         async def one(step: Step) -> None:
@@ -321,6 +339,19 @@ class Executor:
         crash_point("container-start:before")
         await self._call(step.id, self.rt.start_container(cid))
         crash_point("container-start:after")
+        marks = self._marks.get(step.service)
+        if marks is not None:
+            marks.starting -= 1
+            if marks.starting <= 0:
+                marks.started.set()
+
+    def _healthy_once(self, step: Step) -> None:
+        """One container of the step's service passed its gate's health (or exited 0)."""
+        marks = self._marks.get(step.service)
+        if marks is not None:
+            marks.unhealthy -= 1
+            if marks.unhealthy <= 0:
+                marks.healthy.set()
 
     async def _retire(self, step: Step, old: ContainerRef) -> None:
         """Stop (with the step's grace period) and remove one old container; gone is fine."""
@@ -354,8 +385,12 @@ class Executor:
         gate = Gate(started_at=started, min_ready=update.min_ready, deadline=update.deadline,
                     baseline_restarts=probe.restart_count)
         delay = min(0.05, self.poll_s)  # quick checks first, then every poll_s
+        counted = False
         while True:
             judgement = judge(gate, probe, self.clock())
+            if not counted and judgement.gate.ready_since is not None:
+                counted = True  # once per gate: a later dip is the gate's business
+                self._healthy_once(step)
             gate = judgement.gate
             if judgement.verdict is Verdict.READY:
                 waited = self.clock() - started
@@ -385,6 +420,7 @@ class Executor:
                 outcome.jobs[svc.name] = probe.exit_code
                 if probe.exit_code == 0 and not probe.oom_killed:
                     outcome.health_waits[svc.name] = self.clock() - started
+                    self._healthy_once(step)
                     return
                 raise StepFailed(step.id, f"job exited with code {probe.exit_code}"
                                           f"{await self._log_tail(cid, svc)}",
@@ -433,6 +469,29 @@ def _first_leaf(eg: BaseExceptionGroup[BaseException]) -> BaseException:
         if isinstance(exc, StepFailed):
             return exc
     return eg.exceptions[0]
+
+
+@dataclass(slots=True)
+class _Marks:
+    """How far one service of the running tier got (what `Step.after` waits on)."""
+
+    starting: int  # containers still to start
+    unhealthy: int  # started containers not yet healthy once
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    healthy: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    def of(cls, steps: list[Step]) -> _Marks:
+        count = sum(1 for s in steps if s.action in _STARTS)
+        marks = cls(count, count)
+        if count == 0:
+            marks.started.set()
+            marks.healthy.set()
+        return marks
+
+
+_STARTS = (Action.CREATE, Action.REPLACE, Action.RECREATE, Action.START)
 
 
 class EdgeHook:

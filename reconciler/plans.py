@@ -66,6 +66,22 @@ class ImageAction(StrEnum):
 DEFAULT_STOP_GRACE_S = 10.0  # compose's default `stop_grace_period`
 
 
+class Until(StrEnum):
+    """How far another service of the same tier must have come before a step begins."""
+
+    STARTED = "started"  # every new container of it started (compose `service_started`)
+    HEALTHY = "healthy"  # every new container of it healthy once, or its job exited 0
+    READY = "ready"  # every step of it done (healthy held for min_ready, old ones retired)
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """An ordering edge inside a tier: `service` must reach `until` first."""
+
+    service: str
+    until: Until
+
+
 class Reason(StrEnum):
     """Why a step exists: for humans (plans, history, drift metrics), never for control."""
 
@@ -139,6 +155,8 @@ class Step:
     # crash between create and start): the executor adopts it on a name conflict
     claim: tuple[tuple[str, str], ...] = ()
     job: bool = False  # the gate waits for the container to exit 0 (not for health)
+    # same-tier services this step waits for (depends_on conditions, one-by-one updates)
+    after: tuple[Wait, ...] = ()
 
     @property
     def id(self) -> str:
@@ -362,7 +380,7 @@ def compute(desired: Desired, snapshot: Snapshot) -> Plan:
         steps.append(Step(Action.REMOVE, reason, tier=c.tier, service=c.service,
                           replica=c.replica, old=(ContainerRef.of(c),), phase=Phase.LAST))
 
-    steps = [_how(s, desired) for s in steps]
+    steps = _order([_how(s, desired) for s in steps], desired)
     needs: dict[str, PullPolicy] = {}
     for s in steps:
         if s.action in (Action.CREATE, Action.REPLACE, Action.RECREATE):
@@ -404,6 +422,61 @@ def _how(step: Step, desired: Desired) -> Step:
     return replace(step, lane=lane, parallelism=svc.service.update.parallelism,
                    stop_first=stop_first, stop_grace_s=grace, upstream=upstream, claim=claim,
                    job=svc.service.job)
+
+
+_CONDITION = {"service_started": Until.STARTED, "service_healthy": Until.HEALTHY,
+              "service_completed_successfully": Until.HEALTHY}
+
+
+def _order(steps: list[Step], desired: Desired) -> list[Step]:
+    """The order inside each tier, as `Step.after` edges: same-tier `depends_on` with its
+    condition always; services that replace running containers go one at a time (or
+    `tier_parallelism`) in dependency order, and a stateful one (stop-first) never together
+    with another."""
+    by_tier: dict[str, dict[str, list[Step]]] = {}
+    for s in steps:
+        if s.phase is Phase.TIER:
+            by_tier.setdefault(s.tier, {}).setdefault(s.service, []).append(s)
+    waits: dict[str, set[Wait]] = {}
+    for tier, services in by_tier.items():
+        for name in services:
+            deps = desired.services[name].service.depends_on
+            waits[name] = {Wait(d, _CONDITION[c.condition]) for d, c in deps.items()
+                           if d in services}
+        updating = [n for n in _topological(services, desired) if any(
+            s.stop_first or any(o.state is ContainerState.RUNNING for o in s.old)
+            for s in services[n])]
+        width = desired.tier_parallelism.get(tier, 1)
+        stateful: str | None = None
+        for i, name in enumerate(updating):
+            if any(s.stop_first for s in services[name]):
+                waits[name] |= {Wait(n, Until.READY) for n in updating[:i]}
+            elif i >= width:
+                waits[name].add(Wait(updating[i - width], Until.READY))
+            if stateful is not None:
+                waits[name].add(Wait(stateful, Until.READY))
+            if any(s.stop_first for s in services[name]):
+                stateful = name
+    out = []
+    for s in steps:
+        if s.phase is Phase.TIER and waits.get(s.service):
+            s = replace(s, after=tuple(sorted(waits[s.service], key=lambda w: (w.service,
+                                                                             w.until))))
+        out.append(s)
+    return out
+
+
+def _topological(services: Mapping[str, list[Step]], desired: Desired) -> list[str]:
+    """The services of one tier in dependency order (same-tier depends_on), ties by name."""
+    done: list[str] = []
+    left = sorted(services)
+    while left:
+        ready = [n for n in left if all(d in done or d not in services
+                                        for d in desired.services[n].service.depends_on)]
+        nxt = ready[0] if ready else left[0]  # a cycle cannot pass validation
+        done.append(nxt)
+        left.remove(nxt)
+    return done
 
 
 def upstream_changes(steps: Iterable[Step]) -> tuple[UpstreamChange, ...]:

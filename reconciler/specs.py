@@ -336,6 +336,8 @@ class Spec(_Model):
     networks: dict[str, Network | None] = Field(default_factory=dict)
     volumes: dict[str, Volume | None] = Field(default_factory=dict)
     edge: Edge | None = None
+    # how many services of a tier may replace running containers at once (default 1)
+    tier_parallelism: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
     services: dict[Annotated[str, Field(pattern=_SERVICE_NAME)], Service] = Field(
         default_factory=dict
     )
@@ -557,6 +559,9 @@ def validate(
 
     if len(set(spec.tiers)) != len(spec.tiers):
         findings.append(Finding(("tiers",), "tiers must be unique"))
+    for tier in sorted(set(spec.tier_parallelism) - set(spec.tiers)):
+        findings.append(Finding(("tier_parallelism", tier),
+                                f"unknown tier {tier!r} (tiers: {', '.join(spec.tiers)})"))
     for name, svc in sorted(services.items()):
         base: tuple[str | int, ...] = ("services", name)
         if svc.tier is None:

@@ -378,3 +378,91 @@ def test_job_table(name: str, tmp_path: Path) -> None:
         assert s.job == (s.service == "migrate")
         assert not s.stop_first
         assert (s.phase is Phase.LAST) == (s.action.value == "remove")
+
+
+# --- order inside a tier: same-tier depends_on, one service at a time for updates ---------
+
+ORDER_SPEC = """
+project: shop
+volumes: {data: {}}
+TIER_PARALLELISM
+services:
+  db: {tier: core, image: "db:1", volumes: ["data:/d"]}
+  cache: {tier: core, image: "cache:1"}
+  auth: {tier: core, image: "auth:1", depends_on: {db: {condition: service_healthy}}}
+  worker: {tier: core, image: "worker:1", depends_on: {cache: {condition: service_started}}}
+  migrate: {tier: core, kind: job, image: "tool:1", depends_on: [db]}
+  api:
+    tier: core
+    image: "api:1"
+    depends_on: {migrate: {condition: service_completed_successfully}, auth: {}}
+"""
+
+
+def _order_lines(plan: Plan) -> list[str]:
+    out = []
+    for s in plan.steps:
+        if s.phase is Phase.TIER:
+            out.append(f"{s.service}: " + (", ".join(f"{w.service} {w.until}" for w in s.after)
+                                           or "-"))
+    return out
+
+
+def _images_bumped(text: str) -> str:
+    for name in ("db", "cache", "auth", "worker", "api"):
+        text = text.replace(f'"{name}:1"', f'"{name}:2"')
+    return text
+
+
+ORDER_CASES: dict[str, tuple[str, bool, list[str]]] = {
+    # name: (tier_parallelism line, host already runs the :1 generation, expected lines)
+    "cold start: only depends_on orders": ("", False, [
+        "api: auth healthy, migrate healthy",  # `{}` is service_healthy; a job: exited 0
+        "auth: db healthy",
+        "cache: -",
+        "db: -",
+        "migrate: db healthy",
+        "worker: cache started",
+    ]),
+    # every service replaced: one at a time in dependency order (cache, db, auth, api,
+    # worker), db (stop-first, a named volume) alone: all before it done, all after it wait
+    "update: one by one": ("", True, [
+        "api: auth healthy, auth ready, db ready",
+        "auth: db healthy, db ready",
+        "cache: -",
+        "db: cache ready",
+        "worker: api ready, cache started, db ready",
+    ]),
+    # two at a time, but never next to the stateful db
+    "update: tier_parallelism 2": ("tier_parallelism: {core: 2}", True, [
+        "api: auth healthy, db ready",
+        "auth: cache ready, db healthy, db ready",
+        "cache: -",
+        "db: cache ready",
+        "worker: auth ready, cache started, db ready",
+    ]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORDER_CASES))
+def test_order_inside_a_tier(name: str, tmp_path: Path) -> None:
+    line, running, expected = ORDER_CASES[name]
+    text = ORDER_SPEC.replace("TIER_PARALLELISM", line)
+    old = desired_from(tmp_path / "old", text)
+    new = desired_from(tmp_path / "new", _images_bumped(text)) if running else old
+    items = []
+    if running:
+        items = [container_json(old, n, 1) for n in ("db", "cache", "auth", "worker", "api")]
+        items.append(container_json(new, "migrate", 1, state="exited",
+                                    status="Exited (0) 1 minute ago"))
+    assert _order_lines(compute(new, observed(new, *items))) == expected
+
+
+def test_plan_text_shows_the_order(tmp_path: Path) -> None:
+    from reconciler import render
+
+    d = desired_from(tmp_path, ORDER_SPEC.replace("TIER_PARALLELISM", ""))
+    text = render.text(compute(d, snapshots.empty("shop")))
+    assert "  order: 1) cache, db  2) auth, migrate, worker  3) api" in text
+    assert "after auth healthy, migrate healthy" in text
+    assert "job (forward-only: a revert does not undo it)" in text

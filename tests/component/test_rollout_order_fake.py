@@ -1,0 +1,115 @@
+"""Order inside a tier on the fake engine: same-tier depends_on with each compose condition,
+and updates one service at a time (never a stateful one next to another)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reconciler.execute import Progress
+from reconciler.reconcile import PassStatus
+from tests.component.fakes import FakeContainer, FakeRuntime, ImageBehaviour
+from tests.component.test_reconcile_fake import make
+from tests.specfactory import write_spec
+
+SPEC = """
+project: shop
+defaults:
+  healthcheck: {test: ["CMD", "ok"], interval: 10s, timeout: 1s, retries: 1}
+  update: {min_ready: 1s, deadline: 60s}
+volumes: {data: {}}
+services:
+  db: {tier: core, image: "slow:1", volumes: ["data:/d"]}
+  cache: {tier: core, image: "slow:1"}
+  migrate:
+    tier: core
+    kind: job
+    image: "tool:1"
+    command: ["sh", "-c", "echo done; exit 0"]
+    depends_on: {db: {condition: service_healthy}}
+  auth: {tier: core, image: "slow:1", depends_on: {db: {condition: service_healthy}}}
+  worker: {tier: core, image: "slow:1", depends_on: {cache: {condition: service_started}}}
+  api:
+    tier: core
+    image: "slow:1"
+    depends_on: {migrate: {condition: service_completed_successfully}}
+"""
+READY_AFTER = 2.0
+
+
+@pytest.fixture
+def fake() -> FakeRuntime:
+    fake = FakeRuntime(images={"slow:1", "slow:2", "tool:1"})
+    for ref in ("slow:1", "slow:2"):
+        fake.set_behaviour(ref, ImageBehaviour(ready_after=READY_AFTER))
+    return fake
+
+
+def one(fake: FakeRuntime, service: str) -> FakeContainer:
+    [c] = [c for c in fake.containers.values()
+           if c.labels.get("reconciler.service") == service]
+    return c
+
+
+def started(fake: FakeRuntime, service: str) -> float:
+    at = one(fake, service).started_at
+    assert at is not None
+    return at
+
+
+async def test_same_tier_depends_on_follows_each_condition(tmp_path: Path,
+                                                           fake: FakeRuntime) -> None:
+    rec, _ = make(tmp_path, fake, SPEC)
+    res = await rec.reconcile()
+    assert res.result is PassStatus.CONVERGED, res.message
+    # service_healthy: after the dependency's app answered its health check
+    assert started(fake, "auth") >= started(fake, "db") + READY_AFTER
+    # service_started: right after the dependency started (not after it is healthy)
+    assert started(fake, "cache") <= started(fake, "worker") < started(fake, "cache") + 1
+    # service_completed_successfully: after the job exited 0
+    job = one(fake, "migrate")
+    assert job.finished_at is not None and job.exit_code == 0
+    assert started(fake, "api") >= job.finished_at
+    # independent services start together
+    assert abs(started(fake, "db") - started(fake, "cache")) < 0.5
+
+
+def windows(events: list[Progress]) -> dict[str, tuple[int, int]]:
+    """service -> (index of its first step-start, index of its last step-done)."""
+    out: dict[str, tuple[int, int]] = {}
+    for i, e in enumerate(events):
+        if e.kind not in ("step-start", "step-done"):
+            continue
+        service = e.step.split()[1].split("[")[0]
+        first, last = out.get(service, (i, i))
+        out[service] = (min(first, i), max(last, i))
+    return out
+
+
+@pytest.mark.parametrize(("width", "most"), [(1, 1), (2, 2)])
+async def test_updates_go_one_service_at_a_time(tmp_path: Path, fake: FakeRuntime,
+                                                width: int, most: int) -> None:
+    rec, events = make(tmp_path, fake, SPEC)
+    assert (await rec.reconcile()).result is PassStatus.CONVERGED
+    events.clear()
+    text = SPEC.replace('"slow:1"', '"slow:2"')
+    if width > 1:
+        text = text.replace("volumes: {data: {}}", f"volumes: {{data: {{}}}}\n"
+                                                   f"tier_parallelism: {{core: {width}}}")
+    write_spec(tmp_path / "spec", text)
+    res = await rec.reconcile()
+    assert res.result is PassStatus.CONVERGED, res.message
+    spans = windows(events)
+    assert set(spans) == {"db", "cache", "auth", "worker", "api"}
+
+    def overlapping(a: str, b: str) -> bool:
+        return spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]
+
+    peak = max(sum(1 for other in spans if overlapping(s, other) or other == s)
+               for s in spans)
+    assert peak == most
+    # the stateful db (named volume, stop-first) never next to another
+    assert not any(overlapping("db", other) for other in spans if other != "db")
+    # dependency order: auth after db
+    assert spans["auth"][0] > spans["db"][1]
