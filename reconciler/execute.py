@@ -23,7 +23,7 @@ from reconciler.blueprint import container_config
 from reconciler.desired import Desired, DesiredService
 from reconciler.envfiles import Secret, redact
 from reconciler.faults import crash_point
-from reconciler.health import Failure, Gate, Probe, Verdict, judge
+from reconciler.health import Failure, Gate, Probe, Verdict, health_command, judge, vouched
 from reconciler.plans import Action, ContainerRef, ImageAction, Lane, Plan, Step, Until
 from reconciler.runtimes import (
     Conflict,
@@ -35,6 +35,8 @@ from reconciler.runtimes import (
 )
 
 LOG_TAIL = 15
+EXEC_FIRST_S = 0.25  # exec probes until the first success: this cadence, backing off...
+EXEC_MAX_S = 2.0  # ...to at most this
 
 
 class FailureKind(StrEnum):
@@ -386,7 +388,18 @@ class Executor:
                     baseline_restarts=probe.restart_count)
         delay = min(0.05, self.poll_s)  # quick checks first, then every poll_s
         counted = False
+        # without an engine-side StartInterval, the service's own health check is run by
+        # exec at a short cadence until it first succeeds; Docker's status takes over then
+        command = None if self.rt.start_interval else health_command(info)
+        exec_ok, exec_every, exec_next = False, EXEC_FIRST_S, started
         while True:
+            if (command is not None and not exec_ok and probe.status == "running"
+                    and probe.health == "starting" and self.clock() >= exec_next):
+                exec_ok = await self._exec_probe(cid, *command)
+                exec_next = self.clock() + exec_every
+                exec_every = min(exec_every * 1.5, EXEC_MAX_S)
+            if exec_ok:
+                probe = vouched(probe)
             judgement = judge(gate, probe, self.clock())
             if not counted and judgement.gate.ready_since is not None:
                 counted = True  # once per gate: a later dip is the gate's business
@@ -406,6 +419,14 @@ class Executor:
             delay = min(delay * 1.5, self.poll_s)
             info = await self._call(step.id, self.rt.inspect_container(cid))
             probe = Probe.from_inspect(info)
+
+    async def _exec_probe(self, cid: str, cmd: list[str], timeout_s: float) -> bool:
+        """One run of the container's own health check by exec: exit 0 within its timeout."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return (await self.rt.exec_in_container(cid, cmd)).exit_code == 0
+        except (TimeoutError, EngineError):
+            return False
 
     async def _completed(self, step: Step, svc: DesiredService, cid: str,
                          outcome: ExecutionReport) -> None:

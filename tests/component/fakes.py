@@ -326,6 +326,11 @@ class FakeRuntime:
             return list(cmd) == test[1:]
         return test[:1] == ["CMD-SHELL"] and list(cmd) == ["/bin/sh", "-c", *test[1:]]
 
+    @property
+    def start_interval(self) -> bool:
+        """Like the engine here (API 1.41): no `StartInterval`."""
+        return False
+
     def behaviour(self, ref: str) -> ImageBehaviour:
         return self.behaviours.get(normalise_ref(ref), ImageBehaviour())
 

@@ -113,3 +113,32 @@ async def test_updates_go_one_service_at_a_time(tmp_path: Path, fake: FakeRuntim
     assert not any(overlapping("db", other) for other in spans if other != "db")
     # dependency order: auth after db
     assert spans["auth"][0] > spans["db"][1]
+
+
+TIERS = """
+project: shop
+defaults:
+  healthcheck: {test: ["CMD-SHELL", "wget -qO- http://127.0.0.1:8080/health"], interval: 45s,
+                timeout: 5s, retries: 5, start_period: 90s}
+  update: {min_ready: 0s, deadline: 120s}
+services:
+  db: {tier: infrastructure, image: "slow:1"}
+  api: {tier: core, image: "slow:1", depends_on: [db]}
+"""
+
+
+async def test_exec_probes_reach_the_next_tier_soon_after_the_app_is_ready(
+        tmp_path: Path, fake: FakeRuntime) -> None:
+    rec, _ = make(tmp_path, fake, TIERS)
+    res = await rec.reconcile()
+    assert res.result is PassStatus.CONVERGED, res.message
+    gap = started(fake, "api") - started(fake, "db")
+    # the app answers after 2 s; Docker's own first probe would be 45 s after start
+    assert READY_AFTER <= gap <= READY_AFTER + 1.0
+    probes = [cmd for cid, cmd in fake.exec_log if cid == one(fake, "db").id]
+    assert probes and all(cmd == ("/bin/sh", "-c", "wget -qO- http://127.0.0.1:8080/health")
+                          for cmd in probes)
+    # once an exec probe succeeded, Docker's status takes over: no more exec probes
+    before = len(fake.exec_log)
+    assert (await rec.reconcile()).result is PassStatus.NOOP
+    assert len(fake.exec_log) == before
