@@ -36,7 +36,7 @@ from reconciler.runtimes import (
 
 LOG_TAIL = 15
 EXEC_FIRST_S = 0.25  # exec probes until the first success: this cadence, backing off...
-EXEC_MAX_S = 2.0  # ...to at most this
+EXEC_MAX_S = 1.0  # ...to at most this
 
 
 class FailureKind(StrEnum):
@@ -138,6 +138,7 @@ class Executor:
         self.poll_s = poll_s
         self.edge = edge
         self._marks: dict[str, _Marks] = {}
+        self._windows: list[asyncio.Task[None]] = []  # min_ready windows in the background
 
     async def run(self, plan: Plan, desired: Desired, *,
                   edge: EdgeHook | None = None) -> ExecutionReport:
@@ -160,11 +161,13 @@ class Executor:
                 steps = plan.in_tier(tier)
                 if not steps:
                     continue
+                await self._windows_passed(wait=False)
                 started = self.clock()
                 self.report(Progress("tier-start", tier=tier, message=f"{len(steps)} step(s)"))
                 await self._tier(steps, desired, outcome)
                 outcome.tier_seconds[tier] = self.clock() - started
                 self.report(Progress("tier-done", tier=tier, seconds=outcome.tier_seconds[tier]))
+            await self._windows_passed(wait=True)
             for step in plan.orphans():
                 await self._timed(step, desired, outcome)
             if self.edge is not None:
@@ -176,7 +179,20 @@ class Executor:
         except StepFailed as exc:
             outcome.ok, outcome.failure = False, exc
             outcome.engine_unavailable = exc.engine_down
+        finally:
+            for window in self._windows:
+                window.cancel()
+            self._windows = []
         return outcome
+
+    async def _windows_passed(self, *, wait: bool) -> None:
+        """Raise the failure of a min_ready window that runs in the background (`wait`:
+        first let every such window finish)."""
+        if wait and self._windows:
+            await asyncio.wait(self._windows)
+        for window in [w for w in self._windows if w.done()]:
+            self._windows.remove(window)
+            window.result()
 
     # --- images ----------------------------------------------------------------------------
 
@@ -380,6 +396,29 @@ class Executor:
         if step.job:
             await self._completed(step, svc, cid, outcome)
             return
+        if not step.window_after:
+            await self._gate(step, svc, cid, outcome, None)
+            return
+        # nothing serving yet: once healthy, the min_ready window goes on in the background
+        # (the next tier may start); a failure inside it still fails the run
+        healthy = asyncio.Event()
+        gate = asyncio.create_task(self._gate(step, svc, cid, outcome, healthy))
+        waiter = asyncio.create_task(healthy.wait())
+        try:
+            await asyncio.wait({gate, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            gate.cancel()
+            raise
+        finally:
+            waiter.cancel()
+        if gate.done():
+            gate.result()
+            return
+        self._windows.append(gate)
+
+    async def _gate(self, step: Step, svc: DesiredService, cid: str,
+                    outcome: ExecutionReport, healthy: asyncio.Event | None) -> None:
+        """The health gate of one container (`healthy` is set when it is first healthy)."""
         update = svc.service.update
         started = self.clock()
         info = await self._call(step.id, self.rt.inspect_container(cid))
@@ -397,13 +436,15 @@ class Executor:
                     and probe.health == "starting" and self.clock() >= exec_next):
                 exec_ok = await self._exec_probe(cid, *command)
                 exec_next = self.clock() + exec_every
-                exec_every = min(exec_every * 1.5, EXEC_MAX_S)
+                exec_every = min(exec_every * 1.25, EXEC_MAX_S)
             if exec_ok:
                 probe = vouched(probe)
             judgement = judge(gate, probe, self.clock())
             if not counted and judgement.gate.ready_since is not None:
                 counted = True  # once per gate: a later dip is the gate's business
                 self._healthy_once(step)
+                if healthy is not None:
+                    healthy.set()
             gate = judgement.gate
             if judgement.verdict is Verdict.READY:
                 waited = self.clock() - started

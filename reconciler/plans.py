@@ -157,6 +157,9 @@ class Step:
     job: bool = False  # the gate waits for the container to exit 0 (not for health)
     # same-tier services this step waits for (depends_on conditions, one-by-one updates)
     after: tuple[Wait, ...] = ()
+    # nothing of the tier serves yet (all cold creates): once healthy, the min_ready window
+    # is checked in the background and the next tier may start
+    window_after: bool = False
 
     @property
     def id(self) -> str:
@@ -457,8 +460,13 @@ def _order(steps: list[Step], desired: Desired) -> list[Step]:
                 waits[name].add(Wait(stateful, Until.READY))
             if any(s.stop_first for s in services[name]):
                 stateful = name
+    cold = {tier for tier, services in by_tier.items()
+            if all(s.action is Action.CREATE and not s.old
+                   for ss in services.values() for s in ss)}
     out = []
     for s in steps:
+        if s.phase is Phase.TIER and s.tier in cold:
+            s = replace(s, window_after=True)
         if s.phase is Phase.TIER and waits.get(s.service):
             s = replace(s, after=tuple(sorted(waits[s.service], key=lambda w: (w.service,
                                                                              w.until))))

@@ -142,3 +142,31 @@ async def test_exec_probes_reach_the_next_tier_soon_after_the_app_is_ready(
     before = len(fake.exec_log)
     assert (await rec.reconcile()).result is PassStatus.NOOP
     assert len(fake.exec_log) == before
+
+
+async def test_a_crash_inside_a_background_min_ready_window_still_fails_the_rollout(
+        tmp_path: Path, fake: FakeRuntime) -> None:
+    from reconciler.persistence import State
+    from reconciler.reconcile import Reconciler
+    from tests.component.test_reconcile_fake import Clock
+
+    text = TIERS.replace("min_ready: 0s", "min_ready: 20s")
+    spec = write_spec(tmp_path / "spec", text)
+    clock = Clock(fake)
+
+    async def sleep(seconds: float) -> None:
+        await clock.sleep(seconds)
+        for c in list(fake.containers.values()):  # db dies inside its min_ready window
+            if (c.labels.get("reconciler.service") == "db" and c.state == "running"
+                    and c.started_at is not None and fake.now - c.started_at >= 12.0):
+                fake.crash(c.id)
+
+    events: list[Progress] = []
+    rec = Reconciler(spec_dir=spec, state=State(tmp_path / "state"), runtime=fake,
+                     report=events.append, clock=clock, sleep=sleep, wall=clock, poll_s=0.5)
+    res = await rec.reconcile()
+    # the next tier started before db's window was over (nothing served yet)...
+    assert [e.tier for e in events if e.kind == "tier-start"] == ["infrastructure", "core"]
+    # ...but the crash inside the window fails the rollout all the same
+    assert res.result is PassStatus.FAILED, res.message
+    assert "db[1]" in res.message and "crash loop" in res.message
