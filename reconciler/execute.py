@@ -139,6 +139,7 @@ class Executor:
         self.edge = edge
         self._marks: dict[str, _Marks] = {}
         self._windows: list[asyncio.Task[None]] = []  # min_ready windows in the background
+        self._retiring: dict[str, asyncio.Task[None]] = {}  # service -> its background stop
 
     async def run(self, plan: Plan, desired: Desired, *,
                   edge: EdgeHook | None = None) -> ExecutionReport:
@@ -168,6 +169,7 @@ class Executor:
                 outcome.tier_seconds[tier] = self.clock() - started
                 self.report(Progress("tier-done", tier=tier, seconds=outcome.tier_seconds[tier]))
             await self._windows_passed(wait=True)
+            await self._retired()
             for step in plan.orphans():
                 await self._timed(step, desired, outcome)
             if self.edge is not None:
@@ -183,6 +185,9 @@ class Executor:
             for window in self._windows:
                 window.cancel()
             self._windows = []
+            # a stop in flight is finished either way (the host is left clean)
+            retiring, self._retiring = list(self._retiring.values()), {}
+            await asyncio.gather(*retiring, return_exceptions=True)
         return outcome
 
     async def _windows_passed(self, *, wait: bool) -> None:
@@ -306,6 +311,9 @@ class Executor:
             await self._ready(step, svc, step.target.id, outcome)
             return
         cid = step.adopt.id if step.adopt is not None else None
+        # at most one surplus copy per service: an earlier replacement's old container
+        # finishes stopping before this step adds a new one
+        await self._retired(step.service)
         if cid is None and step.action is Action.REPLACE:
             # a new generation has its own name: create it before the old one stops, so a
             # stop-first gap is only stop -> start (creating never binds ports or runs code)
@@ -323,8 +331,10 @@ class Executor:
         if not step.stop_first and step.old:
             if edge is not None:
                 await edge.cutover(desired, svc, new_id=cid, old_ids=[o.id for o in step.old])
-            for old in step.old:
-                await self._retire(step, old)
+            if step.retire_later:
+                self._retiring[step.service] = asyncio.create_task(self._retire_all(step))
+                return
+            await self._retire_all(step)
         elif edge is not None:
             await edge.after_step(desired, svc)
 
@@ -370,6 +380,17 @@ class Executor:
             marks.unhealthy -= 1
             if marks.unhealthy <= 0:
                 marks.healthy.set()
+
+    async def _retire_all(self, step: Step) -> None:
+        for old in step.old:
+            await self._retire(step, old)
+
+    async def _retired(self, service: str | None = None) -> None:
+        """Wait for background stops (of one service, or all); raise the first failure."""
+        names = [service] if service is not None else list(self._retiring)
+        tasks = [t for n in names if (t := self._retiring.pop(n, None)) is not None]
+        for task in tasks:
+            await task
 
     async def _retire(self, step: Step, old: ContainerRef) -> None:
         """Stop (with the step's grace period) and remove one old container; gone is fine."""

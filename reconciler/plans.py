@@ -160,6 +160,9 @@ class Step:
     # nothing of the tier serves yet (all cold creates): once healthy, the min_ready window
     # is checked in the background and the next tier may start
     window_after: bool = False
+    # start-first: once the new container is ready and the old ones are out of the
+    # upstream, they stop in the background (the service's next replacement waits for it)
+    retire_later: bool = False
 
     @property
     def id(self) -> str:
@@ -422,9 +425,11 @@ def _how(step: Step, desired: Desired) -> Step:
         claim = ((labels.PROJECT, svc.project), (labels.SERVICE, svc.name),
                  (labels.REPLICA, str(step.replica or 1)),
                  (labels.FINGERPRINT, svc.fingerprint))
+    retire_later = (step.action is Action.REPLACE and not stop_first and bool(step.old)
+                    and not svc.service.job)
     return replace(step, lane=lane, parallelism=svc.service.update.parallelism,
                    stop_first=stop_first, stop_grace_s=grace, upstream=upstream, claim=claim,
-                   job=svc.service.job)
+                   job=svc.service.job, retire_later=retire_later)
 
 
 _CONDITION = {"service_started": Until.STARTED, "service_healthy": Until.HEALTHY,

@@ -3,6 +3,7 @@ and updates one service at a time (never a stateful one next to another)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,53 @@ async def test_a_crash_inside_a_background_min_ready_window_still_fails_the_roll
     # ...but the crash inside the window fails the rollout all the same
     assert res.result is PassStatus.FAILED, res.message
     assert "db[1]" in res.message and "crash loop" in res.message
+
+
+RETIRE = """
+project: shop
+defaults:
+  update: {min_ready: 1s, deadline: 60s}
+  stop_grace_period: 10s
+services:
+  a: {tier: core, image: "app:1", replicas: 2}
+  b: {tier: core, image: "app:1", depends_on: [a]}
+"""
+
+
+async def test_old_replicas_stop_in_the_background_with_at_most_one_surplus_copy(
+        tmp_path: Path) -> None:
+    fake = FakeRuntime(images={"app:1", "app:2"})
+    rec, events = make(tmp_path, fake, RETIRE)
+    assert (await rec.reconcile()).result is PassStatus.CONVERGED
+    stop = fake.stop_container
+    log: list[tuple[str, str, int]] = []  # (what, container name, progress events so far)
+    peak: dict[str, int] = {}
+
+    async def slow_stop(container_id: str, *, timeout_s: float) -> None:
+        c = fake.container(container_id)
+        service = c.labels["reconciler.service"]
+        alive = sum(1 for x in fake.containers.values()
+                    if x.labels.get("reconciler.service") == service and x.state == "running")
+        peak[service] = max(peak.get(service, 0), alive)
+        log.append(("stop", service, len(events)))
+        for _ in range(20):  # an app that ignores SIGTERM: the whole grace period
+            await asyncio.sleep(0)
+        fake.advance(timeout_s)
+        await stop(container_id, timeout_s=timeout_s)
+        log.append(("stopped", service, len(events)))
+
+    fake.stop_container = slow_stop  # type: ignore[method-assign]
+    events.clear()
+    write_spec(tmp_path / "spec", RETIRE.replace('"app:1"', '"app:2"'))
+    res = await rec.reconcile()
+    assert res.result is PassStatus.CONVERGED, res.message
+    # b's update began while a's last old replica was still stopping
+    b_start = next(i for i, e in enumerate(events)
+                   if e.kind == "step-start" and e.step.startswith("replace b"))
+    a_stopped = max(n for what, service, n in log if what == "stopped" and service == "a")
+    assert b_start < a_stopped, (b_start, a_stopped, log)
+    assert [service for what, service, _ in log if what == "stop"] == ["a", "a", "b"]
+    # at most one surplus copy per service (a: 2 replicas -> never more than 3 running)
+    assert peak == {"a": 3, "b": 2}
+    # the pass ended with every old container gone
+    assert all(c.config["Image"] == "app:2" for c in fake.containers.values())
