@@ -139,7 +139,7 @@ class Executor:
         self.edge = edge
         self._marks: dict[str, _Marks] = {}
         self._windows: list[asyncio.Task[None]] = []  # min_ready windows in the background
-        self._retiring: dict[str, asyncio.Task[None]] = {}  # service -> its background stop
+        self._retiring: dict[str, list[asyncio.Task[None]]] = {}  # service -> background stops
 
     async def run(self, plan: Plan, desired: Desired, *,
                   edge: EdgeHook | None = None) -> ExecutionReport:
@@ -186,7 +186,7 @@ class Executor:
                 window.cancel()
             self._windows = []
             # a stop in flight is finished either way (the host is left clean)
-            retiring, self._retiring = list(self._retiring.values()), {}
+            retiring, self._retiring = [t for ts in self._retiring.values() for t in ts], {}
             await asyncio.gather(*retiring, return_exceptions=True)
         return outcome
 
@@ -332,7 +332,8 @@ class Executor:
             if edge is not None:
                 await edge.cutover(desired, svc, new_id=cid, old_ids=[o.id for o in step.old])
             if step.retire_later:
-                self._retiring[step.service] = asyncio.create_task(self._retire_all(step))
+                self._retiring.setdefault(step.service, []).append(
+                    asyncio.create_task(self._retire_all(step)))
                 return
             await self._retire_all(step)
         elif edge is not None:
@@ -388,8 +389,7 @@ class Executor:
     async def _retired(self, service: str | None = None) -> None:
         """Wait for background stops (of one service, or all); raise the first failure."""
         names = [service] if service is not None else list(self._retiring)
-        tasks = [t for n in names if (t := self._retiring.pop(n, None)) is not None]
-        for task in tasks:
+        for task in [t for n in names for t in self._retiring.pop(n, [])]:
             await task
 
     async def _retire(self, step: Step, old: ContainerRef) -> None:
