@@ -238,7 +238,9 @@ class Executor:
             marks = self._marks.get(wait.service)
             if marks is not None:
                 await {Until.STARTED: marks.started, Until.HEALTHY: marks.healthy,
-                       Until.READY: marks.ready}[wait.until].wait()
+                       Until.READY: marks.ready, Until.STOPPED: marks.ready}[wait.until].wait()
+            if wait.until is Until.STOPPED:  # its old containers' background stops, too
+                await asyncio.gather(*self._retiring.get(wait.service, []))
         await self._service_steps(steps, desired, outcome)
         done = self._marks.get(steps[0].service) if steps else None
         if done is not None:

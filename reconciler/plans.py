@@ -71,7 +71,8 @@ class Until(StrEnum):
 
     STARTED = "started"  # every new container of it started (compose `service_started`)
     HEALTHY = "healthy"  # every new container of it healthy once, or its job exited 0
-    READY = "ready"  # every step of it done (healthy held for min_ready, old ones retired)
+    READY = "ready"  # every step of it done (healthy held for min_ready, cut over)
+    STOPPED = "stopped"  # READY, and its old containers stopped (background stops too)
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,7 +459,7 @@ def _order(steps: list[Step], desired: Desired) -> list[Step]:
         stateful: str | None = None
         for i, name in enumerate(updating):
             if any(s.stop_first for s in services[name]):
-                waits[name] |= {Wait(n, Until.READY) for n in updating[:i]}
+                waits[name] |= {Wait(n, Until.STOPPED) for n in updating[:i]}
             elif i >= width:
                 waits[name].add(Wait(updating[i - width], Until.READY))
             if stateful is not None:

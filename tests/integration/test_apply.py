@@ -103,7 +103,9 @@ def test_failed_rollout_reverts_and_quarantines(host: Host, bad: str) -> None:
     before = host.ids()
     old_api = {n: i for n, i in before.items() if "-api-" in n}
     since = time.time()
-    host.write(swap(STACK, 'APP_VERSION: "1.0"}', f'APP_VERSION: "2.0", {bad}}}'))
+    # the gate passes ~0.3 s after start (exec probe): a 2 s window holds the crash 1 s in
+    host.write(swap(swap(STACK, 'APP_VERSION: "1.0"}', f'APP_VERSION: "2.0", {bad}}}'),
+                    "min_ready: 600ms", "min_ready: 2s"))
     res = host.cli("apply")
     out = res.stdout + res.stderr
     assert res.returncode == 1, out

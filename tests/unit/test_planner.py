@@ -425,12 +425,13 @@ ORDER_CASES: dict[str, tuple[str, bool, list[str]]] = {
         "worker: cache started",
     ]),
     # every service replaced: one at a time in dependency order (cache, db, auth, api,
-    # worker), db (stop-first, a named volume) alone: all before it done, all after it wait
+    # worker), db (stop-first, a named volume) alone: all before it done and their old
+    # containers stopped, all after it wait for it
     "update: one by one": ("", True, [
         "api: auth healthy, auth ready, db ready",
         "auth: db healthy, db ready",
         "cache: -",
-        "db: cache ready",
+        "db: cache stopped",
         "worker: api ready, cache started, db ready",
     ]),
     # two at a time, but never next to the stateful db
@@ -438,7 +439,7 @@ ORDER_CASES: dict[str, tuple[str, bool, list[str]]] = {
         "api: auth healthy, db ready",
         "auth: cache ready, db healthy, db ready",
         "cache: -",
-        "db: cache ready",
+        "db: cache stopped",
         "worker: auth ready, cache started, db ready",
     ]),
 }
