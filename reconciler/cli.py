@@ -534,6 +534,15 @@ async def cmd_status(args: argparse.Namespace) -> int:
             current = [c for c in mine if c.fingerprint == svc.fingerprint]
             match = "yes" if len(current) == svc.replicas == len(mine) else "no"
             ok = len(healthy) >= svc.replicas and match == "yes"
+            if svc.service.job:
+                done = [c for c in current if c.state.value == "exited"]
+                ok = match == "yes" and all(c.exit_code == 0 for c in done) and len(done) == len(
+                    current)
+                all_ok = all_ok and ok
+                print(f"  {'ok ' if ok else '!! '}{svc.name:<24} job  " + (", ".join(
+                    f"exited {c.exit_code}" for c in done) or "not finished")
+                    + f"  image {svc.service.image}  fingerprint match {match}")
+                continue
             all_ok = all_ok and ok
             print(f"  {'ok ' if ok else '!! '}{svc.name:<24} desired {svc.replicas}  running "
                   f"{len(running)}  healthy {len(healthy)}  image {svc.service.image}  "
@@ -549,8 +558,9 @@ def cmd_history(args: argparse.Namespace) -> int:
         print("no history yet")
     for e in entries:
         when = dt.datetime.fromtimestamp(e.at, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        jobs = "".join(f"  job {k} exited {v}" for k, v in sorted(e.jobs.items()))
         print(f"{when}  {e.kind:<8} {e.result:<12} {(e.revision or e.fingerprint)[:12]:<12} "
-              f"{e.duration_s:>7.1f}s  {e.steps:>3} steps  {e.message}")
+              f"{e.duration_s:>7.1f}s  {e.steps:>3} steps  {e.message}{jobs}")
     return EXIT_OK
 
 

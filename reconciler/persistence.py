@@ -172,6 +172,7 @@ class HistoryEntry:
     steps: int = 0
     message: str = ""
     failed_steps: list[str] = field(default_factory=list)
+    jobs: dict[str, int] = field(default_factory=dict)  # job service -> exit code of its run
 
 
 class State:

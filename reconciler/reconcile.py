@@ -385,4 +385,5 @@ class Reconciler:
             revision=res.revision, duration_s=round(res.seconds, 3), steps=steps,
             message=res.message.splitlines()[0] if res.message else "",
             failed_steps=failed,
+            jobs={k: v for o in (res.outcome, res.revert) if o for k, v in o.jobs.items()},
         ))

@@ -152,6 +152,8 @@ FIELDS: tuple[ContainerField, ...] = (
                    _set("host", "CapDrop", lambda s: list(s.cap_drop))),
     ContainerField("extra_hosts", lambda s: list(s.extra_hosts),
                    _set("host", "ExtraHosts", lambda s: list(s.extra_hosts))),
+    # a job runs to completion instead of serving (absent for services: no fingerprint change)
+    ContainerField("kind", lambda s: s.kind.value if s.job else None, _nothing),
     # decides what runs (the image behind a tag), so a change is a new generation
     ContainerField("pull_policy", lambda s: s.pull_policy.value, _nothing),
 )

@@ -68,6 +68,23 @@ class ImageAction(StrEnum):
 DEFAULT_STOP_GRACE_S = 10.0  # compose's default `stop_grace_period`
 
 
+class Until(StrEnum):
+    """How far another service of the same tier must have come before a step begins."""
+
+    STARTED = "started"  # every new container of it started (compose `service_started`)
+    HEALTHY = "healthy"  # every new container of it healthy once, or its job exited 0
+    READY = "ready"  # every step of it done (healthy held for min_ready, cut over)
+    STOPPED = "stopped"  # READY, and its old containers stopped (background stops too)
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """An ordering edge inside a tier: `service` must reach `until` first."""
+
+    service: str
+    until: Until
+
+
 class Reason(StrEnum):
     """Why a step exists: for humans (plans, history, drift metrics), never for control."""
 
@@ -90,6 +107,8 @@ class Reason(StrEnum):
     UNLABELLED = "container of ours without a service or replica label"
     BACKUP = "data backup before the service stops"
     RETRY = "retry a service that failed to start"
+    JOB_FAILED = "job failed before: run it again"
+    JOB_RECORD = "older run of a job (pruned once every tier passed)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +159,15 @@ class Step:
     # labels that prove a container already under `new_name` is this step's own (left by a
     # crash between create and start): the executor adopts it on a name conflict
     claim: tuple[tuple[str, str], ...] = ()
+    job: bool = False  # the gate waits for the container to exit 0 (not for health)
+    # same-tier services this step waits for (depends_on conditions, one-by-one updates)
+    after: tuple[Wait, ...] = ()
+    # nothing of the tier serves yet (all cold creates): once healthy, the min_ready window
+    # is checked in the background and the next tier may start
+    window_after: bool = False
+    # start-first: once the new container is ready and the old ones are out of the
+    # upstream, they stop in the background (the service's next replacement waits for it)
+    retire_later: bool = False
 
     @property
     def id(self) -> str:
@@ -262,6 +290,8 @@ def _replica_steps(
     keep = current[0] if current else None
     extra = [ContainerRef.of(c) for c in current[1:]]
     steps: list[Step] = []
+    if svc.service.job:
+        return _job_steps(svc, keep, stale + [c for c in current[1:]], base)
     if keep is None:
         if stale:
             newest = max(stale, key=lambda c: (c.created, c.name))
@@ -292,6 +322,28 @@ def _replica_steps(
         steps.extend(_repair(svc, keep, base, retry=retry))
     for ref in extra:
         steps.append(Step(Action.REMOVE, Reason.DUPLICATE, old=(ref,), **base))
+    return steps
+
+
+def _job_steps(svc: DesiredService, keep: Observed | None, others: list[Observed],
+               base: Mapping[str, Any]) -> list[Step]:
+    """A job runs when no container of its current fingerprint exists (or the last one
+    failed); an exited-0 container of the current fingerprint is "done". Older runs stay as
+    the record until every tier passed (a revert then finds its own generation done and
+    never re-runs an older job)."""
+    steps: list[Step] = []
+    if keep is None:
+        steps.append(Step(Action.REPLACE if others else Action.CREATE,
+                          Reason.CONFIG_CHANGED if others else Reason.NEW_SERVICE,
+                          new_name=svc.container_name(base["replica"]),
+                          changes=(FieldChange("image", None, svc.service.image),), **base))
+    elif keep.state is ContainerState.EXITED and keep.exit_code != 0:
+        steps.append(Step(Action.START, Reason.JOB_FAILED, target=ContainerRef.of(keep), **base))
+    elif keep.state is not ContainerState.EXITED:
+        steps.extend(_repair(svc, keep, base))
+    for c in sorted(others, key=lambda c: (c.created, c.name)):
+        steps.append(Step(Action.REMOVE, Reason.JOB_RECORD, old=(ContainerRef.of(c),),
+                          phase=Phase.LAST, **base))
     return steps
 
 
@@ -423,7 +475,7 @@ def compute(desired: Desired, snapshot: Snapshot, *, hold: Iterable[str] = (),
         steps.append(Step(Action.REMOVE, reason, tier=c.tier, service=c.service,
                           replica=c.replica, old=(ContainerRef.of(c),), phase=Phase.LAST))
 
-    steps = [_how(s, desired) for s in steps]
+    steps = _order([_how(s, desired) for s in steps], desired)
     steps = _backups(steps, desired) + steps
     needs: dict[str, PullPolicy] = {}
     for s in steps:
@@ -478,11 +530,13 @@ def _how(step: Step, desired: Desired) -> Step:
                 and desired.edge_service is not None else None)
     if step.action is Action.REMOVE:
         return replace(step, lane=Lane.AFTER, stop_grace_s=grace, upstream=upstream,
-                       parallelism=svc.service.update.parallelism if svc is not None else 1)
+                       parallelism=svc.service.update.parallelism if svc is not None else 1,
+                       job=svc is not None and svc.service.job)
     assert svc is not None  # every other container step is for a desired service
     stop_first = (step.action is Action.RECREATE
                   or (step.action is Action.CREATE and bool(step.old))
-                  or (step.action is Action.REPLACE and step.order is UpdateOrder.STOP_FIRST))
+                  or (step.action is Action.REPLACE and step.order is UpdateOrder.STOP_FIRST
+                      and not svc.service.job))
     # `parallelism` protects capacity during an update: new replicas that take nothing
     # serving away all start at once (as a cold start should)
     lane = Lane.FREE if step.action is Action.CREATE and not step.old else Lane.THROTTLED
@@ -491,8 +545,71 @@ def _how(step: Step, desired: Desired) -> Step:
         claim = ((labels.PROJECT, svc.project), (labels.SERVICE, svc.name),
                  (labels.REPLICA, str(step.replica or 1)),
                  (labels.FINGERPRINT, svc.fingerprint))
+    retire_later = (step.action is Action.REPLACE and not stop_first and bool(step.old)
+                    and not svc.service.job)
     return replace(step, lane=lane, parallelism=svc.service.update.parallelism,
-                   stop_first=stop_first, stop_grace_s=grace, upstream=upstream, claim=claim)
+                   stop_first=stop_first, stop_grace_s=grace, upstream=upstream, claim=claim,
+                   job=svc.service.job, retire_later=retire_later)
+
+
+_CONDITION = {"service_started": Until.STARTED, "service_healthy": Until.HEALTHY,
+              "service_completed_successfully": Until.HEALTHY}
+
+
+def _order(steps: list[Step], desired: Desired) -> list[Step]:
+    """The order inside each tier, as `Step.after` edges: same-tier `depends_on` with its
+    condition always; services that replace running containers go one at a time (or
+    `tier_parallelism`) in dependency order, and a stateful one (stop-first) never together
+    with another."""
+    by_tier: dict[str, dict[str, list[Step]]] = {}
+    for s in steps:
+        if s.phase is Phase.TIER:
+            by_tier.setdefault(s.tier, {}).setdefault(s.service, []).append(s)
+    waits: dict[str, set[Wait]] = {}
+    for tier, services in by_tier.items():
+        for name in services:
+            deps = desired.services[name].service.depends_on
+            waits[name] = {Wait(d, _CONDITION[c.condition]) for d, c in deps.items()
+                           if d in services}
+        updating = [n for n in _topological(services, desired) if any(
+            s.stop_first or any(o.state is ContainerState.RUNNING for o in s.old)
+            for s in services[n])]
+        width = desired.tier_parallelism.get(tier, 1)
+        stateful: str | None = None
+        for i, name in enumerate(updating):
+            if any(s.stop_first for s in services[name]):
+                waits[name] |= {Wait(n, Until.STOPPED) for n in updating[:i]}
+            elif i >= width:
+                waits[name].add(Wait(updating[i - width], Until.READY))
+            if stateful is not None:
+                waits[name].add(Wait(stateful, Until.READY))
+            if any(s.stop_first for s in services[name]):
+                stateful = name
+    cold = {tier for tier, services in by_tier.items()
+            if all(s.action is Action.CREATE and not s.old
+                   for ss in services.values() for s in ss)}
+    out = []
+    for s in steps:
+        if s.phase is Phase.TIER and s.tier in cold:
+            s = replace(s, window_after=True)
+        if s.phase is Phase.TIER and waits.get(s.service):
+            s = replace(s, after=tuple(sorted(waits[s.service], key=lambda w: (w.service,
+                                                                             w.until))))
+        out.append(s)
+    return out
+
+
+def _topological(services: Mapping[str, list[Step]], desired: Desired) -> list[str]:
+    """The services of one tier in dependency order (same-tier depends_on), ties by name."""
+    done: list[str] = []
+    left = sorted(services)
+    while left:
+        ready = [n for n in left if all(d in done or d not in services
+                                        for d in desired.services[n].service.depends_on)]
+        nxt = ready[0] if ready else left[0]  # a cycle cannot pass validation
+        done.append(nxt)
+        left.remove(nxt)
+    return done
 
 
 def upstream_changes(steps: Iterable[Step]) -> tuple[UpstreamChange, ...]:

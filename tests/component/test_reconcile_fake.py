@@ -82,8 +82,9 @@ async def test_cold_start_runs_tiers_in_order_and_waits_min_ready(
     assert res.result is PassStatus.CONVERGED, res.message
     order = [e.tier for e in events if e.kind == "tier-start"]
     assert order == ["infrastructure", "core", "business"]
-    # each tier gate held every replica healthy for min_ready (2 s on the fake clock)
-    assert all(e.seconds >= 2.0 for e in events if e.kind == "tier-done")
+    # nothing served yet: each tier passes its gate once healthy while its min_ready
+    # window (2 s on the fake clock) goes on in the background; the pass waits for them
+    assert res.seconds >= 2.0
     assert len(running(fake, "api")) == 3
     # a second pass makes no engine write at all
     writes = fake.write_calls

@@ -68,6 +68,7 @@ CONTAINER_VISIBLE: dict[str, str] = {
     "security_opt": "KEEP    security_opt: [no-new-privileges]\n",
     "cap_drop": "KEEP    cap_drop: [NET_RAW]\n",
     "extra_hosts": 'KEEP    extra_hosts: ["h:10.0.0.1"]\n',
+    "kind": "    kind: job\n",  # a job has no expose; it never restarts
 }
 # shape the rollout or the stack, never the container
 NOT_IN_CONTAINER: dict[str, str] = {
