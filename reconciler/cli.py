@@ -7,7 +7,6 @@ problems are printed as `file:line: key.path: message`, never as a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import os
@@ -15,7 +14,7 @@ import secrets
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from reconciler.core import render
 from reconciler.core.desired import Desired, build
@@ -23,16 +22,17 @@ from reconciler.core.model import LoadedSpec, SpecError
 from reconciler.core.plans import Plan, compute
 from reconciler.core.printable import clean_keep_colors
 from reconciler.core.snapshots import Snapshot, empty
-from reconciler.execute import Progress
 from reconciler.loading import load, load_policy
 from reconciler.operate import OperateError
 from reconciler.persistence import State, StateError, default_state_dir
 from reconciler.runtimes import EngineError, EngineUnavailable, Runtime
 
 if TYPE_CHECKING:
+    from reconciler.execute import Progress
     from reconciler.reconcile import PassResult, Reconciler
 
 EXIT_OK, EXIT_FAILED, EXIT_CHANGES = 0, 1, 2
+_T = TypeVar("_T")
 # a host without a key previews with a key of this process: a fixed, public key would make
 # the fingerprints shown (over env-file contents) as good as unkeyed
 PREVIEW_KEY = secrets.token_bytes(32)
@@ -69,7 +69,10 @@ def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
                         help="enable services of a compose-style profile (repeatable)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser. With `argv`, the import-compose and export subcommands (heavy modules)
+    get their full parsers only when `argv` names them: a preview does not import them."""
+    wanted = None if argv is None else set(argv)
     parser = argparse.ArgumentParser(
         prog="reconciler",
         description="Converge one Docker host to a declarative spec, tier by tier.",
@@ -142,13 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
     exec_.add_argument("service", metavar="SERVICE")
     exec_.add_argument("cmd", metavar="CMD", nargs=argparse.REMAINDER)
 
-    from reconciler.importer.cli import add_parser as add_import_parser
+    if wanted is None or "import-compose" in wanted:
+        from reconciler.importer.cli import add_parser as add_import_parser
 
-    _common(add_import_parser(sub), suppress=True)
+        _common(add_import_parser(sub), suppress=True)
+    else:
+        sub.add_parser("import-compose",
+                       help="translate docker compose files into a spec directory")
+    if wanted is None or "export" in wanted:
+        from reconciler.exporting import add_parser as add_export_parser
 
-    from reconciler.exporting import add_parser as add_export_parser
-
-    _common(add_export_parser(sub), suppress=True)
+        _common(add_export_parser(sub), suppress=True)
+    else:
+        sub.add_parser("export",
+                       help="write Kubernetes manifests (+ an Argo CD Application) for the spec")
 
     rollback = sub.add_parser("rollback", help="converge to a recorded good revision")
     _common(rollback, suppress=True)
@@ -176,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(words).parse_args(words)
     command = args.command or ("plan" if args.dry_run else "run")
     for name in ("git_pull", "metrics_addr", "resync"):
         if not hasattr(args, name):
@@ -189,15 +200,15 @@ def _main(argv: Sequence[str] | None = None) -> int:
         if command == "schema":
             return cmd_schema()
         if command == "apply":
-            return asyncio.run(cmd_apply(args))
+            return _run(cmd_apply(args))
         if command == "status":
-            return asyncio.run(cmd_status(args))
+            return _run(cmd_status(args))
         if command == "history":
             return cmd_history(args)
         if command in ("logs", "exec", "restart"):
-            return asyncio.run(OPERATE[command](args))
+            return _run(OPERATE[command](args))
         if command == "rollback":
-            return asyncio.run(cmd_rollback(args))
+            return _run(cmd_rollback(args))
         if command == "import-compose":
             from reconciler.importer.cli import cmd_import_compose
 
@@ -207,10 +218,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
             return cmd_export(args)
         if command == "migrate":
-            return asyncio.run(cmd_migrate(args))
+            return _run(cmd_migrate(args))
         if command in ("backups", "restore"):
-            return asyncio.run(cmd_data(args, command))
-        return asyncio.run(cmd_run(args))
+            return _run(cmd_data(args, command))
+        return _run(cmd_run(args))
     except SpecError as exc:
         print_problems(exc)
         return EXIT_FAILED
@@ -234,6 +245,13 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _run(coro: Coroutine[Any, Any, _T]) -> _T:
+    """`asyncio.run`, imported on first use: a preview never needs an event loop."""
+    import asyncio
+
+    return asyncio.run(coro)
 
 
 def spec_dir(args: argparse.Namespace) -> Path:
@@ -269,6 +287,27 @@ def color_enabled(stream: object) -> bool:
             and bool(stream.isatty()))
 
 
+def peek_or_empty(project: str, *, timeout_s: float = 5.0) -> Snapshot | None:
+    """The host as the engine lists it, through the light read-only `peek` client (no
+    aiohttp, no event loop); an empty host when no engine answers; None when the endpoint
+    is not a local socket (then `observe_or_empty` does it)."""
+    from reconciler.core.labels import compose_selector, project_selector
+    from reconciler.core.snapshots import parse
+    from reconciler.peek import Peek, socket_path
+
+    path = socket_path()
+    if path is None:
+        return None
+    peek, selector = Peek(path, timeout_s=timeout_s), project_selector(project)
+    compose = compose_selector(project)  # the same lists as `reconcile.observe`
+    try:
+        return parse(project, peek.list_containers(label=selector),
+                     peek.list_networks(label=selector) + peek.list_networks(label=compose),
+                     peek.list_volumes(label=selector) + peek.list_volumes(label=compose))
+    except EngineUnavailable:
+        return empty(project, engine_available=False)
+
+
 async def observe_or_empty(project: str, *, timeout_s: float = 5.0) -> Snapshot:
     """The host as the engine lists it; an empty host when no engine answers."""
     from reconciler.dockerd import DockerRuntime  # imported late: keeps --help and validate fast
@@ -293,16 +332,18 @@ def preview_key(args: argparse.Namespace) -> bytes:
     return key or PREVIEW_KEY
 
 
-def plan_for(desired: Desired) -> Plan:
+def plan_for(desired: Desired, *, retry: tuple[str, ...] = ()) -> Plan:
     try:
-        snapshot = asyncio.run(observe_or_empty(desired.project))
+        snapshot = peek_or_empty(desired.project)
+        if snapshot is None:
+            snapshot = _run(observe_or_empty(desired.project))
     except EngineError as exc:
         print(f"reconciler: engine: {exc}; planning against an empty host", file=sys.stderr)
         snapshot = empty(desired.project, engine_available=False)
     if not snapshot.engine_available:
         print("reconciler: no Docker engine reachable: planning against an empty host",
               file=sys.stderr)
-    return compute(desired, snapshot)
+    return compute(desired, snapshot, retry=retry)
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -313,7 +354,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     loaded = load_spec(args, strict=False, key=key)
     print_warnings(loaded)
     desired = build(loaded, key)
-    plan = plan_for(desired)
+    try:
+        degraded = State(state_dir(args)).degraded()
+    except StateError:
+        degraded = None
+    plan = plan_for(desired, retry=tuple(degraded["failed"]) if degraded else ())
+    if degraded:
+        from reconciler.core.plans import degraded_line
+
+        plan = dataclasses.replace(plan, notes=(*plan.notes, (
+            degraded_line(degraded["failed"], degraded.get("waiting") or {})
+            + " (first deploy: the failed services are retried)")))
     try:
         held = State(state_dir(args)).quarantined().get(loaded.fingerprint)
     except StateError:
@@ -426,6 +477,19 @@ async def _runtime() -> Runtime:
     return await DockerRuntime.connect(timeout_s=engine_timeout())
 
 
+def _lazy_runtime() -> Runtime | None:
+    """For one pass on a local socket: lists without aiohttp, connects `dockerd` on the
+    first call that needs it (None: not a local socket, use `_runtime`)."""
+    from typing import cast
+
+    from reconciler.peek import LazyRuntime, Peek, socket_path
+
+    path = socket_path()
+    if path is None:
+        return None
+    return cast(Runtime, LazyRuntime(Peek(path, timeout_s=engine_timeout()), _runtime))
+
+
 def reconciler_for(args: argparse.Namespace, state: State, runtime: Runtime) -> Reconciler:
     """The reconciler of an acting command (progress printed)."""
     from reconciler.reconcile import Reconciler
@@ -439,7 +503,7 @@ async def cmd_apply(args: argparse.Namespace) -> int:
     state = State(state_dir(args))
     load_spec(args, strict=True)  # a bad spec is reported as file:line, engine or not
     with state.lock():
-        runtime = await _runtime()
+        runtime = _lazy_runtime() or await _runtime()
         try:
             rec = reconciler_for(args, state, runtime)
             res = await rec.reconcile()
@@ -462,6 +526,8 @@ def report_pass(res: PassResult) -> int:
     }[res.result]
     if res.held_last_good:
         head = "Spec is quarantined: not applied."
+    if res.degraded:
+        head = "DEGRADED: did not converge (first deploy: the rest is up)."
     stream = sys.stdout if res.ok else sys.stderr
     print(head, file=stream)
     if res.message and res.result is not PassStatus.INVALID_SPEC:
@@ -502,11 +568,14 @@ async def cmd_status(args: argparse.Namespace) -> int:
             match = len(current) == svc.replicas == len(mine)
             rows = [dict(operate.container_row(c, started.get(c.id), now=now),
                          current=c.fingerprint == svc.fingerprint) for c in mine]
+            ok = len(healthy) >= svc.replicas and match
+            exited = [c.exit_code for c in current if c.state.value == "exited"]
+            if svc.service.job:  # a job is fine once it exited 0
+                ok = match and len(exited) == len(current) and all(c == 0 for c in exited)
             services.append({
-                "name": svc.name, "tier": tier, "desired": svc.replicas,
+                "name": svc.name, "tier": tier, "desired": svc.replicas, "job": svc.service.job,
                 "running": len(running), "healthy": len(healthy), "image": svc.service.image,
-                "fingerprint_match": match, "ok": len(healthy) >= svc.replicas and match,
-                "containers": rows})
+                "fingerprint_match": match, "ok": ok, "exited": exited, "containers": rows})
     all_ok = all(s["ok"] for s in services)
     if getattr(args, "json", False):
         data = {"project": desired.project, "spec": loaded.fingerprint,
@@ -519,11 +588,24 @@ async def cmd_status(args: argparse.Namespace) -> int:
           + (f" (revision {loaded.revision[:12]})" if loaded.revision else ""))
     print(f"last-good: {good.label if good else '(none)'}"
           + ("   candidate QUARANTINED" if loaded.fingerprint in quarantined else ""))
+    degraded = state.degraded()
+    if degraded:
+        from reconciler.core.plans import degraded_line
+
+        print(degraded_line(degraded["failed"], degraded.get("waiting") or {})
+              + " (retried with backoff)")
     if quarantined:
         print("quarantined: " + ", ".join(
             f"{fp} ({(q.get('revision') or '')[:12]})" for fp, q in sorted(quarantined.items())))
     for tier in desired.tiers:
         print(f"\n{tier}")
+        for entry in (s for s in services if s["tier"] == tier):
+            if entry["job"]:
+                print(f"  {'ok ' if entry['ok'] else '!! '}{entry['name']:<24} job  "
+                      + (", ".join(f"exited {c}" for c in entry["exited"]) or "not finished")
+                      + f"  image {entry['image']}  fingerprint match "
+                      f"{'yes' if entry['fingerprint_match'] else 'no'}")
+                continue
         for entry in (s for s in services if s["tier"] == tier):
             print(f"  {'ok ' if entry['ok'] else '!! '}{entry['name']:<24} desired "
                   f"{entry['desired']}  running {entry['running']}  healthy {entry['healthy']}  "
@@ -549,8 +631,9 @@ def cmd_history(args: argparse.Namespace) -> int:
         print("no history yet")
     for e in entries:
         when = dt.datetime.fromtimestamp(e.at, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        jobs = "".join(f"  job {k} exited {v}" for k, v in sorted(e.jobs.items()))
         print(f"{when}  {e.kind:<8} {e.result:<12} {(e.revision or e.fingerprint)[:12]:<12} "
-              f"{e.duration_s:>7.1f}s  {e.steps:>3} steps  {e.message}")
+              f"{e.duration_s:>7.1f}s  {e.steps:>3} steps  {e.message}{jobs}")
     return EXIT_OK
 
 
@@ -696,6 +779,8 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
 
 async def _connect_with_retry(log: Any) -> Runtime:
     """The engine may still be starting (or restarting): retry with backoff, forever."""
+    import asyncio
+
     from reconciler.dockerd import DockerRuntime
 
     delay = 0.5
@@ -709,6 +794,7 @@ async def _connect_with_retry(log: Any) -> Runtime:
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
     import signal
 
     from reconciler import logs

@@ -219,6 +219,11 @@ class Controller:
             self.trigger("retry")
         elif res.halt:
             self.halted_on = res.fingerprint
+        elif res.degraded:
+            # first deploy: the failed services are retried after the failure backoff
+            self.log.error(res.message.splitlines()[0], failed=list(res.failed_services),
+                           waiting={k: list(v) for k, v in res.waiting.items()})
+            self.trigger("retry")
         if res.engine_unavailable:
             pass
         elif res.result in (PassStatus.FAILED, PassStatus.ROLLED_BACK):
@@ -239,7 +244,7 @@ class Controller:
     async def _export(self, res: PassResult, kinds: list[str]) -> None:
         m = self.metrics
         m.pass_done(res.result.value, res.seconds)
-        for outcome in (res.outcome, res.revert):
+        for outcome in (res.outcome, res.revert, res.rest):
             if outcome is None:
                 continue
             for r in outcome.results:
@@ -260,6 +265,7 @@ class Controller:
             m.quarantined(len(self.rec.state.quarantined()))
         except StateError:
             pass
+        m.degraded(failed=len(res.failed_services), waiting=len(res.waiting))
         converged = res.ok
         m.converged(converged)
         if converged:

@@ -338,6 +338,18 @@ async def _exit_code(exec_: Any, what: str) -> int:
         await asyncio.sleep(0.02)
 
 
+START_INTERVAL_NS = 250_000_000  # health probes during the start period (API >= 1.44)
+
+
+def _api_at_least(version: str, major: int, minor: int) -> bool:
+    """`v1.44` / `1.44` compared with major.minor; unknown ("auto") is False."""
+    try:
+        a, b = version.lstrip("v").split(".")[:2]
+        return (int(a), int(b)) >= (major, minor)
+    except ValueError:
+        return False
+
+
 class DockerRuntime:
     """The `Runtime` protocol on a Docker engine. Build it inside a running event loop;
     prefer `await DockerRuntime.connect()`, which also checks that the engine answers."""
@@ -421,6 +433,12 @@ class DockerRuntime:
         return await self._call(what, go, secrets=secrets)
 
     # ------------------------------------------------------------------ observation
+
+    @property
+    def start_interval(self) -> bool:
+        """True when the engine honours `Healthcheck.StartInterval` (API >= 1.44, known
+        after the first call): then the engine probes quickly at start by itself."""
+        return _api_at_least(str(self._docker.api_version), 1, 44)
 
     async def ping(self) -> None:
         async def go() -> None:
@@ -522,6 +540,11 @@ class DockerRuntime:
         what = f"create container {name}"
         secrets = _env_secrets(config)
         body = dict(config)
+        health = body.get("Healthcheck")
+        if (isinstance(health, dict) and "StartInterval" not in health
+                and (health.get("Test") or ["NONE"])[0] != "NONE" and self.start_interval):
+            # API >= 1.44: Docker itself probes at a short cadence during the start period
+            body["Healthcheck"] = {**health, "StartInterval": START_INTERVAL_NS}
         networking = body.get("NetworkingConfig")
         endpoints: dict[str, Any] = {}
         if isinstance(networking, dict) and isinstance(networking.get("EndpointsConfig"), dict):

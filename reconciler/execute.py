@@ -22,8 +22,8 @@ from reconciler.core import labels
 from reconciler.core.blueprint import container_config
 from reconciler.core.desired import Desired, DesiredService
 from reconciler.core.envfiles import Secret, redact
-from reconciler.core.health import Failure, Gate, Probe, Verdict, judge
-from reconciler.core.plans import Action, ContainerRef, ImageAction, Lane, Plan, Step
+from reconciler.core.health import Failure, Gate, Probe, Verdict, health_command, judge, vouched
+from reconciler.core.plans import Action, ContainerRef, ImageAction, Lane, Plan, Step, Until
 from reconciler.faults import crash_point
 from reconciler.runtimes import (
     Conflict,
@@ -35,6 +35,8 @@ from reconciler.runtimes import (
 )
 
 LOG_TAIL = 15
+EXEC_FIRST_S = 0.25  # exec probes until the first success: this cadence, backing off...
+EXEC_MAX_S = 1.0  # ...to at most this
 
 
 class FailureKind(StrEnum):
@@ -94,6 +96,7 @@ class ExecutionReport:
     failure: StepFailed | None = None
     tier_seconds: dict[str, float] = field(default_factory=dict)
     health_waits: dict[str, float] = field(default_factory=dict)  # service -> longest wait
+    jobs: dict[str, int] = field(default_factory=dict)  # job service -> exit code of its run
     images_ok: bool = True
     # the failure came from an engine that did not answer (socket gone, refused, timeout):
     # a fact for the controller to decide on, not a verdict on the rollout
@@ -136,6 +139,9 @@ class Executor:
         self.report = report
         self.poll_s = poll_s
         self.edge = edge
+        self._marks: dict[str, _Marks] = {}
+        self._windows: list[asyncio.Task[None]] = []  # min_ready windows in the background
+        self._retiring: dict[str, list[asyncio.Task[None]]] = {}  # service -> background stops
 
     async def run(self, plan: Plan, desired: Desired, *,
                   edge: EdgeHook | None = None) -> ExecutionReport:
@@ -160,11 +166,14 @@ class Executor:
                 steps = plan.in_tier(tier)
                 if not steps:
                     continue
+                await self._windows_passed(wait=False)
                 started = self.clock()
                 self.report(Progress("tier-start", tier=tier, message=f"{len(steps)} step(s)"))
                 await self._tier(steps, desired, outcome)
                 outcome.tier_seconds[tier] = self.clock() - started
                 self.report(Progress("tier-done", tier=tier, seconds=outcome.tier_seconds[tier]))
+            await self._windows_passed(wait=True)
+            await self._retired()
             for step in plan.orphans():
                 await self._timed(step, desired, outcome)
             if self.edge is not None:
@@ -176,7 +185,23 @@ class Executor:
         except StepFailed as exc:
             outcome.ok, outcome.failure = False, exc
             outcome.engine_unavailable = exc.engine_down
+        finally:
+            for window in self._windows:
+                window.cancel()
+            self._windows = []
+            # a stop in flight is finished either way (the host is left clean)
+            retiring, self._retiring = [t for ts in self._retiring.values() for t in ts], {}
+            await asyncio.gather(*retiring, return_exceptions=True)
         return outcome
+
+    async def _windows_passed(self, *, wait: bool) -> None:
+        """Raise the failure of a min_ready window that runs in the background (`wait`:
+        first let every such window finish)."""
+        if wait and self._windows:
+            await asyncio.wait(self._windows)
+        for window in [w for w in self._windows if w.done()]:
+            self._windows.remove(window)
+            window.result()
 
     # --- images ----------------------------------------------------------------------------
 
@@ -202,6 +227,8 @@ class Executor:
         by_service: dict[str, list[Step]] = {}
         for step in steps:
             by_service.setdefault(step.service, []).append(step)
+        self._marks = {name: _Marks.of(service_steps)
+                       for name, service_steps in by_service.items()}
         await _gather_first_failure([
             self._service(service_steps, desired, outcome)
             for service_steps in by_service.values()
@@ -209,7 +236,24 @@ class Executor:
 
     async def _service(self, steps: list[Step], desired: Desired,
                        outcome: ExecutionReport) -> None:
-        """One service's steps, each in the lane the planner put it in."""
+        """One service's steps, each in the lane the planner put it in, once the services
+        the planner put before it (`Step.after`) got that far."""
+        for wait in sorted({w for s in steps for w in s.after}, key=lambda w: w.service):
+            marks = self._marks.get(wait.service)
+            if marks is not None:
+                await {Until.STARTED: marks.started, Until.HEALTHY: marks.healthy,
+                       Until.READY: marks.ready, Until.STOPPED: marks.ready}[wait.until].wait()
+            if wait.until is Until.STOPPED:  # its old containers' background stops, too
+                await asyncio.gather(*self._retiring.get(wait.service, []))
+        await self._service_steps(steps, desired, outcome)
+        done = self._marks.get(steps[0].service) if steps else None
+        if done is not None:
+            done.started.set()
+            done.healthy.set()
+            done.ready.set()
+
+    async def _service_steps(self, steps: list[Step], desired: Desired,
+                             outcome: ExecutionReport) -> None:
         gate = asyncio.Semaphore(max((s.parallelism for s in steps), default=1))
 
         async def one(step: Step) -> None:
@@ -278,6 +322,9 @@ class Executor:
             await self._ready(step, svc, step.target.id, outcome)
             return
         cid = step.adopt.id if step.adopt is not None else None
+        # at most one surplus copy per service: an earlier replacement's old container
+        # finishes stopping before this step adds a new one
+        await self._retired(step.service)
         if cid is None and step.action is Action.REPLACE:
             # a new generation has its own name: create it before the old one stops, so a
             # stop-first gap is only stop -> start (creating never binds ports or runs code)
@@ -295,8 +342,11 @@ class Executor:
         if not step.stop_first and step.old:
             if edge is not None:
                 await edge.cutover(desired, svc, new_id=cid, old_ids=[o.id for o in step.old])
-            for old in step.old:
-                await self._retire(step, old)
+            if step.retire_later:
+                self._retiring.setdefault(step.service, []).append(
+                    asyncio.create_task(self._retire_all(step)))
+                return
+            await self._retire_all(step)
         elif edge is not None:
             await edge.after_step(desired, svc)
 
@@ -329,6 +379,29 @@ class Executor:
         crash_point("container-start:before")
         await self._call(step.id, self.rt.start_container(cid))
         crash_point("container-start:after")
+        marks = self._marks.get(step.service)
+        if marks is not None:
+            marks.starting -= 1
+            if marks.starting <= 0:
+                marks.started.set()
+
+    def _healthy_once(self, step: Step) -> None:
+        """One container of the step's service passed its gate's health (or exited 0)."""
+        marks = self._marks.get(step.service)
+        if marks is not None:
+            marks.unhealthy -= 1
+            if marks.unhealthy <= 0:
+                marks.healthy.set()
+
+    async def _retire_all(self, step: Step) -> None:
+        for old in step.old:
+            await self._retire(step, old)
+
+    async def _retired(self, service: str | None = None) -> None:
+        """Wait for background stops (of one service, or all); raise the first failure."""
+        names = [service] if service is not None else list(self._retiring)
+        for task in [t for n in names for t in self._retiring.pop(n, [])]:
+            await task
 
     async def _retire(self, step: Step, old: ContainerRef) -> None:
         """Stop (with the step's grace period) and remove one old container; gone is fine."""
@@ -352,6 +425,32 @@ class Executor:
     async def _ready(self, step: Step, svc: DesiredService, cid: str,
                      outcome: ExecutionReport) -> None:
         """Wait on the health gate; fail early on exit, OOM, restarts or `unhealthy`."""
+        if step.job:
+            await self._completed(step, svc, cid, outcome)
+            return
+        if not step.window_after:
+            await self._gate(step, svc, cid, outcome, None)
+            return
+        # nothing serving yet: once healthy, the min_ready window goes on in the background
+        # (the next tier may start); a failure inside it still fails the run
+        healthy = asyncio.Event()
+        gate = asyncio.create_task(self._gate(step, svc, cid, outcome, healthy))
+        waiter = asyncio.create_task(healthy.wait())
+        try:
+            await asyncio.wait({gate, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            gate.cancel()
+            raise
+        finally:
+            waiter.cancel()
+        if gate.done():
+            gate.result()
+            return
+        self._windows.append(gate)
+
+    async def _gate(self, step: Step, svc: DesiredService, cid: str,
+                    outcome: ExecutionReport, healthy: asyncio.Event | None) -> None:
+        """The health gate of one container (`healthy` is set when it is first healthy)."""
         update = svc.service.update
         started = self.clock()
         info = await self._call(step.id, self.rt.inspect_container(cid))
@@ -359,8 +458,25 @@ class Executor:
         gate = Gate(started_at=started, min_ready=update.min_ready, deadline=update.deadline,
                     baseline_restarts=probe.restart_count)
         delay = min(0.05, self.poll_s)  # quick checks first, then every poll_s
+        counted = False
+        # without an engine-side StartInterval, the service's own health check is run by
+        # exec at a short cadence until it first succeeds; Docker's status takes over then
+        command = None if self.rt.start_interval else health_command(info)
+        exec_ok, exec_every, exec_next = False, EXEC_FIRST_S, started
         while True:
+            if (command is not None and not exec_ok and probe.status == "running"
+                    and probe.health == "starting" and self.clock() >= exec_next):
+                exec_ok = await self._exec_probe(cid, *command)
+                exec_next = self.clock() + exec_every
+                exec_every = min(exec_every * 1.25, EXEC_MAX_S)
+            if exec_ok:
+                probe = vouched(probe)
             judgement = judge(gate, probe, self.clock())
+            if not counted and judgement.gate.ready_since is not None:
+                counted = True  # once per gate: a later dip is the gate's business
+                self._healthy_once(step)
+                if healthy is not None:
+                    healthy.set()
             gate = judgement.gate
             if judgement.verdict is Verdict.READY:
                 waited = self.clock() - started
@@ -376,6 +492,40 @@ class Executor:
             delay = min(delay * 1.5, self.poll_s)
             info = await self._call(step.id, self.rt.inspect_container(cid))
             probe = Probe.from_inspect(info)
+
+    async def _exec_probe(self, cid: str, cmd: list[str], timeout_s: float) -> bool:
+        """One run of the container's own health check by exec: exit 0 within its timeout."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return (await self.rt.exec_in_container(cid, cmd)).exit_code == 0
+        except (TimeoutError, EngineError):
+            return False
+
+    async def _completed(self, step: Step, svc: DesiredService, cid: str,
+                         outcome: ExecutionReport) -> None:
+        """A job's gate: its container exits 0 within the deadline (non-zero or the
+        deadline fails the step like a failed health gate; its output is kept)."""
+        started = self.clock()
+        delay = min(0.05, self.poll_s)
+        while True:
+            info = await self._call(step.id, self.rt.inspect_container(cid))
+            probe = Probe.from_inspect(info)
+            if probe.status in ("exited", "dead"):
+                outcome.jobs[svc.name] = probe.exit_code
+                if probe.exit_code == 0 and not probe.oom_killed:
+                    outcome.health_waits[svc.name] = self.clock() - started
+                    self._healthy_once(step)
+                    return
+                raise StepFailed(step.id, f"job exited with code {probe.exit_code}"
+                                          f"{await self._log_tail(cid, svc)}",
+                                 kind=FailureKind.HEALTH_GATE)
+            if self.clock() - started >= svc.service.update.deadline:
+                raise StepFailed(step.id, f"job did not finish within the deadline of "
+                                          f"{svc.service.update.deadline:g}s"
+                                          f"{await self._log_tail(cid, svc)}",
+                                 kind=FailureKind.DEADLINE)
+            await self.sleep(delay)
+            delay = min(delay * 1.5, self.poll_s)
 
     async def _log_tail(self, cid: str, svc: DesiredService) -> str:
         try:
@@ -421,6 +571,29 @@ class BackupHook:
 
     async def take(self, desired: Desired, step: Step) -> None:
         raise NotImplementedError
+
+
+@dataclass(slots=True)
+class _Marks:
+    """How far one service of the running tier got (what `Step.after` waits on)."""
+
+    starting: int  # containers still to start
+    unhealthy: int  # started containers not yet healthy once
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    healthy: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    def of(cls, steps: list[Step]) -> _Marks:
+        count = sum(1 for s in steps if s.action in _STARTS)
+        marks = cls(count, count)
+        if count == 0:
+            marks.started.set()
+            marks.healthy.set()
+        return marks
+
+
+_STARTS = (Action.CREATE, Action.REPLACE, Action.RECREATE, Action.START)
 
 
 class EdgeHook:

@@ -28,6 +28,7 @@ KEY_FILE = "host.key"
 LAST_GOOD = "last-good.json"
 HISTORY = "history.jsonl"
 QUARANTINE = "quarantine.json"
+DEGRADED = "degraded.json"  # first deploy: services that failed, and who waits on them
 REVISIONS = "revisions"
 LOCK = "lock"
 KEY_BYTES = 32
@@ -171,6 +172,7 @@ class HistoryEntry:
     steps: int = 0
     message: str = ""
     failed_steps: list[str] = field(default_factory=list)
+    jobs: dict[str, int] = field(default_factory=dict)  # job service -> exit code of its run
 
 
 class State:
@@ -320,6 +322,26 @@ class State:
         crash_point("state-quarantine:before")
         atomic_write(self.root / QUARANTINE, json.dumps(data, sort_keys=True).encode())
         crash_point("state-quarantine:after")
+
+    # degraded (first deploy without last-good) ----------------------------------------------
+    def degraded(self) -> dict[str, Any] | None:
+        """`{"failed": [...], "waiting": {service: [failed...]}, "fingerprint", "at"}` while a
+        first deploy runs degraded, else None."""
+        data = _read_json(self.root / DEGRADED)
+        if data is None:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("failed"), list):
+            raise StateCorrupt(f"{self.root / DEGRADED} has unexpected content")
+        return data
+
+    def record_degraded(self, *, fingerprint: str, failed: list[str],
+                        waiting: dict[str, list[str]], now: float) -> None:
+        data = {"fingerprint": fingerprint, "failed": sorted(failed), "waiting": waiting,
+                "at": now}
+        atomic_write(self.root / DEGRADED, json.dumps(data, sort_keys=True).encode())
+
+    def clear_degraded(self) -> None:
+        (self.root / DEGRADED).unlink(missing_ok=True)
 
     # history -----------------------------------------------------------------------------
     def append_history(self, entry: HistoryEntry) -> None:

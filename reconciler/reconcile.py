@@ -26,7 +26,7 @@ from reconciler.core import labels, rollback
 from reconciler.core.desired import Desired, build
 from reconciler.core.labels import project_selector
 from reconciler.core.model import LoadedSpec, SpecError
-from reconciler.core.plans import Plan, compute
+from reconciler.core.plans import Plan, compute, degraded_line
 from reconciler.core.snapshots import Snapshot, parse
 from reconciler.core.specs import HostPolicy
 from reconciler.edges import Edge, edge_dir, edge_log_dir
@@ -78,6 +78,16 @@ class PassResult:
     # the revert itself failed (`rollback.AfterRevert.HALT`): the loop starts no rollout
     # until the spec changes
     halt: bool = False
+    # first deploy degraded (`rollback.AfterFailure.DEGRADE`, result FAILED): the services
+    # that failed, the ones waiting on them (service -> failed ones), and the run that
+    # brought up the rest
+    failed_services: tuple[str, ...] = ()
+    waiting: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    rest: ExecutionReport | None = None
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.failed_services)
 
     @property
     def ok(self) -> bool:
@@ -85,9 +95,10 @@ class PassResult:
 
 
 async def observe(runtime: Runtime, project: str) -> Snapshot:
-    """One list call per kind, filtered by our project label."""
+    """One list call per kind, filtered by our project label (and the networks and volumes
+    of a compose project of the same name, which an imported spec uses)."""
     selector = project_selector(project)
-    compose = f"{labels.COMPOSE_PROJECT}={project}"  # a migrated compose project's objects
+    compose = labels.compose_selector(project)  # a migrated compose project's objects
     containers, networks, volumes, compose_networks, compose_volumes = await asyncio.gather(
         runtime.list_containers(label=selector),
         runtime.list_networks(label=selector),
@@ -96,6 +107,14 @@ async def observe(runtime: Runtime, project: str) -> Snapshot:
         runtime.list_volumes(label=compose),
     )
     return parse(project, containers, networks + compose_networks, volumes + compose_volumes)
+
+
+def failed_services(outcome: ExecutionReport | None) -> tuple[str, ...]:
+    """The services whose own steps failed in a run (not the ones cancelled with them)."""
+    if outcome is None:
+        return ()
+    return tuple(sorted({r.step.service for r in outcome.results
+                         if not r.ok and r.step.service}))
 
 
 class Reconciler:
@@ -136,8 +155,9 @@ class Reconciler:
         return load(good.directory, strict=True, profiles=self.profiles, policy=self.policy,
                     bind_root=good.root or None, key=self.state.key(create=True))
 
-    async def converge(self, loaded: LoadedSpec, *,
-                       planner: Callable[[Desired, Snapshot], Plan] = compute,
+    async def converge(self, loaded: LoadedSpec, *, hold: tuple[str, ...] = (),
+                       retry: tuple[str, ...] = (),
+                       planner: Callable[[Desired, Snapshot], Plan] | None = None,
                        ) -> tuple[Desired, Plan, ExecutionReport | None]:
         key = self.state.key(create=True)
         assert key is not None
@@ -155,7 +175,8 @@ class Reconciler:
         self.last_desired = desired
         snapshot = await observe(self.rt, desired.project)
         self.last_snapshot = snapshot
-        plan = planner(desired, snapshot)
+        plan = (planner(desired, snapshot) if planner is not None
+                else compute(desired, snapshot, hold=hold, retry=retry))
         edge = None
         if spec.edge is not None:
             edge = Edge(self.rt, directory, filename=os.path.basename(spec.edge.upstreams_file),
@@ -237,8 +258,12 @@ class Reconciler:
         # a pass that could not record its result must not start: checked before acting
         self.state.ensure_room(extra=sum(os.path.getsize(f) for f in candidate.files
                                          if os.path.isfile(f)))
-        _, plan, outcome = await self.converge(candidate)
+        degraded = self.state.degraded()
+        retry = tuple(degraded["failed"]) if degraded else ()
+        _, plan, outcome = await self.converge(candidate, retry=retry)
         if outcome is None or outcome.ok:
+            if degraded:
+                self.state.clear_degraded()
             if last_good is None or last_good.fingerprint != fp:
                 self._keep_good(candidate, fingerprint=fp, revision=rev)
             return PassResult(PassStatus.NOOP if outcome is None else PassStatus.CONVERGED,
@@ -246,8 +271,11 @@ class Reconciler:
                               outcome)
 
         reason = str(outcome.failure) if outcome.failure else "rollout failed"
+        wanted = self.last_desired.services if self.last_desired else {}
+        failed = tuple(f for f in failed_services(outcome) if f in wanted)
         policy = rollback.after_failure(fp, last_good=last_good.fingerprint if last_good else None,
-                                        engine_unavailable=outcome.engine_unavailable)
+                                        engine_unavailable=outcome.engine_unavailable,
+                                        failed_services=failed)
         if policy is rollback.AfterFailure.RETRY:
             first = reason.splitlines()[0]
             return PassResult(PassStatus.FAILED, f"the engine did not answer ({first}); nothing "
@@ -258,8 +286,40 @@ class Reconciler:
             return PassResult(PassStatus.FAILED, f"{reason}\nrepairing the host to last-good "
                               f"{last_good.label} failed; nothing was quarantined, the next "
                               "pass retries", fp, rev, plan, outcome)
+        if policy is rollback.AfterFailure.DEGRADE:
+            return await self._degrade(candidate, plan, outcome, reason, failed)
         with faults.in_phase("revert"):
             return await self._revert(candidate, plan, outcome, reason, last_good)
+
+    async def _degrade(self, candidate: LoadedSpec, plan: Plan, outcome: ExecutionReport,
+                       reason: str, failed: tuple[str, ...]) -> PassResult:
+        """First deploy, a service failed: hold it and what depends on it, bring up the rest
+        (a service failing in that run is held too), record who is held; no quarantine, the
+        next passes retry the failed services (the loop backs off exponentially)."""
+        fp, rev = candidate.fingerprint, candidate.revision
+        hold = set(failed)
+        rest: ExecutionReport | None = None
+        rest_plan = plan
+        for _ in range(len(candidate.spec.services)):
+            _, rest_plan, rest = await self.converge(candidate, hold=tuple(sorted(hold)))
+            more = set(failed_services(rest)) - hold if rest is not None else set()
+            if rest is None or rest.ok or rest.engine_unavailable or not more:
+                break
+            hold |= more
+        held = dict(rest_plan.held)
+        waiting = {name: on for name, on in held.items() if on}
+        down = tuple(name for name, on in held.items() if not on)
+        self.state.record_degraded(fingerprint=fp, failed=list(down),
+                                   waiting={k: list(v) for k, v in waiting.items()},
+                                   now=self.wall())
+        line = degraded_line(down, waiting)
+        self.report_line(line)
+        tail = "" if rest is None or rest.ok else f"\nbringing up the rest failed: {rest.failure}"
+        return PassResult(PassStatus.FAILED, f"{line}\n{reason}{tail}\nno last-good spec yet: "
+                          "nothing was quarantined; the failed services are retried with "
+                          "backoff by `reconciler run` and on every spec change", fp, rev, plan,
+                          outcome, failed_services=down, waiting=waiting, rest=rest,
+                          engine_unavailable=rest is not None and rest.engine_unavailable)
 
     async def _revert(self, candidate: LoadedSpec, plan: Plan, outcome: ExecutionReport,
                       reason: str,
@@ -317,7 +377,7 @@ class Reconciler:
             self.report_line(f"last-good not recorded: {exc}")
 
     def _record(self, res: PassResult, kind: str) -> None:
-        failed = [r.step.id for o in (res.outcome, res.revert) if o for r in o.results
+        failed = [r.step.id for o in (res.outcome, res.revert, res.rest) if o for r in o.results
                   if not r.ok]
         steps = len(res.plan.steps) if res.plan else 0
         if res.result is PassStatus.NOOP and (not res.held_last_good or kind == "run"):
@@ -327,4 +387,5 @@ class Reconciler:
             revision=res.revision, duration_s=round(res.seconds, 3), steps=steps,
             message=res.message.splitlines()[0] if res.message else "",
             failed_steps=failed,
+            jobs={k: v for o in (res.outcome, res.revert) if o for k, v in o.jobs.items()},
         ))

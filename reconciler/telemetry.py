@@ -138,6 +138,12 @@ class Metrics:
             "Lines read from the edge's access log: ok, or invalid (not the JSON format).",
             ["result"], registry=r)
 
+        self._degraded = Gauge("reconciler_degraded_services",
+                               "First deploy running degraded: services that failed to start "
+                               "(state=failed) and services held back waiting on them "
+                               "(state=waiting).", ["state"], registry=r)
+        for state in ("failed", "waiting"):
+            self._degraded.labels(state).set(0)
         for result in RESULTS:
             self._reconcile.labels(result)
             self._duration.labels(result)
@@ -199,6 +205,10 @@ class Metrics:
             for state in REPLICA_STATES:
                 self._replicas.remove(service, tier, state)
         self._rows = seen
+
+    def degraded(self, *, failed: int, waiting: int) -> None:
+        self._degraded.labels("failed").set(failed)
+        self._degraded.labels("waiting").set(waiting)
 
     def spec(self, revision: str, fingerprint: str) -> None:
         self._spec_info.clear()

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.core.health import Probe
+from reconciler.core.health import Probe, health_command
 from reconciler.core.snapshots import ContainerState, parse_container
 from reconciler.runtimes import (
     JSON,
@@ -364,6 +364,26 @@ async def case_archive_round_trip_in_a_created_container(h: Harness) -> None:
         await rt.get_archive(cid, "/absent", sink=out.append)
 
 
+async def case_exec_runs_the_containers_own_health_check(h: Harness) -> None:
+    """What the executor does before Docker's first probe: exec the container's own health
+    check (as read back from inspect) and take its exit code."""
+    rt = h.runtime
+    codes = {}
+    for suffix, test in (("ok", ["CMD-SHELL", "exit 0"]), ("bad", ["CMD", "false"])):
+        hc = {"Test": test, "Interval": 60 * SECOND_NS, "Timeout": 5 * SECOND_NS,
+              "Retries": 1, "StartPeriod": 0}
+        cid = await rt.create_container(h.name(f"probe-{suffix}"),
+                                        h.config(f"probe-{suffix}", healthcheck=hc))
+        await rt.start_container(cid)
+        info = await rt.inspect_container(cid)
+        command = health_command(info)
+        assert command is not None and command[1] == 5.0
+        codes[suffix] = (await rt.exec_in_container(cid, command[0])).exit_code
+        await rt.stop_container(cid, timeout_s=5)
+    assert codes == {"ok": 0, "bad": 1}
+    assert isinstance(rt.start_interval, bool)
+
+
 async def case_logs_tail(h: Harness) -> None:
     rt = h.runtime
     # stdout and stderr are separate pipes: the engine orders lines across them only by
@@ -627,6 +647,7 @@ CASES: list[Case] = [
     case_exec_returns_exit_code_and_output,
     case_exec_stream_pipes_bytes_both_ways,
     case_archive_round_trip_in_a_created_container,
+    case_exec_runs_the_containers_own_health_check,
     case_logs_tail,
     case_stream_logs_tail_since_follow,
     case_process_exit_code,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.core import labels
@@ -65,6 +65,7 @@ class Desired:
     edge_service: str | None
     revision: str | None
     spec_fingerprint: str
+    tier_parallelism: Mapping[str, int] = field(default_factory=dict)
 
     def in_tier(self, tier: str) -> list[DesiredService]:
         """The services of one tier, by name."""
@@ -155,4 +156,5 @@ def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None,
         edge_service=spec.edge.service if spec.edge else None,
         revision=loaded.revision,
         spec_fingerprint=loaded.fingerprint,
+        tier_parallelism=dict(spec.tier_parallelism),
     )

@@ -162,6 +162,8 @@ FIELDS: tuple[ContainerField, ...] = (
     ContainerField("network_aliases", lambda s: {k: list(v) for k, v in
                                                  sorted(s.network_aliases.items())},
                    _nothing),  # see blueprint: the endpoints' Aliases
+    # a job runs to completion instead of serving (absent for services: no fingerprint change)
+    ContainerField("kind", lambda s: s.kind.value if s.job else None, _nothing),
     # decides what runs (the image behind a tag), so a change is a new generation
     ContainerField("pull_policy", lambda s: s.pull_policy.value, _nothing),
 )

@@ -53,6 +53,26 @@ class Probe:
         )
 
 
+def health_command(data: Mapping[str, Any]) -> tuple[list[str], float] | None:
+    """The container's own health check as an exec command and its timeout in seconds
+    (from `docker inspect`'s Config.Healthcheck), or None without one."""
+    hc = (data.get("Config") or {}).get("Healthcheck") or {}
+    test = [str(t) for t in hc.get("Test") or []]
+    timeout = (int(hc.get("Timeout") or 0) / 1e9) or 30.0  # Docker's default
+    if test[:1] == ["CMD"] and len(test) > 1:
+        return test[1:], timeout
+    if test[:1] == ["CMD-SHELL"] and len(test) > 1:
+        return ["/bin/sh", "-c", test[1]], timeout
+    return None
+
+
+def vouched(probe: Probe) -> Probe:
+    """The probe once an exec of the container's own health check succeeded: Docker's
+    `starting` (its first probe is one interval away) counts as healthy; `unhealthy` and
+    everything else still count as themselves."""
+    return replace(probe, health="healthy") if probe.health == "starting" else probe
+
+
 @dataclass(frozen=True, slots=True)
 class Gate:
     """The state of one health gate: when it started, its limits, and since when the

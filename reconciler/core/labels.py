@@ -57,6 +57,12 @@ def project_selector(project: str) -> str:
     return f"{PROJECT}={project}"
 
 
+def compose_selector(project: str) -> str:
+    """The label filter for the networks and volumes a compose project of the same name
+    created: used (never removed) by an imported or migrated spec, so its data is kept."""
+    return f"{COMPOSE_PROJECT}={project}"
+
+
 def container_labels(
     *, project: str, service: str, tier: str, replica: int, fp: str,
     public_config: Mapping[str, Any], user_labels: Mapping[str, str], edge: bool = False,

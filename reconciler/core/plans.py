@@ -16,7 +16,7 @@ missing. The executor only reads them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -68,6 +68,23 @@ class ImageAction(StrEnum):
 DEFAULT_STOP_GRACE_S = 10.0  # compose's default `stop_grace_period`
 
 
+class Until(StrEnum):
+    """How far another service of the same tier must have come before a step begins."""
+
+    STARTED = "started"  # every new container of it started (compose `service_started`)
+    HEALTHY = "healthy"  # every new container of it healthy once, or its job exited 0
+    READY = "ready"  # every step of it done (healthy held for min_ready, cut over)
+    STOPPED = "stopped"  # READY, and its old containers stopped (background stops too)
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """An ordering edge inside a tier: `service` must reach `until` first."""
+
+    service: str
+    until: Until
+
+
 class Reason(StrEnum):
     """Why a step exists: for humans (plans, history, drift metrics), never for control."""
 
@@ -89,6 +106,9 @@ class Reason(StrEnum):
     DUPLICATE = "duplicate container for one replica"
     UNLABELLED = "container of ours without a service or replica label"
     BACKUP = "data backup before the service stops"
+    RETRY = "retry a service that failed to start"
+    JOB_FAILED = "job failed before: run it again"
+    JOB_RECORD = "older run of a job (pruned once every tier passed)"
     RESTART = "restart requested"  # `reconciler restart`: same generation, fresh containers
 
 
@@ -140,6 +160,15 @@ class Step:
     # labels that prove a container already under `new_name` is this step's own (left by a
     # crash between create and start): the executor adopts it on a name conflict
     claim: tuple[tuple[str, str], ...] = ()
+    job: bool = False  # the gate waits for the container to exit 0 (not for health)
+    # same-tier services this step waits for (depends_on conditions, one-by-one updates)
+    after: tuple[Wait, ...] = ()
+    # nothing of the tier serves yet (all cold creates): once healthy, the min_ready window
+    # is checked in the background and the next tier may start
+    window_after: bool = False
+    # start-first: once the new container is ready and the old ones are out of the
+    # upstream, they stop in the background (the service's next replacement waits for it)
+    retire_later: bool = False
 
     @property
     def id(self) -> str:
@@ -191,6 +220,9 @@ class Plan:
     notes: tuple[str, ...] = field(default=())
     upstreams: tuple[UpstreamChange, ...] = ()  # edge upstream changes the steps imply
     edge: str | None = None  # the edge service, when the spec has one
+    # services left out of this plan (first deploy, degraded): service -> the failed
+    # services it waits on (empty for a failed service itself)
+    held: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -250,6 +282,7 @@ def field_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[Field
 
 def _replica_steps(
     svc: DesiredService, replica: int, found: list[Observed], *, service_exists: bool,
+    retry: bool = False,
 ) -> list[Step]:
     base: dict[str, Any] = {"tier": svc.tier, "service": svc.name, "replica": replica}
     current = [c for c in found if c.fingerprint == svc.fingerprint]
@@ -258,6 +291,8 @@ def _replica_steps(
     keep = current[0] if current else None
     extra = [ContainerRef.of(c) for c in current[1:]]
     steps: list[Step] = []
+    if svc.service.job:
+        return _job_steps(svc, keep, stale + [c for c in current[1:]], base)
     if keep is None:
         if stale:
             newest = max(stale, key=lambda c: (c.created, c.name))
@@ -271,25 +306,60 @@ def _replica_steps(
                      FieldChange("update.order", None, svc.order.value))
             steps.append(Step(Action.CREATE, reason, new_name=svc.container_name(replica),
                               changes=shown, **base))
+    elif stale and retry and not (keep.state is ContainerState.RUNNING
+                                  and keep.health in (Health.HEALTHY, Health.NONE)):
+        # the new generation failed to start in an earlier pass (degraded first deploy): a
+        # new container of it, gated, then the old generation goes (it kept serving)
+        steps.append(Step(Action.RECREATE, Reason.RETRY, new_name=keep.name,
+                          old=(ContainerRef.of(keep),), **base))
+        steps.append(Step(Action.REMOVE, Reason.INTERRUPTED,
+                          old=tuple(ContainerRef.of(c) for c in stale), **base))
     elif stale:
         # a rollout was interrupted: the new generation exists next to the old one
         steps.append(Step(Action.REPLACE, Reason.INTERRUPTED, order=svc.order,
                           new_name=keep.name, old=tuple(ContainerRef.of(c) for c in stale),
                           adopt=ContainerRef.of(keep), **base))
     else:
-        steps.extend(_repair(svc, keep, base))
+        steps.extend(_repair(svc, keep, base, retry=retry))
     for ref in extra:
         steps.append(Step(Action.REMOVE, Reason.DUPLICATE, old=(ref,), **base))
     return steps
 
 
-def _repair(svc: DesiredService, c: Observed, base: Mapping[str, Any]) -> list[Step]:
-    """A container of the desired generation: in sync, or drift with a defined action."""
+def _job_steps(svc: DesiredService, keep: Observed | None, others: list[Observed],
+               base: Mapping[str, Any]) -> list[Step]:
+    """A job runs when no container of its current fingerprint exists (or the last one
+    failed); an exited-0 container of the current fingerprint is "done". Older runs stay as
+    the record until every tier passed (a revert then finds its own generation done and
+    never re-runs an older job)."""
+    steps: list[Step] = []
+    if keep is None:
+        steps.append(Step(Action.REPLACE if others else Action.CREATE,
+                          Reason.CONFIG_CHANGED if others else Reason.NEW_SERVICE,
+                          new_name=svc.container_name(base["replica"]),
+                          changes=(FieldChange("image", None, svc.service.image),), **base))
+    elif keep.state is ContainerState.EXITED and keep.exit_code != 0:
+        steps.append(Step(Action.START, Reason.JOB_FAILED, target=ContainerRef.of(keep), **base))
+    elif keep.state is not ContainerState.EXITED:
+        steps.extend(_repair(svc, keep, base))
+    for c in sorted(others, key=lambda c: (c.created, c.name)):
+        steps.append(Step(Action.REMOVE, Reason.JOB_RECORD, old=(ContainerRef.of(c),),
+                          phase=Phase.LAST, **base))
+    return steps
+
+
+def _repair(svc: DesiredService, c: Observed, base: Mapping[str, Any], *,
+            retry: bool = False) -> list[Step]:
+    """A container of the desired generation: in sync, or drift with a defined action.
+    `retry`: the service failed to start in an earlier pass; a container of it that is
+    not healthy yet is started again (and gated) instead of being taken as in sync."""
     ref = ContainerRef.of(c)
     recreate: dict[str, Any] = {"new_name": c.name, "old": (ref,)}
     if c.state is ContainerState.RUNNING:
         if c.health is Health.UNHEALTHY:
             return [Step(Action.RECREATE, Reason.UNHEALTHY, **recreate, **base)]
+        if retry and c.health is Health.STARTING:
+            return [Step(Action.RECREATE, Reason.RETRY, **recreate, **base)]
         return []
     if c.state is ContainerState.EXITED:
         if svc.service.restart is Restart.NO and c.exit_code == 0:
@@ -306,8 +376,66 @@ def _repair(svc: DesiredService, c: Observed, base: Mapping[str, Any]) -> list[S
     return [Step(Action.RECREATE, reason, **recreate, **base)]
 
 
-def compute(desired: Desired, snapshot: Snapshot) -> Plan:
-    """The steps that take `snapshot` to `desired`. Total: never raises for any snapshot."""
+def waiting_on(depends_on: Mapping[str, Collection[str]],
+               failed: Collection[str]) -> dict[str, tuple[str, ...]]:
+    """Services that cannot start because a failed service is among their (transitive)
+    `depends_on`: service -> the failed services it waits on, sorted. The failed services
+    themselves are not listed."""
+    out: dict[str, tuple[str, ...]] = {}
+    memo: dict[str, frozenset[str]] = {}
+
+    def roots(name: str, seen: frozenset[str]) -> frozenset[str]:
+        if name in memo:
+            return memo[name]
+        found: set[str] = set()
+        for dep in depends_on.get(name, ()):
+            if dep in failed:
+                found.add(dep)
+            if dep not in seen:
+                found |= roots(dep, seen | {dep})
+        memo[name] = frozenset(found)
+        return memo[name]
+
+    for name in sorted(depends_on):
+        if name in failed:
+            continue
+        hit = roots(name, frozenset({name}))
+        if hit:
+            out[name] = tuple(sorted(hit))
+    return out
+
+
+def degraded_line(failed: Collection[str], waiting: Mapping[str, Collection[str]]) -> str:
+    """`degraded: X failed, Y waiting on X` (for status, logs and `apply`)."""
+    line = "degraded: " + ", ".join(sorted(failed)) + " failed"
+    by_root: dict[tuple[str, ...], list[str]] = {}
+    for svc, on in waiting.items():
+        by_root.setdefault(tuple(sorted(on)), []).append(svc)
+    for on, svcs in sorted(by_root.items()):
+        line += f", {', '.join(sorted(svcs))} waiting on {', '.join(on)}"
+    return line
+
+
+def held_services(desired: Desired, failed: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """The services a plan leaves out when `failed` failed to start (first deploy,
+    degraded): each failed service (-> ()) and every service that depends on one,
+    transitively (-> the failed services it waits on)."""
+    failed = {f for f in failed if f in desired.services}
+    depends = {name: tuple(s.service.depends_on) for name, s in desired.services.items()}
+    held: dict[str, tuple[str, ...]] = {f: () for f in sorted(failed)}
+    held.update(waiting_on(depends, failed))
+    return held
+
+
+def compute(desired: Desired, snapshot: Snapshot, *, hold: Iterable[str] = (),
+            retry: Iterable[str] = ()) -> Plan:
+    """The steps that take `snapshot` to `desired`. Total: never raises for any snapshot.
+
+    `hold`: services that failed to start on a first deploy; they and the services that
+    depend on them get no steps (the rest still converges). `retry`: services that failed
+    in an earlier pass; a not-yet-healthy container of theirs is started again."""
+    held = held_services(desired, hold)
+    retrying = set(retry)
     steps: list[Step] = []
     for name in sorted(set(desired.networks) - snapshot.networks):
         if not desired.networks[name].external:
@@ -324,11 +452,14 @@ def compute(desired: Desired, snapshot: Snapshot) -> Plan:
 
     for tier in desired.tiers:
         for svc in desired.in_tier(tier):
+            if svc.name in held:
+                continue
             found = by_service.get(svc.name, [])
             service_exists = bool(found)
             for replica in range(1, svc.replicas + 1):
                 mine = [c for c in found if c.replica == replica]
-                steps.extend(_replica_steps(svc, replica, mine, service_exists=service_exists))
+                steps.extend(_replica_steps(svc, replica, mine, service_exists=service_exists,
+                                            retry=svc.name in retrying))
             for c in sorted(found, key=lambda c: (c.replica or 0, c.name)):
                 if c.replica is None or c.replica < 1:
                     steps.append(Step(Action.REMOVE, Reason.UNLABELLED, tier=svc.tier,
@@ -345,7 +476,7 @@ def compute(desired: Desired, snapshot: Snapshot) -> Plan:
         steps.append(Step(Action.REMOVE, reason, tier=c.tier, service=c.service,
                           replica=c.replica, old=(ContainerRef.of(c),), phase=Phase.LAST))
 
-    steps = [_how(s, desired) for s in steps]
+    steps = _order([_how(s, desired) for s in steps], desired)
     steps = _backups(steps, desired) + steps
     needs: dict[str, PullPolicy] = {}
     for s in steps:
@@ -356,7 +487,17 @@ def compute(desired: Desired, snapshot: Snapshot) -> Plan:
     images = [ImageNeed.of(ref, needs[ref]) for ref in sorted(needs)]
     return Plan(project=desired.project, tiers=desired.tiers, steps=tuple(steps),
                 images=tuple(images), engine_available=snapshot.engine_available,
-                upstreams=upstream_changes(steps), edge=desired.edge_service)
+                upstreams=upstream_changes(steps), edge=desired.edge_service,
+                held=tuple(held.items()), notes=_held_notes(held))
+
+
+def _held_notes(held: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
+    failed = [name for name, on in held.items() if not on]
+    if not failed:
+        return ()
+    waiting = {name: on for name, on in held.items() if on}
+    return (degraded_line(failed, waiting)
+            + " (held back; the failed services are retried with backoff)",)
 
 
 def _backups(steps: list[Step], desired: Desired) -> list[Step]:
@@ -390,11 +531,13 @@ def _how(step: Step, desired: Desired) -> Step:
                 and desired.edge_service is not None else None)
     if step.action is Action.REMOVE:
         return replace(step, lane=Lane.AFTER, stop_grace_s=grace, upstream=upstream,
-                       parallelism=svc.service.update.parallelism if svc is not None else 1)
+                       parallelism=svc.service.update.parallelism if svc is not None else 1,
+                       job=svc is not None and svc.service.job)
     assert svc is not None  # every other container step is for a desired service
     stop_first = (step.action is Action.RECREATE
                   or (step.action is Action.CREATE and bool(step.old))
-                  or (step.action is Action.REPLACE and step.order is UpdateOrder.STOP_FIRST))
+                  or (step.action is Action.REPLACE and step.order is UpdateOrder.STOP_FIRST
+                      and not svc.service.job))
     # `parallelism` protects capacity during an update: new replicas that take nothing
     # serving away all start at once (as a cold start should)
     lane = Lane.FREE if step.action is Action.CREATE and not step.old else Lane.THROTTLED
@@ -403,8 +546,71 @@ def _how(step: Step, desired: Desired) -> Step:
         claim = ((labels.PROJECT, svc.project), (labels.SERVICE, svc.name),
                  (labels.REPLICA, str(step.replica or 1)),
                  (labels.FINGERPRINT, svc.fingerprint))
+    retire_later = (step.action is Action.REPLACE and not stop_first and bool(step.old)
+                    and not svc.service.job)
     return replace(step, lane=lane, parallelism=svc.service.update.parallelism,
-                   stop_first=stop_first, stop_grace_s=grace, upstream=upstream, claim=claim)
+                   stop_first=stop_first, stop_grace_s=grace, upstream=upstream, claim=claim,
+                   job=svc.service.job, retire_later=retire_later)
+
+
+_CONDITION = {"service_started": Until.STARTED, "service_healthy": Until.HEALTHY,
+              "service_completed_successfully": Until.HEALTHY}
+
+
+def _order(steps: list[Step], desired: Desired) -> list[Step]:
+    """The order inside each tier, as `Step.after` edges: same-tier `depends_on` with its
+    condition always; services that replace running containers go one at a time (or
+    `tier_parallelism`) in dependency order, and a stateful one (stop-first) never together
+    with another."""
+    by_tier: dict[str, dict[str, list[Step]]] = {}
+    for s in steps:
+        if s.phase is Phase.TIER:
+            by_tier.setdefault(s.tier, {}).setdefault(s.service, []).append(s)
+    waits: dict[str, set[Wait]] = {}
+    for tier, services in by_tier.items():
+        for name in services:
+            deps = desired.services[name].service.depends_on
+            waits[name] = {Wait(d, _CONDITION[c.condition]) for d, c in deps.items()
+                           if d in services}
+        updating = [n for n in _topological(services, desired) if any(
+            s.stop_first or any(o.state is ContainerState.RUNNING for o in s.old)
+            for s in services[n])]
+        width = desired.tier_parallelism.get(tier, 1)
+        stateful: str | None = None
+        for i, name in enumerate(updating):
+            if any(s.stop_first for s in services[name]):
+                waits[name] |= {Wait(n, Until.STOPPED) for n in updating[:i]}
+            elif i >= width:
+                waits[name].add(Wait(updating[i - width], Until.READY))
+            if stateful is not None:
+                waits[name].add(Wait(stateful, Until.READY))
+            if any(s.stop_first for s in services[name]):
+                stateful = name
+    cold = {tier for tier, services in by_tier.items()
+            if all(s.action is Action.CREATE and not s.old
+                   for ss in services.values() for s in ss)}
+    out = []
+    for s in steps:
+        if s.phase is Phase.TIER and s.tier in cold:
+            s = replace(s, window_after=True)
+        if s.phase is Phase.TIER and waits.get(s.service):
+            s = replace(s, after=tuple(sorted(waits[s.service], key=lambda w: (w.service,
+                                                                             w.until))))
+        out.append(s)
+    return out
+
+
+def _topological(services: Mapping[str, list[Step]], desired: Desired) -> list[str]:
+    """The services of one tier in dependency order (same-tier depends_on), ties by name."""
+    done: list[str] = []
+    left = sorted(services)
+    while left:
+        ready = [n for n in left if all(d in done or d not in services
+                                        for d in desired.services[n].service.depends_on)]
+        nxt = ready[0] if ready else left[0]  # a cycle cannot pass validation
+        done.append(nxt)
+        left.remove(nxt)
+    return done
 
 
 def upstream_changes(steps: Iterable[Step]) -> tuple[UpstreamChange, ...]:

@@ -24,6 +24,7 @@ SYMBOLS = {
     Action.BACKUP: "*",
 }
 COLORS = {"+": "32", "-": "31", "-/+": "33", "+/-": "33", "~": "36"}
+JOB_NOTE = "job (forward-only: a revert does not undo it)"
 LEGEND = ("  + create    -/+ replace (stop-first)    +/- replace (start-first)    "
           "~ start    - remove")
 
@@ -65,7 +66,7 @@ def _change_line(change: FieldChange) -> str:
 def _step_line(step: Step) -> str:
     who = step.service + (f"[{step.replica}]" if step.replica is not None else "")
     parts = [f"{symbol(step)} {who}"]
-    if step.action is Action.REPLACE:
+    if step.action is Action.REPLACE and step.order:
         parts.append(f"({step.order})")
     if step.action is Action.REMOVE and step.old:
         parts.append(step.old[0].name)
@@ -75,7 +76,29 @@ def _step_line(step: Step) -> str:
         parts.append("replaces " + ", ".join(o.name for o in step.old))
     if step.target:
         parts.append(step.target.name)
+    if step.job and step.action is not Action.REMOVE:
+        parts.append(JOB_NOTE)
+    if step.after:
+        parts.append("after " + ", ".join(f"{w.service} {w.until}" for w in step.after))
     return "  ".join(parts) + f"    # {step.reason}"
+
+
+def _waves(steps: list[Step]) -> list[list[str]]:
+    """The services of one tier grouped by how many `after` edges deep they are: wave 1
+    starts at once, wave n once what it waits for in earlier waves got that far."""
+    after = {s.service: {w.service for w in s.after} for s in steps}
+    depth: dict[str, int] = {}
+
+    def level(name: str, seen: frozenset[str] = frozenset()) -> int:
+        if name not in depth:
+            deps = [d for d in after.get(name, ()) if d in after and d not in seen]
+            depth[name] = 1 + max((level(d, seen | {name}) for d in deps), default=0)
+        return depth[name]
+
+    waves: dict[int, list[str]] = {}
+    for name in after:
+        waves.setdefault(level(name), []).append(name)
+    return [waves[k] for k in sorted(waves)]
 
 
 def _paint(text: str, sym: str, color: bool) -> str:
@@ -122,6 +145,10 @@ def text(plan: Plan, *, color: bool = False, revision: str | None = None) -> str
         if not steps:
             lines.append("  (no changes)")
             continue
+        waves = _waves(steps)
+        if len(waves) > 1:
+            lines.append("  order: " + "  ".join(f"{i}) {', '.join(w)}"
+                                                 for i, w in enumerate(waves, start=1)))
         for step in steps:
             lines.append(paint("  " + _step_line(step), symbol(step)))
             for change in step.changes:
@@ -177,6 +204,9 @@ def step_dict(step: Step) -> dict[str, Any]:
         "service": step.service or None,
         "replica": step.replica,
         "order": step.order.value if step.order else None,
+        **({"job": "forward-only: a revert does not undo it"} if step.job else {}),
+        **({"after": [{"service": w.service, "until": w.until.value} for w in step.after]}
+           if step.after else {}),
         "new_name": step.new_name,
         "old": [{"id": o.id, "name": o.name, "state": o.state.value} for o in step.old],
         "adopt": step.adopt.name if step.adopt else None,

@@ -58,7 +58,7 @@ def restart_plan(desired: Desired, snapshot: Snapshot, service: str) -> Plan:
             continue
         name = svc.container_name(step.replica or 1)
         taken = names.get(step.replica) == name
-        steps.append(replace(step, reason=Reason.RESTART, changes=(),
+        steps.append(replace(step, reason=Reason.RESTART, changes=(), after=(),
                              new_name=name + RESTART_SUFFIX if taken else name))
     image = svc.service.image
     return Plan(project=desired.project, tiers=desired.tiers, steps=tuple(steps),

@@ -53,20 +53,28 @@ class AfterFailure(StrEnum):
     RETRY = "retry"  # the engine did not answer: no quarantine, no revert, the next pass retries
     REPAIR_FAILED = "repair-failed"  # repairing drift to last-good failed: no quarantine
     QUARANTINE = "quarantine"  # quarantine the candidate (and revert, see `revert_to`)
+    # first deploy (no last-good): no quarantine, no revert; the failed services are held
+    # back, everything that does not depend on them comes up, and the next passes retry them
+    DEGRADE = "degrade"
 
 
-def after_failure(candidate: str, *, last_good: str | None,
-                  engine_unavailable: bool) -> AfterFailure:
+def after_failure(candidate: str, *, last_good: str | None, engine_unavailable: bool,
+                  failed_services: Collection[str] = ()) -> AfterFailure:
     """The policy for a failed rollout of `candidate`.
 
     An engine outage says nothing about the spec: no quarantine. A failed repair of the
     known-good spec is not a bad rollout, there is nothing to revert to, and quarantining the
-    good spec would stop every later repair. Anything else quarantines the candidate.
+    good spec would stop every later repair. Without a last-good there is nothing to revert
+    to either: when the failure is a service's own (`failed_services`), the host degrades
+    (the rest comes up, the failed services are retried) instead of freezing. Anything else
+    quarantines the candidate.
     """
     if engine_unavailable:
         return AfterFailure.RETRY
     if last_good is not None and last_good == candidate:
         return AfterFailure.REPAIR_FAILED
+    if last_good is None and failed_services:
+        return AfterFailure.DEGRADE
     return AfterFailure.QUARANTINE
 
 

@@ -136,6 +136,13 @@ class Restart(StrEnum):
     UNLESS_STOPPED = "unless-stopped"
 
 
+class Kind(StrEnum):
+    """What a service is: a long-running `service`, or a `job` that runs to completion."""
+
+    SERVICE = "service"
+    JOB = "job"
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -231,6 +238,7 @@ class Service(_Model):
     """One service of the spec: compose keys plus `tier`, `update` and `expose`."""
 
     tier: str | None = None
+    kind: Kind = Kind.SERVICE
     image: str
     pull_policy: PullPolicy = PullPolicy.MISSING
     command: StrList | None = None
@@ -279,6 +287,19 @@ class Service(_Model):
     dns: tuple[str, ...] = ()
     dns_search: tuple[str, ...] = ()
     backup: Backup | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _job_never_restarts(cls, data: Any) -> Any:
+        # a job runs to completion once: Docker must not restart it (whatever `defaults` say)
+        if isinstance(data, Mapping) and data.get("kind") == Kind.JOB.value:
+            return {**data, "restart": Restart.NO.value}
+        return data
+
+    @property
+    def job(self) -> bool:
+        """True for a service that runs to completion (`kind: job`)."""
+        return self.kind is Kind.JOB
 
     @field_validator("labels")
     @classmethod
@@ -361,6 +382,8 @@ class Spec(_Model):
     networks: dict[str, Network | None] = Field(default_factory=dict)
     volumes: dict[str, Volume | None] = Field(default_factory=dict)
     edge: Edge | None = None
+    # how many services of a tier may replace running containers at once (default 1)
+    tier_parallelism: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
     services: dict[Annotated[str, Field(pattern=_SERVICE_NAME)], Service] = Field(
         default_factory=dict
     )
@@ -583,6 +606,9 @@ def validate(
 
     if len(set(spec.tiers)) != len(spec.tiers):
         findings.append(Finding(("tiers",), "tiers must be unique"))
+    for tier in sorted(set(spec.tier_parallelism) - set(spec.tiers)):
+        findings.append(Finding(("tier_parallelism", tier),
+                                f"unknown tier {tier!r} (tiers: {', '.join(spec.tiers)})"))
     for name, svc in sorted(services.items()):
         base: tuple[str | int, ...] = ("services", name)
         if svc.tier is None:
@@ -627,6 +653,8 @@ def validate(
         for i, entry in enumerate(svc.volumes):
             findings.extend(_check_mount(spec, name, i, entry, policy, allowed_roots,
                                          resolve_path or {}, forbidden))
+        if svc.job:
+            findings.extend(_check_job(base, svc))
         if svc.expose is not None and spec.edge is None:
             findings.append(Finding((*base, "expose"), "expose needs a top-level `edge`"))
         order = resolved_order(spec, svc)
@@ -683,6 +711,19 @@ def validate(
             findings.append(Finding(("edge", "upstreams_file"), "must be an absolute path"))
     findings.extend(_check_names(spec, policy))
     return sorted(findings, key=lambda f: tuple(str(p) for p in f.path))
+
+
+def _check_job(base: tuple[str | int, ...], svc: Service) -> list[Finding]:
+    """A job runs once to completion: one replica, nothing served, nothing published."""
+    out = []
+    if svc.replicas > 1:
+        out.append(Finding((*base, "replicas"), "a job runs as one container: replicas must "
+                                                "be 0 or 1"))
+    if svc.expose is not None:
+        out.append(Finding((*base, "expose"), "a job serves nothing: it cannot have `expose`"))
+    if svc.ports:
+        out.append(Finding((*base, "ports"), "a job serves nothing: it cannot publish `ports`"))
+    return out
 
 
 def _check_names(spec: Spec, policy: HostPolicy) -> list[Finding]:

@@ -9,7 +9,7 @@ from reconciler.importer.draft import Draft
 from reconciler.importer.model import Kind, NotText, Y, as_text
 
 SERVICE_ORDER = (
-    "tier", "image", "pull_policy", "replicas", "profiles", "command", "entrypoint",
+    "tier", "kind", "image", "pull_policy", "replicas", "profiles", "command", "entrypoint",
     "env_file", "environment", "ports", "volumes", "networks", "depends_on", "healthcheck",
     "update", "resources", "restart", "labels", "stop_grace_period", "stop_signal", "user",
     "working_dir", "hostname", "privileged", "network_mode", "pid", "ipc", "cap_add",

@@ -172,6 +172,7 @@ def import_compose(
             else:
                 deps.append(dep)
         graph[name] = deps
+    _jobs(converted)
     roles = {n: r for n, s in converted.items() if (r := image_role(s.data["image"]))}
     for name, tier in sorted(overrides.items()):
         if name not in converted:
@@ -481,3 +482,15 @@ def _sorted(remarks: Iterable[Remark]) -> list[Remark]:
     order = {Kind.ERROR: 0, Kind.UNSUPPORTED: 1, Kind.NOTE: 2, Kind.WARNING: 3}
     return sorted(remarks, key=lambda r: (order[r.kind], r.file, r.line or 0,
                                           format_path(r.path)))
+
+
+def _jobs(converted: Mapping[str, Draft]) -> None:
+    """compose's one-shot services (`restart: "no"` that others wait on with
+    `service_completed_successfully`) become `kind: job`."""
+    waited = {dep for svc in converted.values() for dep, cond in svc.depends.items()
+              if cond == "service_completed_successfully"}
+    for name in sorted(waited & set(converted)):
+        data = converted[name].data
+        if data.get("restart") == "no":
+            data.pop("restart")
+            data["kind"] = "job"

@@ -287,3 +287,30 @@ def proc_rss_kib(pid: int) -> int:
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def max_down_together(evts: list[dict[str, Any]], services: Iterable[str],
+                      service_label: str) -> int:
+    """The largest number of `services` without a running container at one moment, from
+    `die`/`start` events (a service is down from a die that leaves none of its containers
+    running until the next start)."""
+    wanted = set(services)
+    running: dict[str, set[str]] = {s: set() for s in wanted}
+    seen_start: set[str] = set()
+    worst = 0
+    for e in evts:
+        attrs = (e.get("Actor") or {}).get("Attributes") or {}
+        svc = attrs.get(service_label)
+        if svc not in wanted:
+            continue
+        cid = (e.get("Actor") or {}).get("ID", "")
+        if e.get("Action") == "start":
+            running[svc].add(cid)
+            seen_start.add(svc)
+        elif e.get("Action") == "die":
+            running[svc].discard(cid)
+            if not running[svc]:
+                seen_start.add(svc)  # it was running before the window: count it down
+        down = sum(1 for s in wanted if s in seen_start and not running[s])
+        worst = max(worst, down)
+    return worst

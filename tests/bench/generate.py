@@ -46,6 +46,8 @@ class Svc:
     version: str = "1.0"               # APP_VERSION: change it to change the service
     networks: tuple[str, ...] = ("backend",)
     expose_port: int | None = None     # behind the edge (reconciler: `expose`)
+    # production cadence (B8): timeout 15s, retries 5, start_period 90s (interval: interval_s)
+    prod_health: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +80,15 @@ class Stack:
 # --- stack shapes ------------------------------------------------------------------------------
 
 
-def demo_stack(project: str, *, interval_s: float = 0.5, edge_port: int | None = None) -> Stack:
+def demo_stack(project: str, *, interval_s: float = 0.5, edge_port: int | None = None,
+               ready_s: int | None = None, prod_health: bool = False) -> Stack:
     """The shape of deploy/demo: 4 tiers, HEALTH_DELAY 2/1/1/0 s, two gateway replicas.
 
-    Without an edge the external tier is one app (`web`) instead of nginx."""
+    Without an edge the external tier is one app (`web`) instead of nginx. `ready_s`: one
+    HEALTH_DELAY for every app; `prod_health`: the production probe settings (B8)."""
     def s(name: str, tier: str, delay: int, deps: Sequence[str] = (), **kw: Any) -> Svc:
-        return Svc(name, tier, delay, interval_s, tuple(deps), **kw)
+        return Svc(name, tier, delay if ready_s is None else ready_s, interval_s, tuple(deps),
+                   prod_health=prod_health, **kw)
 
     services = [
         s("db", "infrastructure", 2, volume="db-data"),
@@ -149,6 +154,9 @@ def last_of_tier(stack: Stack, tier: str, *, index: int = -1) -> str:
 
 
 def _healthcheck(s: Svc) -> dict[str, Any]:
+    if s.prod_health:
+        return {"test": list(HEALTH_TEST), "interval": ms(s.interval_s), "timeout": "15s",
+                "retries": 5, "start_period": "90s"}
     return {"test": list(HEALTH_TEST), "interval": ms(s.interval_s), "timeout": "10s",
             "retries": 3, "start_period": "10s"}  # failures while starting do not count
 

@@ -73,12 +73,16 @@ class ImageBehaviour:
     exit_on_start: when set, the container exits with this code right after starting.
     stop_exit_code: the exit code after `stop_container` (a clean TERM handler: 0).
     oom_on_start: the container is killed by the kernel right after starting (a memory hog).
+    ready_after: with a Healthcheck, the app answers its health command only this many
+        seconds after start: an exec of the health command fails before, succeeds after,
+        and Docker's own status turns healthy at its first probe (every `Interval`) after.
     """
 
     health: Health = "healthy"
     exit_on_start: int | None = None
     stop_exit_code: int = 0
     oom_on_start: bool = False
+    ready_after: float | None = None
 
 
 def normalise_ref(ref: str) -> str:
@@ -302,10 +306,41 @@ class FakeRuntime:
         """Move the fake clock; restart-policy restarts that fall due happen now."""
         self.now += seconds
         for c in list(self.containers.values()):
+            due = self._docker_healthy_at(c)
+            if due is not None and due <= self.now:
+                self._set_health(c, "healthy")
             if c.state == "restarting" and c.restart_at is not None and c.restart_at <= self.now:
                 c.restart_at = None
                 c.state = "exited"
                 self._start(c)
+
+    def _app_ready(self, c: FakeContainer) -> bool | None:
+        """Whether a `ready_after` app answers its health command now (None: not modelled)."""
+        ready_after = self.behaviour(str(c.config.get("Image", ""))).ready_after
+        if ready_after is None or c.state != "running" or c.started_at is None:
+            return None
+        return self.now - c.started_at >= ready_after
+
+    def _docker_healthy_at(self, c: FakeContainer) -> float | None:
+        """When Docker's own probe (every `Interval`) first sees a `ready_after` app ready."""
+        ready_after = self.behaviour(str(c.config.get("Image", ""))).ready_after
+        if (ready_after is None or c.state != "running" or c.health != "starting"
+                or c.started_at is None):
+            return None
+        interval = int((c.config.get("Healthcheck") or {}).get("Interval") or 30e9) / 1e9
+        ticks = max(1, -(-ready_after // interval))
+        return c.started_at + ticks * interval
+
+    def _is_health_command(self, c: FakeContainer, cmd: Sequence[str]) -> bool:
+        test = list((c.config.get("Healthcheck") or {}).get("Test") or [])
+        if test[:1] == ["CMD"]:
+            return list(cmd) == test[1:]
+        return test[:1] == ["CMD-SHELL"] and list(cmd) == ["/bin/sh", "-c", *test[1:]]
+
+    @property
+    def start_interval(self) -> bool:
+        """Like the engine here (API 1.41): no `StartInterval`."""
+        return False
 
     def behaviour(self, ref: str) -> ImageBehaviour:
         return self.behaviours.get(normalise_ref(ref), ImageBehaviour())
@@ -476,7 +511,7 @@ class FakeRuntime:
             c.health = "starting"
             c.failing_streak = 0
             c.health_log = []
-            if behaviour.health != "starting":
+            if behaviour.health != "starting" and behaviour.ready_after is None:
                 self._set_health(c, behaviour.health)
         else:
             c.health = None
@@ -726,6 +761,9 @@ class FakeRuntime:
             result = self.exec_handler(c, cmd)
             if result is not None:
                 return result
+        ready = self._app_ready(c)
+        if ready is not None and self._is_health_command(c, cmd):
+            return ExecResult(exit_code=0 if ready else 1, output="ok\n" if ready else "")
         if len(key) >= 3 and key[0] in ("sh", "/bin/sh") and key[1] == "-c":
             lines, code, _ = _mini_shell(key[2])
         else:

@@ -192,3 +192,34 @@ async def test_a_failed_revert_halts_until_the_spec_changes(tmp_path: Path) -> N
         ctl.trigger("spec")
         await clock.settle()
         assert loop.results[-1].result is PassStatus.CONVERGED
+
+
+DEGRADE = """
+project: loop
+defaults:
+  healthcheck: {test: ["CMD", "true"], interval: 1s, timeout: 1s, retries: 1}
+  update: {min_ready: 0s, deadline: 30s}
+services:
+  mail: {tier: core, image: "mail:1"}
+  notify: {tier: business, image: "web:1", depends_on: [mail]}
+  web: {tier: business, image: "web:1"}
+"""
+
+
+async def test_a_degraded_first_deploy_is_retried_with_backoff_then_heals(
+        tmp_path: Path) -> None:
+    fake = FakeRuntime(images={"web:1", "mail:1"})
+    fake.set_behaviour("mail:1", ImageBehaviour(health="unhealthy"))
+    async with running_loop(tmp_path, fake, DEGRADE) as loop:
+        first = loop.results[-1]
+        assert first.degraded and first.waiting == {"notify": ("mail",)}
+        assert not loop.ctl.rec.state.quarantined()
+        passes = loop.passes
+        await loop.clock.advance(2.1)  # retried on its own after the failure backoff
+        assert loop.passes == passes + 1 and loop.results[-1].degraded
+        fake.set_behaviour("mail:1", ImageBehaviour())  # the dependency is reachable again
+        await loop.clock.advance(4.1)  # the backoff doubled
+        assert loop.results[-1].result is PassStatus.CONVERGED, loop.results[-1].message
+        assert loop.ctl.failures == 0 and loop.ctl.rec.state.degraded() is None
+        await loop.clock.advance(9)  # healed: the resync pass finds nothing to do
+        assert loop.results[-1].result is PassStatus.NOOP

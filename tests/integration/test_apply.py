@@ -192,3 +192,53 @@ def test_rollback_to_an_earlier_good_revision(host: Host) -> None:
     auth = host.by_service()["auth"]
     assert len(auth) == 1 and auth[0]["Name"].lstrip("/") in first
     healthy_everywhere(host)
+
+
+NOTIFY = """  notify:
+    tier: core
+    image: {app}:1.0
+    environment: {{APP_NAME: notify, NEVER_HEALTHY: "1"}}
+    networks: [backend]
+"""
+
+
+def test_first_deploy_degrades_then_heals(host: Host) -> None:
+    """No last-good yet: a failed service holds only what depends on it; the rest comes
+    up, nothing is quarantined, the next pass retries it, a fix heals the host."""
+    host.write(STACK + NOTIFY.format(app=APP))
+    res = host.cli("apply")
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out
+    assert "DEGRADED" in out and "degraded: notify failed" in out, out
+    running = {s: [c for c in cs if c["State"]["Running"]]
+               for s, cs in host.by_service().items()}
+    assert len(running["api"]) == 2 and len(running["web"]) == 1, out  # later tiers came up
+    assert not (host.state / "quarantine.json").exists() or json.loads(
+        (host.state / "quarantine.json").read_text()) == {}
+    assert "degraded: notify failed" in host.cli("status").stdout
+    preview = host.cli("plan")
+    assert "degraded: notify failed" in preview.stdout, preview.stdout + preview.stderr
+
+    # a failing service that others depend on: they wait, the rest is up
+    bad_auth = swap(STACK, "APP_NAME: auth}", 'APP_NAME: auth, NEVER_HEALTHY: "1"}')
+    held = {n: i for n, i in host.ids().items() if "-api-" in n or "-web-" in n}
+    host.write(bad_auth)
+    res = host.cli("apply")
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out
+    assert "degraded: auth failed, api, web waiting on auth" in out, out
+    first_auth = {(c["Id"], c["State"]["StartedAt"]) for c in host.by_service()["auth"]}
+    # held: their containers (from the pass before) are left exactly as they were
+    assert {n: i for n, i in host.ids().items() if "-api-" in n or "-web-" in n} == held
+    # the same spec again: the failed service is retried (started again), still degraded
+    again = host.cli("apply")
+    assert again.returncode == 1 and "degraded: auth failed" in again.stdout + again.stderr
+    assert {(c["Id"], c["State"]["StartedAt"])
+            for c in host.by_service()["auth"]} != first_auth
+    # fixed: heals, becomes last-good
+    host.write(STACK)
+    fixed = host.cli("apply")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    healthy_everywhere(host)
+    assert not (host.state / "degraded.json").exists()
+    assert (host.state / "last-good.json").exists()

@@ -168,3 +168,18 @@ def test_engine_path_normalisation_and_counting_runtime() -> None:
     counting = CountingRuntime(Inner())
     assert asyncio.run(counting.list_containers(label="x")) == ["x"]
     assert counting.total == 1 and counting.calls["list_containers"] == 1
+
+
+def test_stateful_services_down_at_once_from_events() -> None:
+    from tests.bench.engine import max_down_together
+
+    def ev(action: str, svc: str, cid: str) -> dict[str, Any]:
+        return {"Action": action, "Actor": {"ID": cid, "Attributes": {"svc": svc}}}
+
+    one_by_one = [ev("die", "db", "d1"), ev("start", "db", "d2"), ev("die", "cache", "c1"),
+                  ev("start", "cache", "c2"), ev("die", "web", "w1")]
+    together = [ev("die", "db", "d1"), ev("die", "cache", "c1"), ev("start", "db", "d2"),
+                ev("start", "cache", "c2")]
+    assert max_down_together(one_by_one, ["db", "cache"], "svc") == 1
+    assert max_down_together(together, ["db", "cache"], "svc") == 2
+    assert max_down_together([], ["db", "cache"], "svc") == 0

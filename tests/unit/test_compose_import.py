@@ -611,3 +611,26 @@ def test_migration_guide_exists() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__]))
+
+
+def test_a_one_shot_service_others_wait_for_becomes_a_job(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text(
+        "services:\n"
+        "  migrate: {image: 'tool:1', restart: 'no', command: [migrate]}\n"
+        "  once: {image: 'tool:1', restart: 'no'}\n"
+        "  api:\n"
+        "    image: 'api:1'\n"
+        "    depends_on: {migrate: {condition: service_completed_successfully}}\n")
+    out = tmp_path / "spec"
+    code, stdout, stderr = run(["import-compose", str(compose), "-o", str(out)], capsys)
+    assert code == 0, stdout + stderr
+    services = build(load(out, strict=False), KEY).services
+    assert services["migrate"].service.job
+    assert services["migrate"].service.restart.value == "no"
+    # nobody waits for `once` to complete: it stays a service with its own restart policy
+    assert not services["once"].service.job and services["once"].service.restart.value == "no"
+    assert services["api"].service.depends_on["migrate"].condition == (
+        "service_completed_successfully")

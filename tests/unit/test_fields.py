@@ -73,6 +73,7 @@ CONTAINER_VISIBLE: dict[str, str] = {
     "dns_search": "KEEP    dns_search: [example.org]\n",
     "sysctls": "KEEP    sysctls: {net.core.somaxconn: 1024}\n",
     "network_aliases": "KEEP    network_aliases: {n: [www]}\n",
+    "kind": "    kind: job\n",  # a job has no expose; it never restarts
 }
 # shape the rollout or the stack, never the container
 NOT_IN_CONTAINER: dict[str, str] = {

@@ -181,6 +181,20 @@ def case_interrupted_start_first(tmp_path: Path) -> tuple[Desired, snapshots.Sna
 
 
 @case
+def case_retry_a_failed_new_generation(
+        tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, list[str]]:
+    old = desired_from(tmp_path, BASE)
+    new = variant(tmp_path, "image: api:1", "image: api:2")
+    items = [*in_sync(old), container_json(new, "api", 1, status="Up 9 seconds (unhealthy)")]
+    old_name = old.services["api"].container_name(1)
+    return new, observed(new, *items), [
+        "recreate api[1] (retry a service that failed to start)",
+        f"remove api[1] {old_name} (finish an interrupted update)",
+        "replace api[2] start-first (config changed)",
+    ]
+
+
+@case
 def case_created_not_started(tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, list[str]]:
     d = desired_from(tmp_path, BASE)
     items = in_sync(d)
@@ -199,10 +213,20 @@ def case_dead_and_paused(tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, l
     ]
 
 
+@case
+def case_retry_a_service_that_failed_to_start(
+        tmp_path: Path) -> tuple[Desired, snapshots.Snapshot, list[str]]:
+    d = desired_from(tmp_path, BASE)
+    items = in_sync(d)
+    items[0] = container_json(d, "db", 1, status="Up 2 minutes (health: starting)")
+    return d, observed(d, *items), ["recreate db[1] (retry a service that failed to start)"]
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_planner_table(name: str, tmp_path: Path) -> None:
     desired, snapshot, expected = CASES[name](tmp_path)
-    assert lines(compute(desired, snapshot)) == expected
+    retry = ("db", "api") if name.startswith("retry") else ()
+    assert lines(compute(desired, snapshot, retry=retry)) == expected
 
 
 def test_tiers_are_planned_in_spec_order(tmp_path: Path) -> None:
@@ -326,3 +350,181 @@ def test_pull_policy_is_decided_in_the_plan(policy: PullPolicy, present: ImageAc
                                             missing: ImageAction) -> None:
     need = ImageNeed.of("x:1", policy)
     assert (need.if_present, need.if_missing) == (present, missing)
+
+
+DEGRADE = """
+project: shop
+services:
+  db: {tier: infrastructure, image: db:1}
+  cache: {tier: infrastructure, image: cache:1}
+  auth: {tier: core, image: auth:1, depends_on: [db]}
+  mail: {tier: core, image: mail:1}
+  api: {tier: business, image: api:1, depends_on: [auth, cache]}
+  notify: {tier: business, image: notify:1, depends_on: [mail]}
+  nginx: {tier: external, image: nginx:1, depends_on: [api]}
+"""
+
+
+@pytest.mark.parametrize(("failed", "held", "planned"), [
+    ((), {}, ["db", "cache", "auth", "mail", "api", "notify", "nginx"]),
+    # a leaf failing holds nothing else: the edge still comes up
+    (("mail",), {"mail": (), "notify": ("mail",)}, ["db", "cache", "auth", "api", "nginx"]),
+    # transitively: db -> auth -> api -> nginx
+    (("db",), {"db": (), "auth": ("db",), "api": ("db",), "nginx": ("db",)},
+     ["cache", "mail", "notify"]),
+    (("db", "mail"), {"db": (), "mail": (), "auth": ("db",), "api": ("db",), "nginx": ("db",),
+                      "notify": ("mail",)}, ["cache"]),
+    (("unknown",), {}, ["db", "cache", "auth", "mail", "api", "notify", "nginx"]),
+])
+def test_a_failed_service_holds_only_what_depends_on_it(
+        tmp_path: Path, failed: tuple[str, ...], held: dict[str, tuple[str, ...]],
+        planned: list[str]) -> None:
+    d = desired_from(tmp_path, DEGRADE)
+    plan = compute(d, snapshots.empty("shop"), hold=failed)
+    assert dict(plan.held) == held
+    assert sorted(s.service for s in plan.steps) == sorted(planned)
+    if failed == ("db", "mail"):
+        assert plan.notes == ("degraded: db, mail failed, api, auth, nginx waiting on db, "
+                              "notify waiting on mail (held back; the failed services are "
+                              "retried with backoff)",)
+
+
+# --- jobs: run when their own fingerprint has no finished run; older runs pruned last ------
+
+JOB_SPEC = """
+project: shop
+services:
+  migrate: {tier: core, kind: job, image: "tool:1", command: ["sh", "-c", "echo v1"]}
+  api:
+    tier: core
+    image: "api:1"
+    depends_on: {migrate: {condition: service_completed_successfully}}
+"""
+
+
+def _job(d: Desired, code: int | None, *, fp: str | None = None,
+         created: int = 1) -> dict[str, Any]:
+    if code is None:
+        return container_json(d, "migrate", 1, fingerprint=fp, created=created)
+    return container_json(d, "migrate", 1, state="exited", fingerprint=fp, created=created,
+                          status=f"Exited ({code}) 3 seconds ago")
+
+
+JOB_CASES: dict[str, Any] = {
+    # name: (observed job containers given (desired, older fingerprint), expected lines)
+    "first run": (lambda d, old: [], ["create migrate[1] (new service)"]),
+    "done": (lambda d, old: [_job(d, 0)], []),
+    "failed before": (lambda d, old: [_job(d, 2)], ["start migrate[1] (job failed before: "
+                                                    "run it again)"]),
+    "changed": (lambda d, old: [_job(d, 0, fp=old)], [
+        "replace migrate[1] (config changed)",
+        "remove migrate[1] shop-migrate-1-{old} (older run of a job (pruned once every tier "
+        "passed))"]),
+    # a revert: the desired generation's own run is done; the newer one is only pruned
+    "revert finds its run": (lambda d, old: [_job(d, 0), _job(d, 3, fp=old, created=2)], [
+        "remove migrate[1] shop-migrate-1-{old} (older run of a job (pruned once every tier "
+        "passed))"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(JOB_CASES))
+def test_job_table(name: str, tmp_path: Path) -> None:
+    d = desired_from(tmp_path, JOB_SPEC)
+    old = "0123456789abcdef"
+    found, expected = JOB_CASES[name]
+    items = [*found(d, old), container_json(d, "api", 1)]
+    plan = compute(d, observed(d, *items))
+    assert lines(plan) == [e.replace("{old}", old[:8]) for e in expected]
+    for s in plan.steps:
+        assert s.job == (s.service == "migrate")
+        assert not s.stop_first
+        assert (s.phase is Phase.LAST) == (s.action.value == "remove")
+
+
+# --- order inside a tier: same-tier depends_on, one service at a time for updates ---------
+
+ORDER_SPEC = """
+project: shop
+volumes: {data: {}}
+TIER_PARALLELISM
+services:
+  db: {tier: core, image: "db:1", volumes: ["data:/d"]}
+  cache: {tier: core, image: "cache:1"}
+  auth: {tier: core, image: "auth:1", depends_on: {db: {condition: service_healthy}}}
+  worker: {tier: core, image: "worker:1", depends_on: {cache: {condition: service_started}}}
+  migrate: {tier: core, kind: job, image: "tool:1", depends_on: [db]}
+  api:
+    tier: core
+    image: "api:1"
+    depends_on: {migrate: {condition: service_completed_successfully}, auth: {}}
+"""
+
+
+def _order_lines(plan: Plan) -> list[str]:
+    out = []
+    for s in plan.steps:
+        if s.phase is Phase.TIER:
+            out.append(f"{s.service}: " + (", ".join(f"{w.service} {w.until}" for w in s.after)
+                                           or "-"))
+    return out
+
+
+def _images_bumped(text: str) -> str:
+    for name in ("db", "cache", "auth", "worker", "api"):
+        text = text.replace(f'"{name}:1"', f'"{name}:2"')
+    return text
+
+
+ORDER_CASES: dict[str, tuple[str, bool, list[str]]] = {
+    # name: (tier_parallelism line, host already runs the :1 generation, expected lines)
+    "cold start: only depends_on orders": ("", False, [
+        "api: auth healthy, migrate healthy",  # `{}` is service_healthy; a job: exited 0
+        "auth: db healthy",
+        "cache: -",
+        "db: -",
+        "migrate: db healthy",
+        "worker: cache started",
+    ]),
+    # every service replaced: one at a time in dependency order (cache, db, auth, api,
+    # worker), db (stop-first, a named volume) alone: all before it done and their old
+    # containers stopped, all after it wait for it
+    "update: one by one": ("", True, [
+        "api: auth healthy, auth ready, db ready",
+        "auth: db healthy, db ready",
+        "cache: -",
+        "db: cache stopped",
+        "worker: api ready, cache started, db ready",
+    ]),
+    # two at a time, but never next to the stateful db
+    "update: tier_parallelism 2": ("tier_parallelism: {core: 2}", True, [
+        "api: auth healthy, db ready",
+        "auth: cache ready, db healthy, db ready",
+        "cache: -",
+        "db: cache stopped",
+        "worker: auth ready, cache started, db ready",
+    ]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORDER_CASES))
+def test_order_inside_a_tier(name: str, tmp_path: Path) -> None:
+    line, running, expected = ORDER_CASES[name]
+    text = ORDER_SPEC.replace("TIER_PARALLELISM", line)
+    old = desired_from(tmp_path / "old", text)
+    new = desired_from(tmp_path / "new", _images_bumped(text)) if running else old
+    items = []
+    if running:
+        items = [container_json(old, n, 1) for n in ("db", "cache", "auth", "worker", "api")]
+        items.append(container_json(new, "migrate", 1, state="exited",
+                                    status="Exited (0) 1 minute ago"))
+    assert _order_lines(compute(new, observed(new, *items))) == expected
+
+
+def test_plan_text_shows_the_order(tmp_path: Path) -> None:
+    from reconciler.core import render
+
+    d = desired_from(tmp_path, ORDER_SPEC.replace("TIER_PARALLELISM", ""))
+    text = render.text(compute(d, snapshots.empty("shop")))
+    assert "  order: 1) cache, db  2) auth, migrate, worker  3) api" in text
+    assert "after auth healthy, migrate healthy" in text
+    assert "job (forward-only: a revert does not undo it)" in text

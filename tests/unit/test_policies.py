@@ -102,21 +102,28 @@ def test_revert_to_table(failed: str, last_good: str | None, to: str | None) -> 
 
 
 AFTER_FAILURE = [
-    # name, candidate, last_good, engine_unavailable -> policy
+    # name, candidate, last_good, engine_unavailable[, failed services] -> policy
     ("engine outage: no quarantine", "c", "g", True, AfterFailure.RETRY),
     ("engine outage on a repair: no quarantine", "g", "g", True, AfterFailure.RETRY),
     ("engine outage, first rollout: no quarantine", "c", None, True, AfterFailure.RETRY),
     ("failed repair of last-good: no quarantine", "g", "g", False, AfterFailure.REPAIR_FAILED),
     ("bad rollout: quarantine (and revert)", "c", "g", False, AfterFailure.QUARANTINE),
-    ("bad first rollout: quarantine", "c", None, False, AfterFailure.QUARANTINE),
+    ("bad first rollout, no service to blame (pull, edge): quarantine", "c", None, False,
+     AfterFailure.QUARANTINE),
+    ("bad first rollout of a service: degrade, no quarantine", "c", None, False, ("auth",),
+     AfterFailure.DEGRADE),
+    ("bad rollout of a service with last-good: quarantine and revert", "c", "g", False,
+     ("auth",), AfterFailure.QUARANTINE),
+    ("engine outage, first rollout, a service failed: retry", "c", None, True, ("auth",),
+     AfterFailure.RETRY),
 ]
 
 
 @pytest.mark.parametrize("row", AFTER_FAILURE, ids=[r[0] for r in AFTER_FAILURE])
 def test_after_failure_table(row: tuple[Any, ...]) -> None:
-    _, candidate, last_good, outage, policy = row
-    assert rollback.after_failure(candidate, last_good=last_good,
-                                  engine_unavailable=outage) is policy
+    candidate, last_good, outage, *failed, policy = row[1:]
+    assert rollback.after_failure(candidate, last_good=last_good, engine_unavailable=outage,
+                                  failed_services=failed[0] if failed else ()) is policy
 
 
 @pytest.mark.parametrize(("ok", "outage", "policy"), [

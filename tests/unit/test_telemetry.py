@@ -125,6 +125,8 @@ def test_known_label_values_are_pre_created_at_zero() -> None:
     for tier in telemetry.DEFAULT_TIERS:
         assert value("reconciler_tier_duration_seconds_count", {"tier": tier}) == 0
     assert value("reconciler_docker_events_reconnects_total") == 0
+    for state in ("failed", "waiting"):
+        assert value("reconciler_degraded_services", {"state": state}) == 0
     assert value("reconciler_build_info", {"version": "1.2.3"}) == 1
     assert value("reconciler_converged") == 0
     assert value("reconciler_quarantined_revisions") == 0
