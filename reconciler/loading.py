@@ -158,6 +158,7 @@ def _load(
             here = locs.get((key,), Location(display, None))
             if key in _MERGED and isinstance(value, dict):
                 section = raw.setdefault(key, {})
+                origin.setdefault((key,), display)
                 if not isinstance(section, dict):
                     continue
                 for name, item in value.items():
@@ -174,7 +175,8 @@ def _load(
                                                           f"{origin[(key,)]}"))
                 continue
             elif key in raw:
-                problems.append(Problem(here, (key,), f"already defined in {origin[(key,)]}"))
+                first = origin.get((key,), "another file")
+                problems.append(Problem(here, (key,), f"already defined in {first}"))
                 continue
             else:
                 raw[key] = value

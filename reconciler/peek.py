@@ -104,6 +104,13 @@ class LazyRuntime:
     async def list_volumes(self, *, label: str) -> list[JSON]:
         return self._peek.list_volumes(label=label)
 
+    @property
+    def start_interval(self) -> bool:
+        """The connected engine's answer; before it is connected, False (the executor then
+        probes readiness itself, which is right on every engine). A plain attribute, not a
+        forwarded coroutine: a coroutine function would read as True."""
+        return bool(self._real.start_interval) if self._real is not None else False
+
     async def close(self) -> None:
         if self._real is not None:
             await self._real.close()

@@ -48,7 +48,7 @@ def test_shipped_specs_export_and_validate(tmp_path: Path, spec: str, extra: lis
     # the findings name file:line:key
     assert "no Kubernetes equivalent" in res.stdout or spec == "deploy/demo"
     if spec == "specs":
-        assert "specs/10-infrastructure.yaml:48: services.mongodb.ulimits" in res.stdout
+        assert "specs/10-infrastructure.yaml:50: services.mongodb.ulimits" in res.stdout
         assert (out / "argocd" / "application.yaml").is_file()
     # a second export replaces the first one
     again = export("--spec", spec, "-o", str(out), *extra)

@@ -49,7 +49,9 @@ def check(directory: Path) -> LoadedSpec | None:
         errors = [p for p in exc.problems if not p.warning]
         assert any(p.location.file.startswith(str(directory)) for p in errors), exc
         loaded = None
-    assert time.process_time() - t0 < 1.0, f"load took {time.process_time() - t0:.2f}s CPU"
+    # bounded, not a benchmark: the first round-trip parse of a process (lazy imports) and a
+    # loaded 2-core CI machine took 1.5-1.8 s; a blow-up takes far more
+    assert time.process_time() - t0 < 3.0, f"load took {time.process_time() - t0:.2f}s CPU"
     return loaded
 
 

@@ -258,3 +258,15 @@ def test_fuzz_importer_refuses_cleanly(text: str) -> None:
         if remark.kind is Kind.ERROR and remark.file == "c.yml":
             assert str(remark).startswith("c.yml")
     assert SECRET not in "".join(result.files.values())
+
+
+def test_a_merged_section_redefined_as_a_scalar_is_a_located_error(tmp_path: Path) -> None:
+    """Found by the mutation fuzz: `services` a mapping in one file and a list in another
+    crashed the merge (KeyError) instead of naming both files."""
+    spec = tmp_path / "spec"
+    spec.mkdir()
+    (spec / "a.yaml").write_text("project: p\nservices:\n  a: {tier: core, image: x:1}\n")
+    (spec / "b.yaml").write_text("services: [1]\n")
+    with pytest.raises(SpecError) as info:
+        load(spec, strict=False)
+    assert f"{spec}/b.yaml:1: services: already defined in {spec}/a.yaml" in str(info.value)

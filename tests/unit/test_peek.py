@@ -76,6 +76,7 @@ def test_socket_path_only_for_unix_endpoints() -> None:
 
 class Real:
     closed = False
+    start_interval = True  # an engine with API >= 1.44
 
     async def inspect_container(self, cid: str) -> dict[str, Any]:
         return {"Id": cid}
@@ -98,7 +99,11 @@ def test_lazy_runtime_connects_only_when_needed(
         rt = LazyRuntime(Peek(path), connect)
         assert await rt.list_networks(label="x=y") == []
         assert connects == []  # listing never connects the real runtime
+        # a property, not a forwarded coroutine (one would read as True and turn off the
+        # executor's own readiness probes): False until connected, then the engine's answer
+        assert rt.start_interval is False
         assert await rt.inspect_container("c1") == {"Id": "c1"}
+        assert rt.start_interval is True
         assert await rt.inspect_container("c2") == {"Id": "c2"}
         assert len(connects) == 1
         await rt.close()

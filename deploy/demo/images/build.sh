@@ -168,7 +168,10 @@ build_nginx() {
         [ -f "/etc/nginx/$f" ] && install -m 0644 "/etc/nginx/$f" "$root/etc/nginx/$f"
     done
     [ -f "$root/etc/nginx/mime.types" ] || die "/etc/nginx/mime.types missing"
-    mkdir -p "$root/var/log/nginx" "$root/run/lock" "$root/var/lock" \
+    # var/log/nginx/edge: nginx.conf's JSON access log; the reconciler mounts a state-dir
+    # directory there (edge metrics), and without the mount (compose, a bare nginx -t) the
+    # edge still starts
+    mkdir -p "$root/var/log/nginx/edge" "$root/run/lock" "$root/var/lock" \
         "$root/usr/share/nginx/html" "$root/usr/lib/nginx/modules" "$root/var/www"
     ln -s /dev/stdout "$root/var/log/nginx/access.log"
     ln -s /dev/stderr "$root/var/log/nginx/error.log"
