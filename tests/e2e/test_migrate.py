@@ -46,7 +46,10 @@ services:
 volumes:
   data: {{}}
 """
-UPSTREAMS = "upstream api-gateway {\n    server api-gateway:8080;\n    keepalive 16;\n}\n"
+# what the reconciler renders for nginx/nginx.conf (upstreams and the enabled-services map),
+# written by hand for the compose project
+UPSTREAMS = ("upstream api-gateway {\n    server api-gateway:8080;\n    keepalive 16;\n}\n"
+             "map $edge_service $edge_service_enabled {\n    default 0;\n    api-gateway 1;\n}\n")
 SPEC = f"""
 project: PROJECT
 defaults:

@@ -45,6 +45,8 @@ def test_lock_is_exclusive_and_dies_with_its_holder(tmp_path: Path) -> None:
         if holder.poll() is None:
             holder.kill()
             holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
 
 
 @pytest.mark.docker
