@@ -167,6 +167,7 @@ class Edge(EdgeHook):
         self.reload_polls = reload_polls
         self._lock = asyncio.Lock()
         self._retiring: set[str] = set()
+        self._vouched: set[str] = set()  # passed their gate; Docker may still say `starting`
 
     async def _containers(self, desired: Desired) -> list[Observed]:
         from reconciler.core.labels import project_selector
@@ -230,7 +231,11 @@ class Edge(EdgeHook):
                           else await self._containers(desired))
             self.write_health(desired, containers)
             previous = self._read()
-            text = render_upstreams(desired, containers, include=include,
+            # a container the executor's gate passed (its own exec probe) is served while
+            # Docker's first probe is still an interval away; never once Docker says otherwise
+            vouched = {c.id for c in containers
+                       if c.id in self._vouched and c.health is Health.STARTING}
+            text = render_upstreams(desired, containers, include={*include, *vouched},
                                     exclude={*exclude, *self._retiring},
                                     serving=served_names(previous or ""))
             if not self.write(text):
@@ -303,6 +308,9 @@ class Edge(EdgeHook):
         self._retiring.update(old_ids)
         await self.sync(desired)
         await self.sleep(svc.service.update.drain)
+
+    def vouch(self, cid: str) -> None:
+        self._vouched.add(cid)
 
     async def after_step(self, desired: Desired, svc: DesiredService) -> None:
         await self.sync(desired)

@@ -320,6 +320,9 @@ class Executor:
             assert step.target is not None
             await self._start(step, step.target.id)
             await self._ready(step, svc, step.target.id, outcome)
+            if edge is not None:
+                edge.vouch(step.target.id)
+                await edge.after_step(desired, svc)
             return
         cid = step.adopt.id if step.adopt is not None else None
         # at most one surplus copy per service: an earlier replacement's old container
@@ -339,6 +342,8 @@ class Executor:
             cid = await self._create(step, svc)
         await self._start(step, cid)
         await self._ready(step, svc, cid, outcome)
+        if edge is not None:
+            edge.vouch(cid)
         if not step.stop_first and step.old:
             if edge is not None:
                 await edge.cutover(desired, svc, new_id=cid, old_ids=[o.id for o in step.old])
@@ -598,6 +603,12 @@ _STARTS = (Action.CREATE, Action.REPLACE, Action.RECREATE, Action.START)
 
 class EdgeHook:
     """What the executor calls at the edge cutover points (implemented in `edges`)."""
+
+    def vouch(self, cid: str) -> None:
+        """The container passed its health gate (possibly by the executor's own exec probe,
+        before Docker's first probe): the edge may serve it while Docker still says
+        `starting`."""
+        return None
 
     async def prepare(self, desired: Desired) -> None:
         return None
