@@ -212,5 +212,7 @@ def test_exec_probe_readiness_reaches_the_next_tier_within_3s(host: Host) -> Non
     delay = started(host, "api") - ready
     print(f"exec-probe readiness: next tier started {delay:.2f}s after the app was ready "
           f"(apply {took:.1f}s)")
-    assert 0 <= delay <= 3.0, delay
+    # the app counts HEALTH_DELAY in whole seconds from its own start, so it can answer up to
+    # ~1 s before StartedAt + 2 s: the estimate of "ready" is that coarse, not the gate
+    assert -1.0 <= delay <= 3.0, delay
     assert took < 45  # Docker's own first probe is 45 s after start
