@@ -22,7 +22,7 @@ def healthy_everywhere(h: Host) -> None:
 
 def test_cold_start_gates_each_tier_on_the_previous_one(host: Host) -> None:
     host.write(STACK)
-    with host.watch("start", "health_status") as events:
+    with host.watch("start", "health_status", "exec_die") as events:
         res = host.cli("apply")
     assert res.returncode == 0, res.stdout + res.stderr
     healthy_everywhere(host)
@@ -31,15 +31,23 @@ def test_cold_start_gates_each_tier_on_the_previous_one(host: Host) -> None:
     tier_of = {c["Id"]: c["Config"]["Labels"]["reconciler.tier"] for c in host.containers()}
     order = ["infrastructure", "core", "business", "external"]
     started: dict[str, list[int]] = {t: [] for t in order}
-    healthy: dict[str, list[int]] = {t: [] for t in order}
+    # a container is ready at its first passing health check: Docker's own (health_status:
+    # healthy) or the executor's exec of the same command before Docker's first probe
+    # (an exec_die with exit code 0)
+    ready_at: dict[str, int] = {}
     for ev in events:
         tier = tier_of.get(ev["id"])
         if tier is None:
             continue
+        exit_code = (ev.get("Actor") or {}).get("Attributes", {}).get("exitCode")
         if ev["status"] == "start":
             started[tier].append(ev["timeNano"])
-        elif ev["status"].startswith("health_status: healthy"):
-            healthy[tier].append(ev["timeNano"])
+        elif ev["status"].startswith("health_status: healthy") or (
+                ev["status"].startswith("exec_die") and exit_code == "0"):
+            ready_at.setdefault(ev["id"], ev["timeNano"])
+    healthy: dict[str, list[int]] = {t: [] for t in order}
+    for cid, at in ready_at.items():
+        healthy[tier_of[cid]].append(at)
     for earlier, later in itertools.pairwise(order):
         assert healthy[earlier] and started[later], (earlier, later, healthy, started)
         assert min(started[later]) >= max(healthy[earlier]), (earlier, later)
