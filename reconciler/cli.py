@@ -332,7 +332,11 @@ def preview_key(args: argparse.Namespace) -> bytes:
     return key or PREVIEW_KEY
 
 
-def plan_for(desired: Desired, *, retry: tuple[str, ...] = ()) -> Plan:
+def plan_for(desired: Desired, *, retry: tuple[str, ...] = (),
+             applied: dict[str, str] | None = None) -> Plan:
+    """`applied`: the edge config digests reloads applied (container id -> digest)."""
+    from reconciler.core.snapshots import with_applied
+
     try:
         snapshot = peek_or_empty(desired.project)
         if snapshot is None:
@@ -343,7 +347,7 @@ def plan_for(desired: Desired, *, retry: tuple[str, ...] = ()) -> Plan:
     if not snapshot.engine_available:
         print("reconciler: no Docker engine reachable: planning against an empty host",
               file=sys.stderr)
-    return compute(desired, snapshot, retry=retry)
+    return compute(desired, with_applied(snapshot, applied or {}), retry=retry)
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -358,7 +362,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         degraded = State(state_dir(args)).degraded()
     except StateError:
         degraded = None
-    plan = plan_for(desired, retry=tuple(degraded["failed"]) if degraded else ())
+    from reconciler.edgeconf import conf_dir, read_applied
+
+    plan = plan_for(desired, retry=tuple(degraded["failed"]) if degraded else (),
+                    applied=read_applied(conf_dir(state_dir(args), desired.project)))
     if degraded:
         from reconciler.core.plans import degraded_line
 

@@ -15,10 +15,12 @@ Next to the upstreams the same directory gets the stack's health as the reconcil
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from pathlib import Path
 
+from reconciler import edgeconf
 from reconciler.core.desired import Desired, DesiredService
 from reconciler.core.snapshots import ContainerState, Health, Observed, parse
 from reconciler.execute import EdgeHook, FailureKind, StepFailed
@@ -159,9 +161,11 @@ class Edge(EdgeHook):
 
     def __init__(self, runtime: Runtime, directory: Path, *, filename: str,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 reload_poll_s: float = 0.05, reload_polls: int = 200) -> None:
+                 reload_poll_s: float = 0.05, reload_polls: int = 200,
+                 conf_dir: Path | None = None) -> None:
         self.rt = runtime
         self.path = directory / filename
+        self.conf_dir = conf_dir  # where `applied.json` records reloaded config digests
         self.sleep = sleep
         self.reload_poll_s = reload_poll_s
         self.reload_polls = reload_polls
@@ -244,28 +248,69 @@ class Edge(EdgeHook):
                      and c.state is ContainerState.RUNNING]
             try:
                 for edge in edges:
-                    await self._reload(edge)
+                    await self._reload(edge.id)
             except StepFailed:
                 if previous is not None:
                     self.write(previous)
                 raise
 
-    async def _reload(self, edge: Observed) -> None:
+    async def stage(self, desired: Desired, svc: DesiredService, *,
+                    started: str | None = None) -> None:
+        """Before the edge container is created (or `started` again): its staged config
+        copies hold the spec's files."""
+        async with self._lock:
+            try:
+                edgeconf.stage(svc.staged, fresh=started is None)
+                if started is not None and self.conf_dir is not None:
+                    edgeconf.record_applied(self.conf_dir, started, svc.config_digest,
+                                            alive=await self._edge_ids(desired))
+            except StateError as exc:
+                raise StepFailed(f"stage {svc.name}", str(exc), kind=EDGE) from None
+
+    async def reload_config(self, desired: Desired, svc: DesiredService, cid: str) -> None:
+        """The edge's mounted config changed: stage the new files, `nginx -t`, graceful
+        reload (the same path as an upstreams change), record the applied digest. A config
+        that fails `nginx -t` is never loaded and the staged copies are put back, so what
+        the running edge mounts is again what it serves."""
+        async with self._lock:
+            try:
+                before = edgeconf.stage(svc.staged)
+            except StateError as exc:
+                raise StepFailed(f"reload {svc.name}", str(exc), kind=EDGE) from None
+            try:
+                await self._reload(cid)
+            except StepFailed:
+                # the step fails either way; a later pass stages again
+                with contextlib.suppress(StateError):
+                    edgeconf.restore(before)
+                raise
+            if self.conf_dir is not None:
+                try:
+                    edgeconf.record_applied(self.conf_dir, cid, svc.config_digest,
+                                            alive=await self._edge_ids(desired))
+                except StateError as exc:
+                    raise StepFailed(f"reload {svc.name}", str(exc), kind=EDGE) from None
+
+    async def _edge_ids(self, desired: Desired) -> list[str]:
+        return [c.id for c in await self._containers(desired)
+                if c.service == desired.edge_service]
+
+    async def _reload(self, cid: str) -> None:
         """`nginx -t`, SIGHUP, then wait until the master runs workers with the new config:
         a SIGHUP returns before the new workers exist, and until then the old ones accept
         new requests with the old upstreams."""
         try:
-            test = await self.rt.exec_in_container(edge.id, ["nginx", "-t", "-q"])
+            test = await self.rt.exec_in_container(cid, ["nginx", "-t", "-q"])
         except EngineError as exc:
             raise StepFailed("edge reload", f"nginx -t could not run: {exc}",
                              engine_down=isinstance(exc, EngineUnavailable), kind=EDGE) from None
         if test.exit_code != 0:
             raise StepFailed("edge reload", "nginx -t failed; the running config was kept:\n"
                              + test.output.strip()[-800:], kind=EDGE)
-        before = await self._workers(edge.id)
+        before = await self._workers(cid)
         crash_point("edge-reload:before")
         try:
-            await self.rt.kill_container(edge.id, signal="HUP")
+            await self.rt.kill_container(cid, signal="HUP")
         except EngineError as exc:
             raise StepFailed("edge reload", f"reload signal failed: {exc}",
                              engine_down=isinstance(exc, EngineUnavailable), kind=EDGE) from None
@@ -274,7 +319,7 @@ class Edge(EdgeHook):
             await self.sleep(self.reload_poll_s * 10)
             return
         for _ in range(self.reload_polls):
-            now = await self._workers(edge.id)
+            now = await self._workers(cid)
             if now is None or (now and not now & before):
                 return
             await self.sleep(self.reload_poll_s)
@@ -334,6 +379,11 @@ def worker_pids(ps_output: str) -> set[int]:
 
 def edge_dir(state_dir: Path, project: str) -> Path:
     return state_dir / "edge" / project
+
+
+def edge_conf_dir(state_dir: Path, project: str) -> Path:
+    """The edge's staged config copies (`mounts/`) and the record of reloads."""
+    return edgeconf.conf_dir(state_dir, project)
 
 
 def edge_log_dir(state_dir: Path, project: str) -> Path:

@@ -305,6 +305,17 @@ class Executor:
                 raise StepFailed(step.id, "no backup store: refusing to stop the service")
             await self.backups.take(desired, step)
             return
+        if step.action is Action.RELOAD:
+            assert step.target is not None
+            if self.edge is None:
+                raise StepFailed(step.id, "no edge in this run to reload",
+                                 kind=FailureKind.EDGE_RELOAD)
+            await self.edge.reload_config(desired, desired.services[step.service],
+                                          step.target.id)
+            return
+        if step.stage_config and self.edge is not None:
+            started = step.target.id if step.action is Action.START and step.target else None
+            await self.edge.stage(desired, desired.services[step.service], started=started)
         # the edge is told about a step's containers when the planner says they serve in an
         # upstream and this run has an edge to tell
         edge = self.edge if step.upstream is not None else None
@@ -611,6 +622,15 @@ class EdgeHook:
         return None
 
     async def prepare(self, desired: Desired) -> None:
+        return None
+
+    async def stage(self, desired: Desired, svc: DesiredService, *,
+                    started: str | None = None) -> None:
+        """Before the edge container is created or `started`: its staged config is current."""
+        return None
+
+    async def reload_config(self, desired: Desired, svc: DesiredService, cid: str) -> None:
+        """The edge's mounted config changed: test it, reload gracefully, record it."""
         return None
 
     async def after_step(self, desired: Desired, svc: DesiredService) -> None:

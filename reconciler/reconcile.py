@@ -20,16 +20,16 @@ from typing import Any
 
 import structlog
 
-from reconciler import faults
+from reconciler import edgeconf, faults
 from reconciler.backupstore import BackupStore
 from reconciler.core import labels, rollback
 from reconciler.core.desired import Desired, build
 from reconciler.core.labels import project_selector
 from reconciler.core.model import LoadedSpec, SpecError
 from reconciler.core.plans import Plan, compute, degraded_line
-from reconciler.core.snapshots import Snapshot, parse
+from reconciler.core.snapshots import Snapshot, parse, with_applied
 from reconciler.core.specs import HostPolicy
-from reconciler.edges import Edge, edge_dir, edge_log_dir
+from reconciler.edges import Edge, edge_conf_dir, edge_dir, edge_log_dir
 from reconciler.execute import (
     ExecutionReport,
     Executor,
@@ -163,6 +163,7 @@ class Reconciler:
         assert key is not None
         spec = loaded.spec
         directory = edge_dir(self.state.root, spec.project)
+        conf = edge_conf_dir(self.state.root, spec.project)
         if self._built is not None and self._built[0] is loaded:
             desired = self._built[1]
         else:
@@ -170,17 +171,19 @@ class Reconciler:
             if logs_dir is not None:
                 logs_dir.mkdir(parents=True, exist_ok=True)
             desired = build(loaded, key, edge_dir=str(directory) if spec.edge else None,
-                            edge_log_dir=str(logs_dir) if logs_dir else None)
+                            edge_log_dir=str(logs_dir) if logs_dir else None,
+                            edge_conf_dir=str(conf / edgeconf.MOUNTS) if spec.edge else None)
             self._built = (loaded, desired)
         self.last_desired = desired
-        snapshot = await observe(self.rt, desired.project)
+        snapshot = with_applied(await observe(self.rt, desired.project),
+                                edgeconf.read_applied(conf))
         self.last_snapshot = snapshot
         plan = (planner(desired, snapshot) if planner is not None
                 else compute(desired, snapshot, hold=hold, retry=retry))
         edge = None
         if spec.edge is not None:
             edge = Edge(self.rt, directory, filename=os.path.basename(spec.edge.upstreams_file),
-                        sleep=self.sleep)
+                        sleep=self.sleep, conf_dir=conf)
         if plan.empty:
             if edge is not None:
                 try:  # health changes outside rollouts still reach the upstreams

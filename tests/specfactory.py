@@ -32,14 +32,19 @@ def container_json(
     desired: Desired, service: str, replica: int, *, state: str = "running",
     status: str = "Up 1 minute (healthy)", fingerprint: str | None = None,
     cid: str | None = None, config: dict[str, Any] | None = None, created: int = 1,
+    config_digest: str | None = None,
 ) -> dict[str, Any]:
-    """The engine's list JSON for one of our containers, as `GET /containers/json` gives it."""
+    """The engine's list JSON for one of our containers, as `GET /containers/json` gives it.
+    An edge's `reconciler.config-digest` label is its desired one (a staged edge created
+    from `desired`) unless `config_digest` says otherwise ("" : an edge without the label)."""
     svc = desired.services.get(service)
     fp = fingerprint if fingerprint is not None else (svc.fingerprint if svc else "0" * 16)
     public = config if config is not None else (dict(svc.public_config) if svc else {})
     tier = svc.tier if svc else "core"
+    digest = config_digest if config_digest is not None else (svc.config_digest if svc else "")
     lbl = labels.container_labels(project=desired.project, service=service, tier=tier,
-                                  replica=replica, fp=fp, public_config=public, user_labels={})
+                                  replica=replica, fp=fp, public_config=public, user_labels={},
+                                  config_digest=digest)
     name = labels.container_name(desired.project, service, replica, fp)
     return {"Id": cid or f"id-{name}", "Names": [f"/{name}"], "Image": "img",
             "Labels": lbl, "State": state, "Status": status, "Created": created}

@@ -30,7 +30,7 @@ def container_config(svc: DesiredService, replica: int) -> dict[str, Any]:
         "Labels": labels.container_labels(
             project=svc.project, service=svc.name, tier=svc.tier, replica=replica,
             fp=svc.fingerprint, public_config=svc.public_config, user_labels=s.labels,
-            edge=svc.edge,
+            edge=svc.edge, config_digest=svc.config_digest if svc.staged else "",
         ),
     }
     host: dict[str, Any] = {"Binds": list(svc.binds)}

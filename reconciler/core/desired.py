@@ -42,6 +42,10 @@ class DesiredService:
     networks: tuple[str, ...]  # full engine names, in spec order
     binds: tuple[str, ...]  # Docker `Binds` entries
     edge: bool = False
+    # the edge only: digest of the spec files it mounts (not in its fingerprint: a changed
+    # config is applied by a graceful reload), and (spec source, staged copy) of each of them
+    config_digest: str = ""
+    staged: tuple[tuple[str, str], ...] = ()
 
     @property
     def replicas(self) -> int:
@@ -90,8 +94,13 @@ EDGE_LOG_TARGET = "/var/log/nginx/edge"
 
 
 def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None,
-          edge_log_dir: str | None = None) -> Desired:
-    """`edge_dir`: host directory holding the rendered upstreams; the edge container gets it
+          edge_log_dir: str | None = None, edge_conf_dir: str | None = None) -> Desired:
+    """The edge's mounted spec files are digested apart from its fingerprint (a changed
+    nginx.conf is reloaded, not a new container). `edge_conf_dir`: host directory of staged
+    copies of them, which the edge mounts instead of the checkout (the reconciler rewrites a
+    staged file in place, so even a single-file bind mount, which pins an inode, sees a
+    changed file; a `git checkout` replaces files by rename, which such a mount never sees).
+    `edge_dir`: host directory holding the rendered upstreams; the edge container gets it
     bind-mounted at the upstreams file's directory (not part of the fingerprint).
     `edge_log_dir`: host directory mounted writable at /var/log/nginx/edge, where nginx writes
     the JSON access log the reconciler reads into edge metrics (not part of the fingerprint)."""
@@ -110,6 +119,9 @@ def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None,
                 env_digests[env_file.declared] = labels.UNKNOWN
         env.update(svc.environment)
         networks = tuple(spec.network_name(n) for n in svc.networks)
+        is_edge = spec.edge is not None and spec.edge.service == name
+        spec_files = {m.host_path for m in loaded.mounted.get(name, ())}
+        staged: list[tuple[str, str]] = []
         binds, shown_binds = [], []
         for i, entry in enumerate(svc.volumes):
             mount = parse_mount(entry)
@@ -118,8 +130,11 @@ def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None,
                 continue
             source = (spec.volume_name(mount.source) if mount.named
                       else loaded.bind_sources[(name, i)])
-            binds.append(f"{source}:{mount.target}{mode}")
             shown_binds.append(f"{_relative(source, loaded.root)}:{mount.target}{mode}")
+            if is_edge and edge_conf_dir is not None and source in spec_files:
+                staged.append((source, f"{edge_conf_dir}/{i}-{posixpath.basename(source)}"))
+                source = staged[-1][1]
+            binds.append(f"{source}:{mount.target}{mode}")
         mounted = {_relative(m.host_path, loaded.root): labels.keyed_digest(key, m.digest)
                    for m in loaded.mounted.get(name, ())}
         public: dict[str, Any] = {
@@ -129,13 +144,12 @@ def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None,
             "environment": {k: _mask(k, v, key) for k, v in sorted(svc.environment.items())},
             "env_file": env_digests,
             "volumes": shown_binds,
-            "mounted_files": mounted,
+            "mounted_files": {} if is_edge else mounted,
             "networks": list(networks),
             "labels": dict(sorted(svc.labels.items())),
         }
         public = {k: v for k, v in public.items() if v not in (None, [], {}, False)}
         assert svc.tier is not None  # validated
-        is_edge = spec.edge is not None and spec.edge.service == name
         if is_edge and edge_dir is not None and spec.edge is not None:
             binds.append(f"{edge_dir}:{posixpath.dirname(spec.edge.upstreams_file)}:ro")
         if is_edge and edge_log_dir is not None:
@@ -146,6 +160,9 @@ def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None,
             fingerprint=labels.fingerprint(key, public), public_config=public,
             env=tuple(env.items()), networks=networks, binds=tuple(binds),
             edge=is_edge,
+            config_digest=(labels.keyed_digest(key, labels.canonical(mounted), length=16)
+                           if is_edge and mounted else ""),
+            staged=tuple(staged),
         )
     return Desired(
         project=spec.project,

@@ -22,6 +22,9 @@ REPLICA = "reconciler.replica"
 FINGERPRINT = "reconciler.fingerprint"
 CONFIG = "reconciler.config"  # compact JSON of the public config, for field-level plan diffs
 EDGE = "reconciler.edge"  # "true" on the edge service's containers
+# the edge's mounted-config digest at create time (a graceful reload applies a new one; the
+# digest applied since is recorded in the state dir, labels cannot change)
+CONFIG_DIGEST = "reconciler.config-digest"
 
 FINGERPRINT_LENGTH = 16
 NAME_FINGERPRINT_LENGTH = 8
@@ -66,6 +69,7 @@ def compose_selector(project: str) -> str:
 def container_labels(
     *, project: str, service: str, tier: str, replica: int, fp: str,
     public_config: Mapping[str, Any], user_labels: Mapping[str, str], edge: bool = False,
+    config_digest: str = "",
 ) -> dict[str, str]:
     """Every label of one container: the user's plus ours (ours win)."""
     labels = dict(user_labels)
@@ -75,6 +79,8 @@ def container_labels(
     })
     if edge:
         labels[EDGE] = "true"
+    if config_digest:
+        labels[CONFIG_DIGEST] = config_digest
     return labels
 
 

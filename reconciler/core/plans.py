@@ -38,6 +38,7 @@ class Action(StrEnum):
     START = "start"
     REMOVE = "remove"
     BACKUP = "backup"  # copy a service's data before a step stops or replaces it
+    RELOAD = "reload"  # the edge's mounted config changed: `nginx -t`, then a graceful reload
 
 
 class Phase(StrEnum):
@@ -110,6 +111,8 @@ class Reason(StrEnum):
     JOB_FAILED = "job failed before: run it again"
     JOB_RECORD = "older run of a job (pruned once every tier passed)"
     RESTART = "restart requested"  # `reconciler restart`: same generation, fresh containers
+    EDGE_CONFIG = "mounted config changed"  # the edge reloads it (nothing is recreated)
+    EDGE_UNSTAGED = "mounted config changed; this edge mounts the checkout, not staged copies"
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +172,9 @@ class Step:
     # start-first: once the new container is ready and the old ones are out of the
     # upstream, they stop in the background (the service's next replacement waits for it)
     retire_later: bool = False
+    # the edge: its staged config copies are brought up to date before the container is
+    # created or started (RELOAD steps always do it)
+    stage_config: bool = False
 
     @property
     def id(self) -> str:
@@ -246,10 +252,14 @@ class Plan:
         return [s for s in self.steps if s.phase is Phase.OBJECTS]
 
     def counts(self) -> dict[str, int]:
-        """Steps by kind for the summary line: create, replace, start, remove."""
+        """Steps by kind for the summary line: create, replace, start, remove (and reload,
+        when the plan reloads the edge's config)."""
         counts = {"create": 0, "replace": 0, "start": 0, "remove": 0}
         for s in self.steps:
             if s.action is Action.BACKUP:
+                continue
+            if s.action is Action.RELOAD:
+                counts["reload"] = counts.get("reload", 0) + 1
                 continue
             if s.action in (Action.CREATE, Action.CREATE_NETWORK, Action.CREATE_VOLUME):
                 counts["create"] += 1
@@ -320,10 +330,25 @@ def _replica_steps(
                           new_name=keep.name, old=tuple(ContainerRef.of(c) for c in stale),
                           adopt=ContainerRef.of(keep), **base))
     else:
-        steps.extend(_repair(svc, keep, base, retry=retry))
+        steps.extend(_repair(svc, keep, base, retry=retry)
+                     or _config_steps(svc, keep, base))
     for ref in extra:
         steps.append(Step(Action.REMOVE, Reason.DUPLICATE, old=(ref,), **base))
     return steps
+
+
+def _config_steps(svc: DesiredService, keep: Observed,
+                  base: Mapping[str, Any]) -> list[Step]:
+    """The edge serves a different mounted config than the spec's: a graceful reload when it
+    mounts staged copies (its label says so); one created before staging is recreated."""
+    if not svc.config_digest or keep.config_digest == svc.config_digest:
+        return []
+    change = (FieldChange("mounted_files", keep.config_digest or None, svc.config_digest),)
+    ref = ContainerRef.of(keep)
+    if not keep.config_digest:
+        return [Step(Action.RECREATE, Reason.EDGE_UNSTAGED, new_name=keep.name, old=(ref,),
+                     changes=change, **base)]
+    return [Step(Action.RELOAD, Reason.EDGE_CONFIG, target=ref, changes=change, **base)]
 
 
 def _job_steps(svc: DesiredService, keep: Observed | None, others: list[Observed],
@@ -540,7 +565,8 @@ def _how(step: Step, desired: Desired) -> Step:
                       and not svc.service.job))
     # `parallelism` protects capacity during an update: new replicas that take nothing
     # serving away all start at once (as a cold start should)
-    lane = Lane.FREE if step.action is Action.CREATE and not step.old else Lane.THROTTLED
+    lane = (Lane.FREE if (step.action is Action.CREATE and not step.old)
+            or step.action is Action.RELOAD else Lane.THROTTLED)
     claim: tuple[tuple[str, str], ...] = ()
     if step.new_name is not None:
         claim = ((labels.PROJECT, svc.project), (labels.SERVICE, svc.name),
@@ -548,9 +574,11 @@ def _how(step: Step, desired: Desired) -> Step:
                  (labels.FINGERPRINT, svc.fingerprint))
     retire_later = (step.action is Action.REPLACE and not stop_first and bool(step.old)
                     and not svc.service.job)
+    stage_config = bool(svc.staged) and step.action in (
+        Action.CREATE, Action.REPLACE, Action.RECREATE, Action.START)
     return replace(step, lane=lane, parallelism=svc.service.update.parallelism,
                    stop_first=stop_first, stop_grace_s=grace, upstream=upstream, claim=claim,
-                   job=svc.service.job, retire_later=retire_later)
+                   job=svc.service.job, retire_later=retire_later, stage_config=stage_config)
 
 
 _CONDITION = {"service_started": Until.STARTED, "service_healthy": Until.HEALTHY,

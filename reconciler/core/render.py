@@ -22,6 +22,7 @@ SYMBOLS = {
     Action.REMOVE: "-",
     Action.RECREATE: "-/+",
     Action.BACKUP: "*",
+    Action.RELOAD: "~",
 }
 COLORS = {"+": "32", "-": "31", "-/+": "33", "+/-": "33", "~": "36"}
 JOB_NOTE = "job (forward-only: a revert does not undo it)"
@@ -68,6 +69,8 @@ def _step_line(step: Step) -> str:
     parts = [f"{symbol(step)} {who}"]
     if step.action is Action.REPLACE and step.order:
         parts.append(f"({step.order})")
+    if step.action is Action.RELOAD:
+        parts.append("reload")
     if step.action is Action.REMOVE and step.old:
         parts.append(step.old[0].name)
     elif step.new_name and step.action is not Action.START:
@@ -160,14 +163,18 @@ def text(plan: Plan, *, color: bool = False, revision: str | None = None) -> str
             lines.append(paint("  " + _step_line(step), "-"))
     lines += _edge_lines(plan)
     c = plan.counts()
+    reloads = f", {c['reload']} to reload" if c.get("reload") else ""
     lines += ["", f"Plan: {c['create']} to create, {c['replace']} to replace, "
-                  f"{c['start']} to start, {c['remove']} to remove."]
+                  f"{c['start']} to start, {c['remove']} to remove{reloads}."]
     return "\n".join(_paint(clean(line), painted.get(i, ""), color)
                      for i, line in enumerate(lines)) + "\n"
 
 
 def edge_update(plan: Plan) -> str | None:
     """How the plan updates the edge itself, in words (None: the edge is not touched)."""
+    if any(s.action is Action.RELOAD for s in plan.steps):
+        return (f"edge {plan.edge}: mounted config reloaded gracefully (`nginx -t` first; a "
+                "failing config is never loaded; the container is kept)")
     steps = [s for s in plan.steps if plan.edge and s.service == plan.edge
              and s.action in (Action.REPLACE, Action.RECREATE, Action.CREATE) and s.old]
     if not steps:

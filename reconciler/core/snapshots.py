@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -57,6 +57,8 @@ class Observed:
     edge: bool = False
     exit_code: int | None = None  # from "Exited (N) ..." in the list Status
     addresses: Mapping[str, str] = field(default_factory=dict)  # network -> IPv4 address
+    # the edge's mounted config it serves: the label, or the digest a reload applied since
+    config_digest: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,7 @@ def parse_container(item: Mapping[str, Any]) -> Observed | None:
         created=int(item.get("Created") or 0),
         config=config if isinstance(config, dict) else {},
         edge=lbl.get(labels.EDGE) == "true",
+        config_digest=lbl.get(labels.CONFIG_DIGEST, ""),
         exit_code=int(m.group(1)) if (m := _EXIT.match(str(item.get("Status", "")))) else None,
         addresses={str(net): str(ep.get("IPAddress")) for net, ep in (
             (item.get("NetworkSettings") or {}).get("Networks") or {}).items()
@@ -147,6 +150,16 @@ def parse(
         networks=frozenset(str(n.get("Name")) for n in networks if usable(n)),
         volumes=frozenset(str(v.get("Name")) for v in volumes if usable(v)),
     )
+
+
+def with_applied(snapshot: Snapshot, applied: Mapping[str, str]) -> Snapshot:
+    """The snapshot with the config digests graceful reloads applied (container id -> digest,
+    recorded in the state dir) in place of the create-time labels."""
+    if not applied:
+        return snapshot
+    return replace(snapshot, containers=tuple(
+        replace(c, config_digest=applied[c.id]) if c.id in applied and c.config_digest else c
+        for c in snapshot.containers))
 
 
 def empty(project: str, *, engine_available: bool = True) -> Snapshot:

@@ -88,7 +88,8 @@ services:
 
 def test_golden_edge_upstreams(tmp_path: Path) -> None:
     """A rollout of an exposed service (scaled 2 -> 3) and an nginx.conf change: the plan
-    lists the servers each upstream gains and loses, and how the edge itself is updated."""
+    lists the servers each upstream gains and loses, and how the edge itself is updated
+    (a changed mounted config is a `reload` step, never a new container)."""
     for name, conf in (("old", "events {}\n"), ("new", "events {}\nhttp {}\n")):
         (tmp_path / name).mkdir()
         (tmp_path / name / "nginx.conf").write_text(conf)
@@ -99,3 +100,14 @@ def test_golden_edge_upstreams(tmp_path: Path) -> None:
             container_json(old, "nginx", 1, cid="n1")]
     plan = compute(new, observed(new, *host))
     check("plan-edge.txt", render.text(plan))
+
+
+def test_golden_edge_image_change(tmp_path: Path) -> None:
+    """Only an image or container-level change recreates the edge (stop-first here: it
+    publishes a fixed host port), and the plan says what that costs."""
+    (tmp_path / "nginx.conf").write_text("events {}\n")
+    old = desired_from(tmp_path, EDGE)
+    new = desired_from(tmp_path, EDGE.replace("image: nginx:1", "image: nginx:2"))
+    host = [container_json(old, "api", 1, cid="a1"), container_json(old, "api", 2, cid="a2"),
+            container_json(old, "nginx", 1, cid="n1")]
+    check("plan-edge-image.txt", render.text(compute(new, observed(new, *host))))
