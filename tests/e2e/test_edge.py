@@ -16,6 +16,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -98,11 +99,12 @@ def get(url: str, accept: str = "*/*") -> tuple[int, dict[str, str], str]:
         return 0, {}, ""
 
 
-def rollout_under_load(h: Host, port: int, new_text: str,
+def rollout_under_load(h: Host, port: int, new_text: str | Callable[[], None],
                        ) -> tuple[LoadResult, int, str, float]:
-    """Load through the edge; 2 s in, `reconciler apply` of new_text; the load goes on until
-    the apply is done + 2 s and at least LOAD_SECONDS (at most LOAD_LIMIT_S: a slow, shared
-    machine stretches rollouts). Returns (load, apply exit code, apply output, apply s)."""
+    """Load through the edge; 2 s in, `reconciler apply` of new_text (or after calling it);
+    the load goes on until the apply is done + 2 s and at least LOAD_SECONDS (at most
+    LOAD_LIMIT_S: a slow, shared machine stretches rollouts). Returns (load, apply exit
+    code, apply output, apply s)."""
 
     async def go() -> tuple[LoadResult, int, str, float]:
         stop = asyncio.Event()
@@ -111,7 +113,10 @@ def rollout_under_load(h: Host, port: int, new_text: str,
             f"http://127.0.0.1:{port}/v1/orders", seconds=LOAD_LIMIT_S, max_requests=LOAD_MAX,
             concurrency=CONCURRENCY, stop=stop, min_requests=MIN_REQUESTS))
         await asyncio.sleep(2)
-        h.write(new_text)
+        if callable(new_text):
+            new_text()
+        else:
+            h.write(new_text)
         applying = time.monotonic()
         res = await asyncio.to_thread(h.cli, "apply")
         took = time.monotonic() - applying
@@ -205,7 +210,7 @@ def test_application_500_passes_through_unchanged(host: Host, tmp_path: Path) ->
                 "        location /status/ {\n            proxy_pass http://api-gateway;\n"
                 "        }\n\n        location = /health {")
     (host.spec / "nginx.conf").write_text(conf)
-    res = host.cli("apply")  # nginx.conf changed: the edge is replaced (stop-first)
+    res = host.cli("apply")  # nginx.conf changed: the edge reloads it
     assert res.returncode == 0, res.stdout + res.stderr
     base = f"http://127.0.0.1:{port}"
     wait_until(lambda: get(base + "/v1/x")[0] == 200, timeout=15, what="the new edge")
