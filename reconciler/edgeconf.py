@@ -77,7 +77,7 @@ def _read(path: Path) -> Former:
 
 def _overwrite(path: Path, data: bytes, mode: int) -> None:
     """Rewrite a file in place (the same inode: a single-file bind mount sees it)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, mode)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, mode)
     try:
         if os.fstat(fd).st_size == len(data) and os.pread(fd, len(data), 0) == data:
             return

@@ -128,3 +128,15 @@ def test_a_mounted_file_turned_directory_needs_a_new_container(tmp_path: Path) -
         edgeconf.stage([(str(src), str(dst))])
     edgeconf.stage([(str(src), str(dst))], fresh=True)  # before a create: replaced
     assert (dst / "f").read_text() == "y\n"
+
+
+def test_staging_again_is_a_no_op_and_a_same_size_change_is_written(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.write_text("aaaa\n")
+    edgeconf.stage([(str(src), str(dst))], fresh=True)
+    inode, mtime = dst.stat().st_ino, dst.stat().st_mtime_ns
+    edgeconf.stage([(str(src), str(dst))], fresh=True)  # unchanged: not rewritten
+    assert dst.stat().st_mtime_ns == mtime
+    git_style_replace(src, "bbbb\n")  # same size, other bytes
+    edgeconf.stage([(str(src), str(dst))])
+    assert dst.read_text() == "bbbb\n" and dst.stat().st_ino == inode
