@@ -23,7 +23,16 @@ from reconciler.core.blueprint import container_config
 from reconciler.core.desired import Desired, DesiredService
 from reconciler.core.envfiles import Secret, redact
 from reconciler.core.health import Failure, Gate, Probe, Verdict, health_command, judge, vouched
-from reconciler.core.plans import Action, ContainerRef, ImageAction, Lane, Plan, Step, Until
+from reconciler.core.plans import (
+    Action,
+    ContainerRef,
+    ImageAction,
+    Lane,
+    Phase,
+    Plan,
+    Step,
+    Until,
+)
 from reconciler.faults import crash_point
 from reconciler.runtimes import (
     Conflict,
@@ -37,6 +46,7 @@ from reconciler.runtimes import (
 LOG_TAIL = 15
 EXEC_FIRST_S = 0.25  # exec probes until the first success: this cadence, backing off...
 EXEC_MAX_S = 1.0  # ...to at most this
+EVENTS_CONNECT_S = 5.0  # the run's event subscription; without it, gates only poll
 
 
 class FailureKind(StrEnum):
@@ -142,6 +152,7 @@ class Executor:
         self._marks: dict[str, _Marks] = {}
         self._windows: list[asyncio.Task[None]] = []  # min_ready windows in the background
         self._retiring: dict[str, list[asyncio.Task[None]]] = {}  # service -> background stops
+        self._wake = _Wakeups()
 
     async def run(self, plan: Plan, desired: Desired, *,
                   edge: EdgeHook | None = None) -> ExecutionReport:
@@ -155,6 +166,9 @@ class Executor:
             outcome.engine_unavailable = exc.engine_down
             self.report(Progress("step-failed", step=exc.step_id, message=exc.message))
             return outcome
+        self._wake = _Wakeups()
+        watcher = (await self._watch(desired.project)
+                   if any(s.phase is Phase.TIER for s in plan.steps) else None)
         try:
             for step in plan.backups():  # before anything is touched
                 await self._timed(step, desired, outcome)
@@ -186,6 +200,9 @@ class Executor:
             outcome.ok, outcome.failure = False, exc
             outcome.engine_unavailable = exc.engine_down
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
             for window in self._windows:
                 window.cancel()
             self._windows = []
@@ -193,6 +210,47 @@ class Executor:
             retiring, self._retiring = [t for ts in self._retiring.values() for t in ts], {}
             await asyncio.gather(*retiring, return_exceptions=True)
         return outcome
+
+    async def _watch(self, project: str) -> asyncio.Task[None] | None:
+        """Container events for the run: a gate wakes as soon as one of its container's
+        events arrives (`health_status`, die, oom, ...) instead of at its next poll. Polling
+        goes on at the same cadence (events can be lost); no stream, no harm."""
+        stream = self.rt.events(label=labels.project_selector(project))
+        try:
+            async with asyncio.timeout(EVENTS_CONNECT_S):
+                await stream.connect()
+        except (EngineError, TimeoutError):
+            await stream.aclose()
+            return None
+        self._wake.live = True
+
+        async def pump() -> None:
+            try:
+                async for event in stream:
+                    self._wake.notify(event.container_id)
+            except EngineError:
+                pass
+            finally:
+                self._wake.live = False
+                await stream.aclose()
+
+        return asyncio.create_task(pump())
+
+    async def _pause(self, cid: str, seconds: float) -> None:
+        """Sleep `seconds`, or less when an event of the container arrives first."""
+        if not self._wake.live:
+            await self.sleep(seconds)
+            return
+        event = self._wake.event(cid)
+        if not event.is_set():
+            sleeper = asyncio.ensure_future(self.sleep(seconds))
+            waiter = asyncio.ensure_future(event.wait())
+            try:
+                await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                waiter.cancel()
+        event.clear()
 
     async def _windows_passed(self, *, wait: bool) -> None:
         """Raise the failure of a min_ready window that runs in the background (`wait`:
@@ -504,7 +562,7 @@ class Executor:
                         else FailureKind.OTHER)
                 raise StepFailed(step.id, f"{judgement.reason}"
                                           f"{await self._log_tail(cid, svc)}", kind=kind)
-            await self.sleep(delay)
+            await self._pause(cid, delay)
             delay = min(delay * 1.5, self.poll_s)
             info = await self._call(step.id, self.rt.inspect_container(cid))
             probe = Probe.from_inspect(info)
@@ -540,7 +598,7 @@ class Executor:
                                           f"{svc.service.update.deadline:g}s"
                                           f"{await self._log_tail(cid, svc)}",
                                  kind=FailureKind.DEADLINE)
-            await self.sleep(delay)
+            await self._pause(cid, delay)
             delay = min(delay * 1.5, self.poll_s)
 
     async def _log_tail(self, cid: str, svc: DesiredService) -> str:
@@ -587,6 +645,23 @@ class BackupHook:
 
     async def take(self, desired: Desired, step: Step) -> None:
         raise NotImplementedError
+
+
+@dataclass(slots=True)
+class _Wakeups:
+    """Which containers had an event since their gate last looked (`live`: the run's event
+    stream is connected; without it gates only poll)."""
+
+    live: bool = False
+    _events: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def event(self, cid: str) -> asyncio.Event:
+        return self._events.setdefault(cid, asyncio.Event())
+
+    def notify(self, cid: str) -> None:
+        event = self._events.get(cid)
+        if event is not None:
+            event.set()
 
 
 @dataclass(slots=True)
