@@ -115,13 +115,49 @@ class LazyRuntime:
         if self._real is not None:
             await self._real.close()
 
+    async def real(self) -> Any:
+        """The connected runtime (connected now when it was not yet)."""
+        if self._real is None:
+            self._real = await self._connect()
+        return self._real
+
+    def events(self, *, label: str) -> LazyEvents:
+        """A plain method (an event stream is not a coroutine): the stream connects the real
+        runtime when it connects."""
+        return LazyEvents(self, label)
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
 
         async def call(*args: Any, **kwargs: Any) -> Any:
-            if self._real is None:
-                self._real = await self._connect()
-            return await getattr(self._real, name)(*args, **kwargs)
+            return await getattr(await self.real(), name)(*args, **kwargs)
 
         return call
+
+
+class LazyEvents:
+    """`LazyRuntime.events`: an `EventStream` of the real runtime, made on first use."""
+
+    def __init__(self, lazy: LazyRuntime, label: str) -> None:
+        self._lazy = lazy
+        self._label = label
+        self._stream: Any = None
+
+    async def _real(self) -> Any:
+        if self._stream is None:
+            self._stream = (await self._lazy.real()).events(label=self._label)
+        return self._stream
+
+    def __aiter__(self) -> LazyEvents:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await (await self._real()).__anext__()
+
+    async def connect(self) -> None:
+        await (await self._real()).connect()
+
+    async def aclose(self) -> None:
+        if self._stream is not None:
+            await self._stream.aclose()

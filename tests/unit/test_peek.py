@@ -110,3 +110,49 @@ def test_lazy_runtime_connects_only_when_needed(
         assert connects[0].closed
 
     asyncio.run(go())
+
+
+class RealStream:
+    def __init__(self, label: str) -> None:
+        self.label, self.connected, self.closed = label, False, False
+        self.items = ["ev1"]
+
+    async def connect(self) -> None:
+        self.connected = True
+
+    async def __anext__(self) -> str:
+        if not self.items:
+            raise StopAsyncIteration
+        return self.items.pop(0)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class RealWithEvents(Real):
+    def events(self, *, label: str) -> RealStream:
+        self.stream = RealStream(label)
+        return self.stream
+
+
+def test_lazy_runtime_events_is_a_stream_that_connects_on_use(
+        engine: tuple[str, list[str], dict[str, bytes]]) -> None:
+    path, _, _ = engine
+    connects: list[RealWithEvents] = []
+
+    async def connect() -> RealWithEvents:
+        connects.append(RealWithEvents())
+        return connects[-1]
+
+    async def go() -> None:
+        rt = LazyRuntime(Peek(path), connect)
+        stream = rt.events(label="reconciler.project=shop")  # not a coroutine
+        assert connects == []
+        await stream.connect()
+        assert len(connects) == 1 and connects[0].stream.connected
+        assert connects[0].stream.label == "reconciler.project=shop"
+        assert [ev async for ev in stream] == ["ev1"]
+        await stream.aclose()
+        assert connects[0].stream.closed
+
+    asyncio.run(go())
