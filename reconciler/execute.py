@@ -44,9 +44,11 @@ from reconciler.runtimes import (
 )
 
 LOG_TAIL = 15
-EXEC_FIRST_S = 0.25  # exec probes until the first success: this cadence, backing off...
+EXEC_FIRST_S = 0.25  # exec probes until the first success: this cadence (start to start)...
+EXEC_FAST_S = 4.0  # ...for this long after the gate began, then backing off by 1.25x...
 EXEC_MAX_S = 1.0  # ...to at most this
 EVENTS_CONNECT_S = 5.0  # the run's event subscription; without it, gates only poll
+EXEC_CONCURRENCY = 4  # exec probes in flight at once (each is a runc exec: host CPU)
 
 
 class FailureKind(StrEnum):
@@ -153,6 +155,7 @@ class Executor:
         self._windows: list[asyncio.Task[None]] = []  # min_ready windows in the background
         self._retiring: dict[str, list[asyncio.Task[None]]] = {}  # service -> background stops
         self._wake = _Wakeups()
+        self._exec_slots = asyncio.Semaphore(EXEC_CONCURRENCY)
 
     async def run(self, plan: Plan, desired: Desired, *,
                   edge: EdgeHook | None = None) -> ExecutionReport:
@@ -538,11 +541,16 @@ class Executor:
         command = None if self.rt.start_interval else health_command(info)
         exec_ok, exec_every, exec_next = False, EXEC_FIRST_S, started
         while True:
-            if (command is not None and not exec_ok and probe.status == "running"
-                    and probe.health == "starting" and self.clock() >= exec_next):
+            probing = (command is not None and not exec_ok and probe.status == "running"
+                       and probe.health == "starting")
+            if probing and self.clock() >= exec_next:
+                assert command is not None
+                began = self.clock()
                 exec_ok = await self._exec_probe(cid, *command)
-                exec_next = self.clock() + exec_every
-                exec_every = min(exec_every * 1.25, EXEC_MAX_S)
+                # start to start: a slow exec does not stretch the cadence
+                exec_next = max(began + exec_every, self.clock())
+                if self.clock() - started >= EXEC_FAST_S:
+                    exec_every = min(exec_every * 1.25, EXEC_MAX_S)
             if exec_ok:
                 probe = vouched(probe)
             judgement = judge(gate, probe, self.clock())
@@ -562,18 +570,22 @@ class Executor:
                         else FailureKind.OTHER)
                 raise StepFailed(step.id, f"{judgement.reason}"
                                           f"{await self._log_tail(cid, svc)}", kind=kind)
-            await self._pause(cid, delay)
+            # wake for the next exec probe on time, not on the next inspect tick, and
+            # earlier when an event of the container arrives
+            await self._pause(cid, min(delay, max(exec_next - self.clock(), 0.0))
+                              if probing and not exec_ok else delay)
             delay = min(delay * 1.5, self.poll_s)
             info = await self._call(step.id, self.rt.inspect_container(cid))
             probe = Probe.from_inspect(info)
 
     async def _exec_probe(self, cid: str, cmd: list[str], timeout_s: float) -> bool:
         """One run of the container's own health check by exec: exit 0 within its timeout."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                return (await self.rt.exec_in_container(cid, cmd)).exit_code == 0
-        except (TimeoutError, EngineError):
-            return False
+        async with self._exec_slots:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    return (await self.rt.exec_in_container(cid, cmd)).exit_code == 0
+            except (TimeoutError, EngineError):
+                return False
 
     async def _completed(self, step: Step, svc: DesiredService, cid: str,
                          outcome: ExecutionReport) -> None:

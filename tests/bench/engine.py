@@ -20,6 +20,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,71 @@ def wait_all_healthy(label: str, expected: int, *, timeout_s: float, poll_s: flo
             return time.perf_counter() - t0
         if time.perf_counter() > deadline:
             raise TimeoutError(f"{label}: {len(good)}/{expected} healthy after {timeout_s}s")
+        time.sleep(poll_s)
+
+
+def health_test(cid: str) -> list[str] | None:
+    """The container's own health check as an exec command (None: it has none)."""
+    test = ((api("GET", f"/containers/{cid}/json").get("Config") or {}).get("Healthcheck")
+            or {}).get("Test") or []
+    if test and test[0] == "CMD":
+        return list(test[1:])
+    if test and test[0] == "CMD-SHELL":
+        return ["/bin/sh", "-c", " ".join(test[1:])]
+    return None
+
+
+def exec_ok(cid: str, cmd: list[str], *, timeout: float = 15.0) -> bool:
+    """Run `cmd` in the container (exec, attached so the call returns when it exits): exit 0."""
+    try:
+        created = api("POST", f"/containers/{cid}/exec",
+                      {"Cmd": cmd, "AttachStdout": True, "AttachStderr": True})
+        conn = _UnixHTTP(socket_path(), timeout)
+        try:
+            conn.request("POST", f"/exec/{created['Id']}/start",
+                         body=json.dumps({"Detach": False, "Tty": False}),
+                         headers={"Content-Type": "application/json"})
+            conn.getresponse().read()
+        finally:
+            conn.close()
+        return api("GET", f"/exec/{created['Id']}/json").get("ExitCode") == 0
+    except (RuntimeError, OSError):
+        return False
+
+
+def wait_all_ready(label: str, expected: int, *, timeout_s: float, poll_s: float = 0.1,
+                   started: float | None = None,
+                   extra: Callable[[list[dict[str, Any]], set[str]], bool] | None = None
+                   ) -> float:
+    """Like `wait_all_healthy`, but a running container also counts as ready once its own
+    health check command, run by exec, exits 0 (the app is ready; Docker's first probe comes
+    only one `interval` after start). The same test for every tool. Each round execs the
+    not-yet-ready containers in parallel and a success counts at the round's start, so the
+    probes' own cost is not charged to the tool. Returns the seconds since `started`."""
+    t0 = started if started is not None else time.perf_counter()
+    deadline = time.perf_counter() + timeout_s
+    passed: set[str] = set()
+    tests: dict[str, list[str] | None] = {}
+    while True:
+        round_at = time.perf_counter()
+        cs = containers(label)
+        running = [c for c in cs if c.get("State") == "running"]
+        todo = [c["Id"] for c in running if "(healthy)" not in (c.get("Status") or "")
+                and c["Id"] not in passed]
+        for cid in todo:
+            if cid not in tests:
+                tests[cid] = health_test(cid)
+        probes = [(cid, tests[cid]) for cid in todo if tests[cid]]
+        if probes:
+            with ThreadPoolExecutor(max_workers=len(probes)) as pool:
+                results = list(pool.map(lambda p: exec_ok(p[0], p[1]), probes))  # type: ignore[arg-type]
+            passed.update(cid for (cid, _), ok in zip(probes, results, strict=True) if ok)
+        ready = {c["Id"] for c in running
+                 if "(healthy)" in (c.get("Status") or "") or c["Id"] in passed}
+        if len(cs) == expected == len(ready) and (extra is None or extra(cs, ready)):
+            return round_at - t0
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{label}: {len(ready)}/{expected} ready after {timeout_s}s")
         time.sleep(poll_s)
 
 

@@ -111,6 +111,29 @@ def demo_stack(project: str, *, interval_s: float = 0.5, edge_port: int | None =
     return Stack(project, tuple(services), edge_port=edge_port)
 
 
+def chain_levels(stack: Stack) -> tuple[dict[str, int], int]:
+    """(per tier: the longest same-tier `depends_on` chain in services, the longest chain
+    over the whole graph ignoring tiers). Every dependency here is health-gated (the
+    reconciler's default, `service_healthy` in the compose file), so one level costs one
+    start plus the app's readiness whoever deploys it."""
+    by_name = {s.name: s for s in stack.services}
+    memo_tier: dict[str, int] = {}
+    memo_all: dict[str, int] = {}
+
+    def depth(name: str, memo: dict[str, int], same_tier: bool) -> int:
+        if name not in memo:
+            svc = by_name[name]
+            deps = [d for d in svc.depends_on if d in by_name
+                    and (not same_tier or by_name[d].tier == svc.tier)]
+            memo[name] = 1 + max((depth(d, memo, same_tier) for d in deps), default=0)
+        return memo[name]
+
+    per_tier: dict[str, int] = {}
+    for s in stack.services:
+        per_tier[s.tier] = max(per_tier.get(s.tier, 0), depth(s.name, memo_tier, True))
+    return per_tier, max((depth(n, memo_all, False) for n in by_name), default=0)
+
+
 def tier_sizes(n: int) -> list[int]:
     """n services over 4 tiers: a tenth infrastructure, the rest spread evenly."""
     if n < 4:

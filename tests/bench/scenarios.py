@@ -299,7 +299,17 @@ def b8(bench: Bench) -> None:
     and a one-service update, against the true-readiness bound (Σ tiers of the slowest app
     readiness + one start; the update: one readiness + one start). Docker probes first one
     `interval` after start, so whatever waits for Docker's health status needs at least one
-    interval per tier."""
+    interval per tier.
+
+    "Ready" is the same test for both tools: every container runs and either Docker says
+    healthy or the container's own health check, run by exec, exits 0 (`wait_all_ready`).
+    Waiting for Docker's `(healthy)` alone would charge the reconciler one Docker interval
+    for its last tier, which nothing waits on.
+
+    The stack has health-gated `depends_on` chains inside tiers (core: auth-service ->
+    user-service; business: catalog -> order -> payment -> api-gateway), which both tools
+    honour, so the deepest chain is reported too: Σ tiers of (longest same-tier chain) x
+    (readiness + one start) for tier-by-tier, and the longest chain over the whole graph."""
     interval = B8_QUICK_INTERVAL_S if bench.cfg.quick else B8_INTERVAL_S
     log(f"B8: production health cadence, interval {interval:g}s, apps ready after "
         f"{B8_READY_S}s")
@@ -309,6 +319,13 @@ def b8(bench: Bench) -> None:
     def stack_fn(project: str) -> gen.Stack:
         return gen.demo_stack(project, interval_s=interval, ready_s=B8_READY_S, prod_health=True)
 
+    def ready(d: Deployed, *, limit: float,
+              extra: Callable[[list[dict[str, Any]], set[str]], bool] | None = None) -> float:
+        t0 = time.perf_counter()
+        bench.up(d, timeout_s=limit)
+        return engine.wait_all_ready(d.label, d.stack.replicas_total(), timeout_s=limit,
+                                     started=t0, extra=extra)
+
     cold: dict[str, list[float]] = {REC: [], CMP: []}
     update: dict[str, list[float]] = {REC: [], CMP: []}
     limit = 120 + 8 * interval
@@ -316,35 +333,54 @@ def b8(bench: Bench) -> None:
         for tool in order(run):
             d = bench.new(tool, stack_fn)
             with deployed(bench, d):
-                cold[tool].append(bench.up_healthy(d, timeout_s=limit))
+                cold[tool].append(ready(d, limit=limit))
                 old = {c["Id"] for c in engine.containers(d.label)
                        if (c.get("Labels") or {}).get(d.service_label) == B8_SERVICE}
                 d = bench.rewrite(d, d.stack.with_version(B8_SERVICE, "1.1"))
-                update[tool].append(bench.up_healthy(
-                    d, timeout_s=limit, extra=_new_container(d, B8_SERVICE, old)))
+                update[tool].append(ready(d, limit=limit,
+                                          extra=_new_ready(d, B8_SERVICE, old)))
             log(f"B8 run {run + 1} {tool}: cold {cold[tool][-1]:.2f}s, one-service update "
                 f"{update[tool][-1]:.2f}s")
-    tiers = len({s.tier for s in stack_fn("bench-lb").services})
-    bound = tiers * (B8_READY_S + start_s)
-    one = B8_READY_S + start_s
+    stack = stack_fn("bench-lb")
+    per_tier, graph_levels = gen.chain_levels(stack)
+    level = B8_READY_S + start_s
+    tiers = len(per_tier)
+    bound = tiers * level
+    chain_bound = sum(per_tier.values()) * level
+    one = level
     label = f"interval {interval:g}s{' (quick: reduced from 45s)' if bench.cfg.quick else ''}"
     bench.add(Row("B8", f"true-readiness bound, cold ({tiers} tiers x ({B8_READY_S}s + 1 start))",
-                  "s", rec=[bound]))
-    row = bench.add(Row("B8", f"cold start to all healthy, {label}", "s", rec=cold[REC],
+                  "s", rec=[bound], extra={"start_s": start_s}))
+    bench.add(Row("B8", f"dependency-chain bound, cold ({sum(per_tier.values())} chained "
+                        f"levels x ({B8_READY_S}s + 1 start); the graph without tiers: "
+                        f"{graph_levels})", "s", rec=[chain_bound],
+                  extra={"levels_per_tier": per_tier, "graph_levels": graph_levels}))
+    row = bench.add(Row("B8", f"cold start to all ready, {label}", "s", rec=cold[REC],
                         cmp=cold[CMP]))
     vs = bench.add(Row("B8", "cold start: reconciler / true-readiness bound", "x",
                        rec=[x / bound for x in cold[REC]], target="<= 1.3"))
     vs.met = (vs.rec_median or math.inf) <= 1.3
+    bench.add(Row("B8", "cold start: reconciler / dependency-chain bound", "x",
+                  rec=[x / chain_bound for x in cold[REC]]))
     bench.add(Row("B8", "cold start: compose / true-readiness bound", "x",
                   rec=[x / bound for x in cold[CMP]]))
-    urow = bench.add(Row("B8", f"one-service update to new container healthy, {label}", "s",
+    urow = bench.add(Row("B8", f"one-service update to new container ready, {label}", "s",
                          rec=update[REC], cmp=update[CMP]))
     uvs = bench.add(Row("B8", f"update: reconciler / bound ({B8_READY_S}s + 1 start)", "x",
                         rec=[x / one for x in update[REC]], target="<= 1.3"))
     uvs.met = (uvs.rec_median or math.inf) <= 1.3
-    bench.raw["B8"] = {"interval_s": interval, "bound_s": bound, "update_bound_s": one,
-                       "start_s": starts, "cold": cold, "update": update,
-                       "rows": [row.metric, urow.metric]}
+    bench.raw["B8"] = {"interval_s": interval, "bound_s": bound, "chain_bound_s": chain_bound,
+                       "update_bound_s": one, "start_s": starts, "cold": cold,
+                       "update": update, "rows": [row.metric, urow.metric]}
+
+
+def _new_ready(d: Deployed, service: str, old_ids: set[str]
+               ) -> Callable[[list[dict[str, Any]], set[str]], bool]:
+    """`wait_all_ready`'s extra: a new container of `service` (not one of `old_ids`) is ready."""
+    def check(cs: list[dict[str, Any]], ready_ids: set[str]) -> bool:
+        return any((c.get("Labels") or {}).get(d.service_label) == service
+                   and c["Id"] not in old_ids and c["Id"] in ready_ids for c in cs)
+    return check
 
 
 # --- B2 no-op, B3 one change, B5 drift, B6 idle ---------------------------------------------------

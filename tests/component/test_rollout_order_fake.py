@@ -4,6 +4,7 @@ and updates one service at a time (never a stateful one next to another)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,48 @@ async def test_exec_probes_reach_the_next_tier_soon_after_the_app_is_ready(
     before = len(fake.exec_log)
     assert (await rec.reconcile()).result is PassStatus.NOOP
     assert len(fake.exec_log) == before
+
+
+SLOW_APP = 6.0  # ready after more than EXEC_FAST_S: the cadence backs off after that
+
+
+async def test_exec_probe_cadence_is_start_to_start_then_backs_off(
+        tmp_path: Path, fake: FakeRuntime) -> None:
+    from reconciler.execute import EXEC_FAST_S, EXEC_FIRST_S, EXEC_MAX_S
+
+    fake.set_behaviour("slow:1", ImageBehaviour(ready_after=SLOW_APP))
+    at: list[float] = []
+
+    def stamp(c: FakeContainer, cmd: object) -> None:
+        if c.labels.get("reconciler.service") == "db":
+            at.append(fake.now)
+
+    fake.exec_handler = stamp  # type: ignore[assignment]
+    rec, _ = make(tmp_path, fake, TIERS)
+    res = await rec.reconcile()
+    assert res.result is PassStatus.CONVERGED, res.message
+    start = started(fake, "db")
+    gaps = [b - a for a, b in itertools.pairwise(at)]
+    fast = [g for a, g in zip(at, gaps, strict=False) if a - start < EXEC_FAST_S - EXEC_FIRST_S]
+    # every EXEC_FIRST_S while the app may be about to answer (the inspect poll here is
+    # 0.5 s: probes no longer wait for its tick)
+    assert fast and all(abs(g - EXEC_FIRST_S) < 1e-6 for g in fast), gaps
+    # then backing off, never beyond EXEC_MAX_S
+    assert max(gaps) <= EXEC_MAX_S + 1e-6 and max(gaps) > EXEC_FIRST_S, gaps
+    # the next tier starts within one probe period of the app answering
+    gap = started(fake, "api") - start
+    assert SLOW_APP <= gap <= SLOW_APP + max(gaps) + 1e-6, gap
+
+
+async def test_the_next_tier_starts_within_one_fast_probe_of_a_2s_app(
+        tmp_path: Path, fake: FakeRuntime) -> None:
+    from reconciler.execute import EXEC_FIRST_S
+
+    rec, _ = make(tmp_path, fake, TIERS)
+    res = await rec.reconcile()
+    assert res.result is PassStatus.CONVERGED, res.message
+    gap = started(fake, "api") - started(fake, "db")
+    assert READY_AFTER <= gap <= READY_AFTER + EXEC_FIRST_S + 1e-6, gap
 
 
 async def test_a_crash_inside_a_background_min_ready_window_still_fails_the_rollout(

@@ -98,6 +98,16 @@ def test_lower_bound_sums_the_slowest_tier_delay_and_one_start_per_tier() -> Non
     assert probe == pytest.approx(2 + 1 + 1 + 0.5 + 4 * 0.25)
 
 
+def test_chain_levels_count_health_gated_chains_inside_tiers_and_over_the_graph() -> None:
+    per_tier, graph = gen.chain_levels(gen.demo_stack("x"))
+    # core: auth-service -> user-service; business: catalog -> order -> payment -> gateway
+    assert per_tier == {"infrastructure": 1, "core": 2, "business": 4, "external": 1}
+    # without tiers: db -> catalog -> order -> payment -> api-gateway -> web
+    assert graph == 6
+    flat = gen.scale_stack("y", 12)  # chains only between tiers
+    assert gen.chain_levels(flat) == ({t: 1 for t in gen.TIERS}, 4)
+
+
 def test_ab_alternation() -> None:
     assert order(0) == ("reconciler", "compose") and order(1) == ("compose", "reconciler")
 
