@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.core import labels
+from reconciler.core.builds import BuildContext
 from reconciler.core.envfiles import SECRET_KEY, Secret
 from reconciler.core.fields import public_fields
 from reconciler.core.model import LoadedSpec
@@ -42,6 +43,7 @@ class DesiredService:
     networks: tuple[str, ...]  # full engine names, in spec order
     binds: tuple[str, ...]  # Docker `Binds` entries
     edge: bool = False
+    build: BuildContext | None = None  # `build:`: the image is built on the host, not pulled
 
     @property
     def replicas(self) -> int:
@@ -145,7 +147,7 @@ def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None,
             order=resolved_order(spec, svc),
             fingerprint=labels.fingerprint(key, public), public_config=public,
             env=tuple(env.items()), networks=networks, binds=tuple(binds),
-            edge=is_edge,
+            edge=is_edge, build=loaded.builds.get(name),
         )
     return Desired(
         project=spec.project,
