@@ -47,6 +47,10 @@ class BuildRefused(Exception):
         self.reason = reason
 
 
+_OUTSIDE = ("outside the spec checkout (the spec directory, or the git repository holding "
+            "it) or into its .git: refused")
+
+
 def _confined(path: str, roots: Sequence[str], forbidden: Sequence[str]) -> bool:
     return (any(hostfiles.inside(path, r) for r in roots)
             and not any(hostfiles.inside(path, f) for f in forbidden))
@@ -59,8 +63,8 @@ def resolve(spec_dir: str, build: Build, *, roots: Sequence[str],
     written = os.path.join(spec_dir, os.path.expanduser(build.context))
     context = os.path.realpath(written)
     if not _confined(context, roots, forbidden):
-        raise BuildRefused(f"build context {build.context!r} resolves to {context}, outside "
-                           "the spec checkout (or into its .git): refused")
+        raise BuildRefused(f"build context {build.context!r} resolves to {context}, "
+                           + _OUTSIDE)
     try:
         st = os.stat(context)
     except OSError:
@@ -71,8 +75,8 @@ def resolve(spec_dir: str, build: Build, *, roots: Sequence[str],
                            "not a directory")
     dockerfile = os.path.realpath(os.path.join(written, build.dockerfile))
     if not _confined(dockerfile, roots, forbidden):
-        raise BuildRefused(f"dockerfile {build.dockerfile!r} resolves to {dockerfile}, outside "
-                           "the spec checkout (or into its .git): refused")
+        raise BuildRefused(f"dockerfile {build.dockerfile!r} resolves to {dockerfile}, "
+                           + _OUTSIDE)
     if hostfiles.inside(dockerfile, context) and dockerfile != context:
         name = os.path.relpath(dockerfile, context).replace(os.sep, "/")
     else:

@@ -92,10 +92,9 @@ def _translate(pattern: str) -> str:
                 out += re.escape(c)
             else:
                 body = pattern[i + 1:end]
-                if body.startswith("^"):
-                    body = "!" + body[1:]
-                out += "[" + ("^" + re.escape(body[1:]) if body.startswith("!")
-                              else re.escape(body)) + "]"
+                negate = body.startswith(("!", "^"))
+                body = (body[1:] if negate else body).replace("\\", "\\\\").replace("[", "\\[")
+                out += "[" + ("^" if negate else "") + body + "]"
                 i = end
         elif c == "\\" and i + 1 < len(pattern):
             i += 1
