@@ -447,6 +447,7 @@ services:
         - MODE=production
         - FROM_SHELL
       cache_from: [acme/web:cache]
+    pull_policy: build
   db:
     image: postgres:16
 """
@@ -463,6 +464,8 @@ services:
     assert "c.yml:12: services.web.build.args.FROM_SHELL: dropped: it takes its value from " \
            "the environment" in lines
     assert "c.yml:13: services.web.build.cache_from: not supported (dropped)" in lines
+    assert "c.yml:14: services.web.pull_policy: build: dropped, a `build:` image is built" \
+        in lines and "pull_policy" not in result.services["web"]
     # the build-only service is written without an image: the reconciler names it
     assert any("context: ../api" in text for text in result.files.values())
 
