@@ -676,11 +676,19 @@ class FakeRuntime:
                           labels: Mapping[str, str],
                           progress: Callable[[str], None]) -> None:
         self._enter("build_image")
-        archive.read()
-        progress(f"Step 1/1 : FROM scratch ({dockerfile})")
-        if normalise_ref(ref) in self.failing_builds:
-            raise BuildFailed(f"build {ref}: The command '/bin/sh -c false' returned a "
-                              "non-zero code: 1", ("Step 1/1 : RUN false",))
+        with tarfile.open(fileobj=archive) as tar:  # the engine's classic builder, in short:
+            member = tar.extractfile(dockerfile)  # every RUN step succeeds but `RUN false`
+            steps = [ln.strip() for ln in (member.read().decode() if member else "").splitlines()
+                     if ln.strip() and not ln.startswith("#")]
+        if not steps:
+            raise BuildFailed(f"Cannot locate specified Dockerfile: {dockerfile}")
+        tail: list[str] = []
+        for i, step in enumerate(steps, start=1):
+            tail.append(f"Step {i}/{len(steps)} : {step}")
+            progress(tail[-1])
+            if step == "RUN false" or (i == 1 and normalise_ref(ref) in self.failing_builds):
+                raise BuildFailed("The command '/bin/sh -c false' returned a non-zero code: 1",
+                                  tuple(tail))
         self.built.append(normalise_ref(ref))
         self.images.add(normalise_ref(ref))
 
