@@ -102,6 +102,24 @@ def _rules(context: str) -> tuple[IgnoreRule, ...]:
     return parse_dockerignore(data.decode("utf-8", "replace"))
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_at(dir_fd: int, name: str) -> tuple[int, os.stat_result]:
+    """An fd on the regular file `name` in `dir_fd` (not a symlink: `O_NOFOLLOW`), checked by
+    `lstat` before and `fstat` after opening, as `hostfiles.open_regular` does by path."""
+    before = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if not stat.S_ISREG(before.st_mode):
+        raise hostfiles.Refused(f"is {hostfiles.kind(before.st_mode)}, not a regular file")
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                 dir_fd=dir_fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
+        os.close(fd)
+        raise hostfiles.Refused("changed while it was opened")
+    return fd, st
+
+
 class _Hashing:
     """A file object over an fd that feeds what is read to a hash (tarfile reads it)."""
 
@@ -139,25 +157,19 @@ def walk(context: str, dockerfile: str, dockerfile_name: str, *, roots: Sequence
                                "files: refused; leave out what the build does not need with "
                                "a .dockerignore")
 
-    def add_file(rel: str, path: str, name: str) -> None:
-        try:
-            fd, st = hostfiles.open_regular(path)
-        except hostfiles.Refused as exc:
-            raise BuildRefused(f"build context {context}: {rel} {exc.reason}") from None
-        except OSError as exc:
-            raise BuildRefused(f"build context {context}: {rel}: "
-                               f"{exc.strerror or 'unreadable'}") from None
+    def add_file(rel: str, path: str, opened: tuple[int, os.stat_result]) -> None:
+        fd, st = opened
         try:
             count(st.st_size, rel)
             sent.append(path)
             mode = stat.S_IMODE(st.st_mode)
-            h.update(f"\0file {name} {mode:o} {st.st_size}\0".encode())
+            h.update(f"\0file {rel} {mode:o} {st.st_size}\0".encode())
             reader = _Hashing(fd, h.update)
             if tar is None:
                 while reader.read(_CHUNK):
                     pass
                 return
-            info = tarfile.TarInfo(name)
+            info = tarfile.TarInfo(rel)
             info.size, info.mode, info.mtime = st.st_size, mode, int(st.st_mtime)
             try:
                 tar.addfile(info, reader)
@@ -167,47 +179,66 @@ def walk(context: str, dockerfile: str, dockerfile_name: str, *, roots: Sequence
         finally:
             os.close(fd)
 
-    def visit(directory: str, prefix: str) -> None:
+    def refused(rel: str, exc: OSError) -> BuildRefused:
+        if isinstance(exc, hostfiles.Refused):
+            return BuildRefused(f"build context {context}: {rel or '.'} {exc.reason}")
+        return BuildRefused(f"build context {context}: {rel or '.'}: "
+                            f"{exc.strerror or 'unreadable'}")
+
+    def visit(dir_fd: int, prefix: str) -> None:
+        # by directory fd, never by path: a directory swapped for a symlink after it was
+        # looked at is not followed (O_NOFOLLOW on every step down)
         try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            entries = sorted(os.scandir(dir_fd), key=lambda e: e.name)
         except OSError as exc:
-            raise BuildRefused(f"build context {context}: {prefix or '.'}: "
-                               f"{exc.strerror or 'unreadable'}") from None
+            raise refused(prefix.rstrip("/"), exc) from None
         for entry in entries:
             rel = prefix + entry.name
+            path = os.path.join(context, rel)
             if entry.name == ".git":
                 continue  # never read, never sent (remote URL, credentials)
-            st = entry.stat(follow_symlinks=False)
+            st = os.stat(entry.name, dir_fd=dir_fd, follow_symlinks=False)
             is_dir = stat.S_ISDIR(st.st_mode)
             if rel == dockerfile_name:
                 continue  # added once, below, even when .dockerignore leaves it out
-            if ignored(rules, rel):
-                if is_dir and may_hold_exceptions(rules, rel):
-                    visit(entry.path, rel + "/")
+            skip = ignored(rules, rel)
+            if skip and not (is_dir and may_hold_exceptions(rules, rel)):
                 continue
             if is_dir:
-                count(0, rel)
-                h.update(f"\0dir {rel}".encode())
-                if tar is not None:
-                    info = tarfile.TarInfo(rel)
-                    info.type, info.mode = tarfile.DIRTYPE, stat.S_IMODE(st.st_mode)
-                    info.mtime = int(st.st_mtime)
-                    tar.addfile(info)
-                visit(entry.path, rel + "/")
+                try:
+                    sub = os.open(entry.name, _DIR_FLAGS, dir_fd=dir_fd)
+                except OSError as exc:
+                    raise refused(rel, exc) from None
+                try:
+                    if not skip:
+                        count(0, rel)
+                        h.update(f"\0dir {rel}".encode())
+                        if tar is not None:
+                            info = tarfile.TarInfo(rel)
+                            info.type, info.mode = tarfile.DIRTYPE, stat.S_IMODE(st.st_mode)
+                            info.mtime = int(st.st_mtime)
+                            tar.addfile(info)
+                    visit(sub, rel + "/")
+                finally:
+                    os.close(sub)
             elif stat.S_ISREG(st.st_mode):
-                if os.path.realpath(entry.path) in withheld:
+                if os.path.realpath(path) in withheld:
                     raise BuildRefused(f"build context {context}: {rel} is an env file of the "
                                        "spec (secrets): it is never sent to a build; leave it "
                                        "out with a .dockerignore")
-                add_file(rel, entry.path, rel)
+                try:
+                    opened = _open_at(dir_fd, entry.name)
+                except OSError as exc:
+                    raise refused(rel, exc) from None
+                add_file(rel, path, opened)
             elif stat.S_ISLNK(st.st_mode):
-                target = os.readlink(entry.path)
-                real = os.path.realpath(entry.path)
+                target = os.readlink(entry.name, dir_fd=dir_fd)
+                real = os.path.realpath(path)
                 if not _confined(real, roots, forbidden):
                     raise BuildRefused(f"build context {context}: {rel} is a symlink to {real}, "
-                                       "outside the spec checkout (or into its .git): refused")
+                                       + _OUTSIDE)
                 count(0, rel)
-                sent.append(entry.path)
+                sent.append(path)
                 h.update(f"\0link {rel}\0{target}".encode())
                 if tar is not None:
                     info = tarfile.TarInfo(rel)
@@ -218,8 +249,21 @@ def walk(context: str, dockerfile: str, dockerfile_name: str, *, roots: Sequence
                                    f"{hostfiles.kind(st.st_mode)}: only regular files, "
                                    "directories and symlinks are sent (never opened)")
 
-    visit(context, "")
-    add_file(dockerfile_name, dockerfile, dockerfile_name)
+    try:
+        top = os.open(context, _DIR_FLAGS)
+    except OSError as exc:
+        raise refused("", exc) from None
+    try:
+        visit(top, "")
+    finally:
+        os.close(top)
+    try:
+        opened = hostfiles.open_regular(dockerfile)
+    except OSError as exc:
+        raise BuildRefused(f"dockerfile {dockerfile}: "
+                           + (exc.reason if isinstance(exc, hostfiles.Refused)
+                              else exc.strerror or "unreadable")) from None
+    add_file(dockerfile_name, dockerfile, opened)
     if os.path.lexists(os.path.join(context, ".dockerignore")):
         sent.append(os.path.join(context, ".dockerignore"))
     return h.hexdigest(), tuple(sent)

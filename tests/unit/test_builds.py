@@ -283,3 +283,18 @@ services:
     assert builds["backend"]["ref"].startswith("proj-backend:")
     assert builds["proxy"]["tags"] == ["acme/proxy:1"]
     assert builds["proxy"]["context"] == str((project / "proxy").resolve())
+
+
+def test_a_fifo_dockerfile_is_refused_and_links_are_sent_as_links(tmp_path: Path) -> None:
+    spec = checkout(tmp_path, files={"Dockerfile": "FROM scratch\n", "sub/a.txt": "a\n"})
+    os.symlink("sub", spec / "app" / "sub-link")  # a directory link: sent as a link
+    out = io.BytesIO()
+    buildctx.write_archive(load(spec).builds["web"], out)
+    out.seek(0)
+    with tarfile.open(fileobj=out) as tar:
+        link = tar.getmember("sub-link")
+        assert link.issym() and link.linkname == "sub"
+        assert "sub-link/a.txt" not in tar.getnames() and "sub/a.txt" in tar.getnames()
+    os.unlink(spec / "app" / "Dockerfile")
+    os.mkfifo(spec / "app" / "Dockerfile")
+    assert "dockerfile 'Dockerfile'" in errors(spec) and "is a FIFO" in errors(spec)
