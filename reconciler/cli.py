@@ -462,6 +462,8 @@ def progress_printer(stream: TextIO | None = None) -> Callable[[Progress], None]
                 line = f"\x1b[31m{line}\x1b[0m"
         elif p.kind in ("images", "note"):
             line = f"--> {p.message}"
+        elif p.kind == "build":
+            line = f"    | {p.message}"
         else:
             return
         print(line, file=out, flush=True)

@@ -27,7 +27,7 @@ import os
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Final, TypeVar
+from typing import IO, Any, Final, TypeVar
 
 import aiodocker
 import aiohttp
@@ -38,6 +38,7 @@ from reconciler.core.envfiles import redact
 from reconciler.runtimes import (
     JSON,
     MAX_LOG_LINE,
+    BuildFailed,
     Conflict,
     EngineError,
     EngineEvent,
@@ -137,6 +138,31 @@ def _as_json_list(value: object, what: str) -> list[JSON]:
 def _labels_match(existing: object, wanted: Mapping[str, str]) -> bool:
     labels = existing if isinstance(existing, dict) else {}
     return all(labels.get(k) == v for k, v in wanted.items())
+
+
+_BUILD_TAIL: Final = 20  # lines of build output a failure shows
+
+
+def _build_item(raw: bytes, tail: deque[str], progress: Callable[[str], None]) -> None:
+    """One line of the build's JSON stream: output goes to `progress` and the tail; an
+    `error` item raises `BuildFailed`."""
+    if not raw.strip():
+        return
+    try:
+        item = json.loads(raw)
+    except ValueError:
+        return
+    if not isinstance(item, dict):
+        return
+    error = item.get("error") or (item.get("errorDetail") or {}).get("message")
+    if error:
+        raise BuildFailed(str(error).strip()[:MAX_LOG_LINE], tuple(tail))
+    text = item.get("stream")
+    if isinstance(text, str):
+        for line in text.splitlines():
+            if line.strip():
+                tail.append(line[:MAX_LOG_LINE])
+                progress(line[:MAX_LOG_LINE])
 
 
 # --------------------------------------------------------------------------- events
@@ -361,6 +387,7 @@ class DockerRuntime:
         timeout_s: float = 30.0,
         sock_connect_s: float = 5.0,
         pull_timeout_s: float = 600.0,
+        build_timeout_s: float = 1800.0,
         exec_timeout_s: float = 60.0,
         stream_timeout_s: float = 3600.0,
     ) -> None:
@@ -368,6 +395,7 @@ class DockerRuntime:
         self._timeout_s = timeout_s
         self._sock_connect_s = sock_connect_s
         self._pull_timeout_s = pull_timeout_s
+        self._build_timeout_s = build_timeout_s
         self._exec_timeout_s = exec_timeout_s
         self._stream_timeout_s = stream_timeout_s
         # A fresh connection per call on a local socket (microseconds): a daemon that shuts
@@ -502,6 +530,48 @@ class DockerRuntime:
                     f"{registryauth.config_file()}: run `docker login {registry}` as the "
                     "user the reconciler runs as, or set DOCKER_CONFIG)") from None
             raise
+
+    async def build_image(self, archive: IO[bytes], *, ref: str, dockerfile: str,
+                          args: Mapping[str, str], target: str | None,
+                          labels: Mapping[str, str],
+                          progress: Callable[[str], None]) -> None:
+        """`POST /build` with the context as a tar archive (aiodocker's `images.build` has
+        no `target`), reading the JSON progress stream to its end: an `error` item is a
+        failed build (`BuildFailed` with the output's last lines)."""
+        what = f"build {ref}"
+        params = {"t": ref, "dockerfile": dockerfile, "rm": "1", "forcerm": "1",
+                  "buildargs": json.dumps(dict(args)), "labels": json.dumps(dict(labels))}
+        if target:
+            params["target"] = target
+        tail: deque[str] = deque(maxlen=_BUILD_TAIL)
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None,
+                                        sock_connect=self._sock_connect_s)
+
+        async def go() -> None:
+            resp = await self._docker._do_query(
+                "build", "POST", params=params, data=archive, timeout=timeout,
+                headers={"Content-Type": "application/x-tar"})
+            try:
+                buf = b""
+                while chunk := await resp.content.read(_LOG_READ):
+                    *lines, buf = (buf + chunk).split(b"\n")
+                    for raw in lines:
+                        _build_item(raw, tail, progress)
+                _build_item(buf, tail, progress)
+            finally:
+                resp.close()
+
+        await self._call(what, go, timeout_s=self._build_timeout_s)
+
+    async def tag_image(self, ref: str, name: str) -> None:
+        repo, tag = name, "latest"
+        if ":" in name.rsplit("/", 1)[-1]:  # a registry's port is not a tag
+            repo, _, tag = name.rpartition(":")
+
+        async def go() -> None:
+            await self._docker.images.tag(ref, repo, tag=tag)
+
+        await self._call(f"tag {ref} as {name}", go)
 
     # ------------------------------------------------------------------ networks, volumes
 

@@ -12,12 +12,14 @@ Time and sleep are injected: component tests run it on a fake clock without real
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from reconciler import buildctx
 from reconciler.core import labels
 from reconciler.core.blueprint import container_config
 from reconciler.core.desired import Desired, DesiredService
@@ -25,6 +27,7 @@ from reconciler.core.envfiles import Secret, redact
 from reconciler.core.health import Failure, Gate, Probe, Verdict, health_command, judge, vouched
 from reconciler.core.plans import (
     Action,
+    BuildNeed,
     ContainerRef,
     ImageAction,
     Lane,
@@ -35,6 +38,7 @@ from reconciler.core.plans import (
 )
 from reconciler.faults import crash_point
 from reconciler.runtimes import (
+    BuildFailed,
     Conflict,
     EngineError,
     EngineUnavailable,
@@ -86,7 +90,7 @@ def engine_failed(step_id: str, what: str, exc: EngineError, *,
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    kind: str  # images | tier-start | tier-done | step-start | step-done | step-failed
+    kind: str  # images | build | tier-start | tier-done | step-start | step-done | step-failed
     tier: str = ""
     step: str = ""
     message: str = ""
@@ -267,6 +271,11 @@ class Executor:
     # --- images ----------------------------------------------------------------------------
 
     async def _images(self, plan: Plan, desired: Desired) -> None:
+        for build in plan.builds:  # built from the spec checkout, never pulled
+            if not await self._call(build.id, self.rt.image_present(build.ref)):
+                await self._build(build, desired)
+            for name in build.context.tags:  # the service's `image:` names it too
+                await self._call(build.id, self.rt.tag_image(build.ref, name))
         for need in plan.images:
             present = await self._call("image", self.rt.image_present(need.ref))
             action = need.if_present if present else need.if_missing
@@ -281,6 +290,38 @@ class Executor:
                 raise StepFailed(f"image {need.ref}", f"cannot pull: {exc}") from None
             except EngineError as exc:
                 raise engine_failed(f"image {need.ref}", "engine error", exc) from None
+
+    async def _build(self, need: BuildNeed, desired: Desired) -> None:
+        """Archive the context (hashed again on the way: it must still be what named the
+        image) and build it; a failure shows the error and the output's last lines."""
+        ctx = need.context
+        self.report(Progress("images", message=f"building {need.service}: {need.ref} from "
+                                               f"{ctx.context}"))
+        with tempfile.TemporaryFile(prefix="reconciler-build-") as archive:
+            try:
+                await asyncio.to_thread(buildctx.write_archive, ctx, archive)
+            except buildctx.BuildRefused as exc:
+                raise StepFailed(need.id, exc.reason) from None
+            except OSError as exc:
+                raise StepFailed(need.id, f"cannot write the build context archive: "
+                                          f"{exc.strerror or exc}") from None
+            archive.seek(0)
+
+            def line(text: str) -> None:
+                self.report(Progress("build", step=need.id, message=text))
+
+            try:
+                await self.rt.build_image(
+                    archive, ref=need.ref, dockerfile=ctx.dockerfile_name, args=dict(ctx.args),
+                    target=ctx.target, progress=line,
+                    labels={labels.PROJECT: desired.project, labels.SERVICE: need.service})
+            except BuildFailed as exc:
+                tail = "".join(f"\n      | {ln}" for ln in exc.tail[-LOG_TAIL:])
+                raise StepFailed(need.id, f"build failed: {exc}"
+                                          + (f"\n    last output lines:{tail}" if tail else ""),
+                                 kind=FailureKind.PULL_ERROR) from None
+            except EngineError as exc:
+                raise engine_failed(need.id, "engine error", exc) from None
 
     # --- tiers and services ----------------------------------------------------------------
 

@@ -21,7 +21,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from reconciler import hostfiles, yamlread
+from reconciler import buildctx, hostfiles, yamlread
+from reconciler.core.builds import BuildContext
 from reconciler.core.envfiles import EnvFile, EnvFinding, check_env_files, parse_dotenv
 from reconciler.core.model import (
     KeyPath,
@@ -36,6 +37,7 @@ from reconciler.core.specs import (
     Finding,
     HostPolicy,
     Spec,
+    active_services,
     merge_defaults,
     parse_mount,
     validate,
@@ -273,6 +275,18 @@ def _load(
         mounted.setdefault(name, ())
         mounted[name] = (*mounted[name], MountedFile(host, digest))
 
+    builds: dict[str, BuildContext] = {}
+    withheld = {os.path.realpath(e.path) for envs in env_files.values() for e in envs}
+    for name, svc in sorted(active_services(spec, profile_list).items()):
+        if svc.build is None:
+            continue
+        try:
+            builds[name] = buildctx.prepare(spec.project, name, str(spec_dir), svc.build,
+                                            image=svc.image, roots=allowed_roots,
+                                            forbidden=forbidden, withheld=withheld)
+        except buildctx.BuildRefused as exc:
+            findings.append(Finding(("services", name, "build"), exc.reason))
+
     if findings and not lines:
         raise _NeedLines
     problems = [_locate(f, locations, dummy) for f in findings]
@@ -286,12 +300,16 @@ def _load(
     warnings += _policy_notices(host_policy)
     if errors:
         raise SpecError(errors + warnings)
+    if builds:  # containers run the built image, by its content-addressed name
+        spec = spec.model_copy(update={"services": {
+            name: svc.model_copy(update={"image": builds[name].ref}) if name in builds else svc
+            for name, svc in spec.services.items()}})
     return LoadedSpec(
         directory=str(root), spec=spec, profiles=profile_list, files=digests,
         service_files=service_files, env_files=env_files, mounted=mounted,
         bind_sources=bind_sources, warnings=tuple(warnings),
         revision=None if bind_root is not None else _git_revision(spec_dir),
-        locations=locations, root=str(repo),
+        locations=locations, root=str(repo), builds=builds,
     )
 
 
@@ -716,6 +734,11 @@ def input_stamp(loaded: LoadedSpec, *, now_ns: int | None = None) -> tuple[Any, 
                 for dirpath, dirnames, filenames in os.walk(m.host_path):
                     dirnames[:] = sorted(dirnames)
                     paths += [dirpath, *(os.path.join(dirpath, f) for f in sorted(filenames))]
+    for build in loaded.builds.values():  # a changed build context is a changed image
+        paths.append(build.dockerfile)
+        for dirpath, dirnames, filenames in os.walk(build.context):
+            dirnames[:] = sorted(d for d in dirnames if d != ".git")
+            paths += [dirpath, *(os.path.join(dirpath, f) for f in sorted(filenames))]
     newest = 0
     stamp: list[Any] = [_git_revision(Path(loaded.directory).resolve())]
     for path in paths:

@@ -366,7 +366,8 @@ class Reconciler:
         # env files inside the spec tree are kept too (the state dir is private, copies keep
         # their 0600 mode): without them a kept revision cannot load, so it cannot be reverted to
         paths = (list(loaded.files) + [m.host_path for ms in loaded.mounted.values() for m in ms]
-                 + [e.path for envs in loaded.env_files.values() for e in envs if e.readable])
+                 + [e.path for envs in loaded.env_files.values() for e in envs if e.readable]
+                 + [f for b in loaded.builds.values() for f in b.files])  # what builds send
         # only what was loaded (and converged) may become last-good, not what the spec dir
         # holds by now: the copy is checked against the digests taken at load time
         digests = dict(loaded.files) | {m.host_path: m.digest for ms in loaded.mounted.values()

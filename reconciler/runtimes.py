@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 JSON = dict[str, Any]
 
@@ -37,6 +37,15 @@ class Conflict(EngineError):
 
 class ImageUnavailable(EngineError):
     """An image is neither present nor pullable."""
+
+
+class BuildFailed(EngineError):
+    """An image build failed (a step exited non-zero, a bad Dockerfile): the message names
+    the error, `tail` holds the last lines of the build's output."""
+
+    def __init__(self, message: str, tail: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.tail = tail
 
 
 class EngineFailure(EngineError):
@@ -94,6 +103,13 @@ class Runtime(Protocol):
     # images
     async def image_present(self, ref: str) -> bool: ...
     async def pull_image(self, ref: str) -> None: ...
+    # build `ref` from a tar archive of its context (classic builder); `progress` gets each
+    # line of output; a failed build raises `BuildFailed` with the output's tail
+    async def build_image(self, archive: IO[bytes], *, ref: str, dockerfile: str,
+                          args: Mapping[str, str], target: str | None,
+                          labels: Mapping[str, str],
+                          progress: Callable[[str], None]) -> None: ...
+    async def tag_image(self, ref: str, name: str) -> None: ...  # `name` = repo[:tag]
 
     # networks and volumes (create is idempotent for an existing name with our labels)
     async def create_network(self, name: str, *, labels: Mapping[str, str],

@@ -24,6 +24,7 @@ from reconciler.core.health import Probe, health_command
 from reconciler.core.snapshots import ContainerState, parse_container
 from reconciler.runtimes import (
     JSON,
+    BuildFailed,
     Conflict,
     EngineEvent,
     EventStream,
@@ -310,6 +311,40 @@ async def case_pull_unknown_image_is_image_unavailable(h: Harness) -> None:
             await h.runtime.pull_image(h.missing_image)
     h.timings["pull_failure_s"] = time.monotonic() - start
     assert await h.runtime.image_present(h.missing_image) is False
+
+
+def _context(dockerfile: str, files: dict[str, str]) -> io.BytesIO:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, text in {"Dockerfile": dockerfile, **files}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    out.seek(0)
+    return out
+
+
+async def case_build_tag_and_failed_build(h: Harness) -> None:
+    rt, ref = h.runtime, f"{h.project}-built:contract"
+    lines: list[str] = []
+    start = time.monotonic()
+    await rt.build_image(_context(f"FROM {h.image}\nARG A\nCOPY msg /msg\n", {"msg": "hi\n"}),
+                         ref=ref, dockerfile="Dockerfile", args={"A": "1"}, target=None,
+                         labels={LABEL_PROJECT: h.project}, progress=lines.append)
+    h.timings["build_s"] = time.monotonic() - start
+    assert await rt.image_present(ref) and any(line.startswith("Step 1/") for line in lines)
+    await rt.tag_image(ref, f"{h.project}-named/built:dev")
+    assert await rt.image_present(f"{h.project}-named/built:dev")
+    broken = f"{h.project}-broken:contract"
+    with pytest.raises(BuildFailed) as info:
+        await rt.build_image(_context(f"FROM {h.image}\nRUN false\n", {}), ref=broken,
+                             dockerfile="Dockerfile", args={}, target=None,
+                             labels={LABEL_PROJECT: h.project}, progress=lambda _: None)
+    assert "returned a non-zero code: 1" in str(info.value)
+    assert any("RUN false" in line for line in info.value.tail)
+    assert await rt.image_present(broken) is False
+    with pytest.raises(NotFound):
+        await rt.tag_image(h.missing_image, f"{h.project}-named/missing:dev")
 
 
 async def case_exec_returns_exit_code_and_output(h: Harness) -> None:
@@ -644,6 +679,7 @@ CASES: list[Case] = [
     case_missing_network_fails_at_start_not_at_create,
     case_image_present,
     case_pull_unknown_image_is_image_unavailable,
+    case_build_tag_and_failed_build,
     case_exec_returns_exit_code_and_output,
     case_exec_stream_pipes_bytes_both_ways,
     case_archive_round_trip_in_a_created_container,

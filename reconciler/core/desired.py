@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.core import labels
+from reconciler.core.builds import BuildContext
 from reconciler.core.envfiles import SECRET_KEY, Secret
 from reconciler.core.fields import public_fields
 from reconciler.core.model import LoadedSpec
@@ -46,6 +47,7 @@ class DesiredService:
     # config is applied by a graceful reload), and (spec source, staged copy) of each of them
     config_digest: str = ""
     staged: tuple[tuple[str, str], ...] = ()
+    build: BuildContext | None = None  # `build:`: the image is built on the host, not pulled
 
     @property
     def replicas(self) -> int:
@@ -162,7 +164,7 @@ def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None,
             edge=is_edge,
             config_digest=(labels.keyed_digest(key, labels.canonical(mounted), length=16)
                            if is_edge and mounted else ""),
-            staged=tuple(staged),
+            staged=tuple(staged), build=loaded.builds.get(name),
         )
     return Desired(
         project=spec.project,

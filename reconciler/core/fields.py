@@ -97,6 +97,9 @@ def _list(value: Any) -> list[Any] | None:
 
 FIELDS: tuple[ContainerField, ...] = (
     ContainerField("image", lambda s: s.image, _set("body", "Image", lambda s: s.image)),
+    # how the image is built (its content digest is already in the image's name)
+    ContainerField("build", lambda s: s.build.model_dump(mode="json", exclude_none=True)
+                   if s.build is not None else None, _nothing),
     ContainerField("command", lambda s: _list(s.command),
                    _set("body", "Cmd", lambda s: _list(s.command), keep_empty=True)),
     ContainerField("entrypoint", lambda s: _list(s.entrypoint),

@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from reconciler.core.builds import BuildContext
 from reconciler.core.envfiles import EnvFile
 from reconciler.core.labels import keyed_digest
 from reconciler.core.specs import Spec
@@ -78,6 +79,7 @@ class LoadedSpec:
     locations: Mapping[KeyPath, Location] = field(default_factory=dict)
     root: str = ""  # the repo (or spec dir) bind sources are relative to in fingerprints
     key: bytes = field(default=b"", repr=False)  # the host key (the loader always sets one)
+    builds: Mapping[str, BuildContext] = field(default_factory=dict)  # service -> its build
 
     @property
     def digest(self) -> str:
@@ -100,6 +102,8 @@ class LoadedSpec:
         for service in sorted(self.mounted):
             for mounted in self.mounted[service]:
                 parts.append(f"{mounted.host_path}\0{mounted.digest}")
+        for service in sorted(self.builds):
+            parts.append(f"build {service}\0{self.builds[service].digest}")
         parts.append(",".join(self.profiles))
         if not self.key:
             raise ValueError("a LoadedSpec carries the host key: fingerprints are never unkeyed")

@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from reconciler.core import labels
+from reconciler.core.builds import BuildContext
 from reconciler.core.desired import Desired, DesiredService
 from reconciler.core.snapshots import ContainerState, Health, Observed, Snapshot
 from reconciler.core.specs import PullPolicy, Restart, UpdateOrder
@@ -206,6 +207,21 @@ class ImageNeed:
 
 
 @dataclass(frozen=True, slots=True)
+class BuildNeed:
+    """An image the plan's steps need that is built on the host from the spec checkout
+    (before anything is stopped): built when its content-addressed name is missing."""
+
+    service: str
+    ref: str
+    context: BuildContext
+
+    @property
+    def id(self) -> str:
+        """`build web -> metro-web:3f2a...` (as plans show it)."""
+        return f"build {self.service} -> {self.ref}"
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamChange:
     """Servers (containers) an exposed service's `upstream` gains and loses by the plan."""
 
@@ -222,6 +238,7 @@ class Plan:
     tiers: tuple[str, ...]
     steps: tuple[Step, ...] = ()
     images: tuple[ImageNeed, ...] = ()  # what create/replace/recreate steps need, sorted
+    builds: tuple[BuildNeed, ...] = ()  # images those steps need built first, by service
     engine_available: bool = True
     notes: tuple[str, ...] = field(default=())
     upstreams: tuple[UpstreamChange, ...] = ()  # edge upstream changes the steps imply
@@ -504,14 +521,19 @@ def compute(desired: Desired, snapshot: Snapshot, *, hold: Iterable[str] = (),
     steps = _order([_how(s, desired) for s in steps], desired)
     steps = _backups(steps, desired) + steps
     needs: dict[str, PullPolicy] = {}
+    builds: dict[str, BuildNeed] = {}
     for s in steps:
         if s.action in (Action.CREATE, Action.REPLACE, Action.RECREATE):
+            built = desired.services[s.service].build
             wanted = desired.services[s.service].service
-            if needs.get(wanted.image) is not PullPolicy.ALWAYS:
+            if built is not None:  # built here, never pulled
+                builds.setdefault(s.service, BuildNeed(s.service, built.ref, built))
+            elif needs.get(wanted.image) is not PullPolicy.ALWAYS:
                 needs[wanted.image] = wanted.pull_policy
     images = [ImageNeed.of(ref, needs[ref]) for ref in sorted(needs)]
     return Plan(project=desired.project, tiers=desired.tiers, steps=tuple(steps),
-                images=tuple(images), engine_available=snapshot.engine_available,
+                images=tuple(images), builds=tuple(builds[n] for n in sorted(builds)),
+                engine_available=snapshot.engine_available,
                 upstreams=upstream_changes(steps), edge=desired.edge_service,
                 held=tuple(held.items()), notes=_held_notes(held))
 

@@ -130,6 +130,15 @@ def text(plan: Plan, *, color: bool = False, revision: str | None = None) -> str
         lines.append("No changes. The host matches the spec.")
         return "\n".join(clean(line) for line in lines) + "\n"
     lines += ["", LEGEND]
+    if plan.builds:
+        lines += ["", "Builds (first, before anything stops; skipped when the image exists; "
+                      "a failed build stops the rollout)"]
+        for need in plan.builds:
+            built = need.context
+            extra = f" (also tagged {', '.join(built.tags)})" if built.tags else ""
+            target = f" target {built.target}" if built.target else ""
+            lines.append(f"  * {need.id}{extra}    # context {built.context}, dockerfile "
+                         f"{built.dockerfile_name}{target}")
     backups = plan.backups()
     if backups:
         lines += ["", "Backups (taken first; a failed backup stops the rollout before anything)"]
@@ -239,6 +248,10 @@ def as_json(plan: Plan, *, revision: str | None = None) -> str:
         "in_sync": plan.empty,
         "tiers": list(plan.tiers),
         "images": [{"ref": i.ref, "pull_policy": i.policy.value} for i in plan.images],
+        "builds": [{"id": b.id, "service": b.service, "ref": b.ref,
+                    "tags": list(b.context.tags), "context": b.context.context,
+                    "dockerfile": b.context.dockerfile_name, "target": b.context.target,
+                    "args": dict(b.context.args)} for b in plan.builds],
         "summary": plan.counts(),
         "notes": list(plan.notes),
         "steps": [step_dict(s) for s in plan.steps],

@@ -234,12 +234,31 @@ class Backup(_Model):
         return self
 
 
+def _build(value: object) -> object:
+    """compose's two forms: `build: ./dir` (the context) or a mapping."""
+    return {"context": value} if isinstance(value, str) else value
+
+
+class Build(_Model):
+    """compose `build`: an image built on the host from the spec checkout (context and
+    Dockerfile confined to it like bind mounts). `args` are literal values of the spec: no
+    interpolation, nothing from an env file."""
+
+    context: str = "."
+    dockerfile: str = "Dockerfile"  # relative to the context (as in compose)
+    args: EnvMap = Field(default_factory=dict)
+    target: str | None = None
+
+
 class Service(_Model):
     """One service of the spec: compose keys plus `tier`, `update` and `expose`."""
 
     tier: str | None = None
     kind: Kind = Kind.SERVICE
-    image: str
+    # with `build`, the loader sets it to the built image's content-addressed name (an
+    # `image:` given next to `build:` becomes one more tag of it, as in compose)
+    image: str = ""
+    build: Annotated[Build, BeforeValidator(_build)] | None = None
     pull_policy: PullPolicy = PullPolicy.MISSING
     command: StrList | None = None
     entrypoint: StrList | None = None
@@ -295,6 +314,12 @@ class Service(_Model):
         if isinstance(data, Mapping) and data.get("kind") == Kind.JOB.value:
             return {**data, "restart": Restart.NO.value}
         return data
+
+    @model_validator(mode="after")
+    def _image_or_build(self) -> Service:
+        if not self.image.strip() and self.build is None:
+            raise ValueError("a service needs `image` or `build`")
+        return self
 
     @property
     def job(self) -> bool:
@@ -655,6 +680,8 @@ def validate(
                                          resolve_path or {}, forbidden))
         if svc.job:
             findings.extend(_check_job(base, svc))
+        if svc.build is not None:
+            findings.extend(_check_build(base, svc.build))
         if svc.expose is not None and spec.edge is None:
             findings.append(Finding((*base, "expose"), "expose needs a top-level `edge`"))
         order = resolved_order(spec, svc)
@@ -711,6 +738,26 @@ def validate(
             findings.append(Finding(("edge", "upstreams_file"), "must be an absolute path"))
     findings.extend(_check_names(spec, policy))
     return sorted(findings, key=lambda f: tuple(str(p) for p in f.path))
+
+
+def _check_build(base: tuple[str | int, ...], build: Build) -> list[Finding]:
+    """Build args are literal spec values (they stay in the image's history): no `${VAR}`
+    to fill from an env file or the environment, and nothing that looks like a secret."""
+    out = []
+    for key, value in sorted(build.args.items()):
+        path = (*base, "build", "args", key)
+        if "${" in value or re.search(r"\$[A-Za-z_]", value):
+            out.append(Finding(path, "build args are literal: no ${VAR} interpolation "
+                                     "(nothing from an env file or the environment reaches "
+                                     "a build)"))
+        elif SECRET_KEY.search(key) and value:
+            out.append(Finding(path, "looks like a secret: build args stay readable in the "
+                                     "image's history (docker history), never put one here",
+                               warning=True))
+    if build.target is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+                                                     build.target):
+        out.append(Finding((*base, "build", "target"), f"{build.target!r} is not a stage name"))
+    return out
 
 
 def _check_job(base: tuple[str | int, ...], svc: Service) -> list[Finding]:

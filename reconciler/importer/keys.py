@@ -358,14 +358,17 @@ def scale(svc: Draft, y: Y, _: Mapping[str, Y]) -> None:
 
 
 
-def pull_policy(svc: Draft, y: Y, _: Mapping[str, Y]) -> None:
+def pull_policy(svc: Draft, y: Y, items: Mapping[str, Y]) -> None:
     value = as_text(y.value)
     mapped = {"always": "always", "never": "never", "missing": "missing",
               "if_not_present": "missing"}.get(value)
     if (mapped is None and value in ("daily", "weekly")) or value.startswith("every_"):
         mapped = "always"
         svc.remark(Kind.NOTE, y, ("pull_policy",), f"{value} -> always")
-    if mapped is None:
+    if value == "build" and "build" in items:
+        svc.remark(Kind.NOTE, y, ("pull_policy",), "build: dropped, a `build:` image is built "
+                   "whenever its context changed (it is named by the content's hash)")
+    elif mapped is None:
         svc.unsupported(y, ("pull_policy",))
     elif mapped != "missing":
         svc.data["pull_policy"] = mapped

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from reconciler.importer import deploy, keys, mounts
+from reconciler.importer import building, deploy, keys, mounts
 from reconciler.importer.draft import Draft
 from reconciler.importer.model import Kind, NotText, Y, as_text
 
 SERVICE_ORDER = (
-    "tier", "kind", "image", "pull_policy", "replicas", "profiles", "command", "entrypoint",
-    "env_file", "environment", "ports", "volumes", "networks", "depends_on", "healthcheck",
-    "update", "resources", "restart", "labels", "stop_grace_period", "stop_signal", "user",
-    "working_dir", "hostname", "privileged", "network_mode", "pid", "ipc", "cap_add",
+    "tier", "kind", "image", "build", "pull_policy", "replicas", "profiles", "command",
+    "entrypoint", "env_file", "environment", "ports", "volumes", "networks", "depends_on",
+    "healthcheck", "update", "resources", "restart", "labels", "stop_grace_period", "stop_signal",
+    "user", "working_dir", "hostname", "privileged", "network_mode", "pid", "ipc", "cap_add",
     "shm_size", "logging", "ulimits", "init", "read_only", "tmpfs", "security_opt", "cap_drop",
     "extra_hosts", "pids_limit", "dns", "dns_search", "sysctls", "network_aliases",
 )
@@ -76,6 +76,7 @@ HANDLERS: dict[str, Handler] = {
     "dns_search": keys.dns_list("dns_search"),
     "sysctls": keys.sysctls,
     "links": keys.links,
+    "build": building.build,
     **{key: _copy(key) for key in COPY_STR},
 }
 
@@ -90,11 +91,8 @@ def convert_service(name: str, y: Y, *, project_dir: str = "", out_dir: str = ""
     items: dict[str, Y] = y.value
     image, build = items.get("image"), items.get("build")
     if image is None or not isinstance(image.value, str) or not image.value.strip():
-        if build is not None:
-            svc.remark(Kind.ERROR, build, ("build",),
-                       "build-only service: the reconciler runs images, it does not build "
-                       "them. Build and push the image in CI, then add `image: <ref>` (for "
-                       "example in an extra -f file), or leave the service out")
+        if build is not None and (image is None or image.value is None):
+            pass  # build-only: the reconciler names the built image by its content hash
         elif image is not None and not isinstance(image.value, str | None):
             svc.remark(Kind.ERROR, image, ("image",), "the image must be a string")
         elif image is not None:
@@ -104,11 +102,8 @@ def convert_service(name: str, y: Y, *, project_dir: str = "", out_dir: str = ""
             svc.remark(Kind.ERROR, y, ("image",), "a service needs an image")
     else:
         svc.data["image"] = image.value.strip()
-    if build is not None and "image" in svc.data:
-        svc.remark(Kind.NOTE, build, ("build",), "dropped: the image is kept; build and push "
-                   "it in CI (the reconciler never builds)")
     for key, value in items.items():
-        if key.startswith("x-") or key in ("image", "build"):
+        if key.startswith("x-") or key == "image":
             continue
         handler = HANDLERS.get(key)
         if handler is None:

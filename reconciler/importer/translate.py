@@ -173,7 +173,7 @@ def import_compose(
                 deps.append(dep)
         graph[name] = deps
     _jobs(converted)
-    roles = {n: r for n, s in converted.items() if (r := image_role(s.data["image"]))}
+    roles = {n: r for n, s in converted.items() if (r := image_role(s.data.get("image", "")))}
     for name, tier in sorted(overrides.items()):
         if name not in converted:
             remarks.append(Remark(Kind.WARNING, "--overrides", None, (name,),
@@ -401,7 +401,7 @@ def _edge_notes(converted: Mapping[str, Draft],
                 services: Mapping[str, Mapping[str, Any]]) -> list[Remark]:
     out = []
     for name, svc in converted.items():
-        if image_role(svc.data["image"]) != "external":
+        if image_role(svc.data.get("image", "")) != "external":
             continue
         nets = set(services[name].get("networks", ()))
         candidates = sorted(

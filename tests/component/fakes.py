@@ -39,11 +39,12 @@ import tarfile
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import IO, Literal
 
 from reconciler.runtimes import (
     JSON,
     MAX_LOG_LINE,
+    BuildFailed,
     Conflict,
     EngineEvent,
     ExecResult,
@@ -58,6 +59,7 @@ Health = Literal["healthy", "unhealthy", "starting"]
 WRITE_METHODS = frozenset({
     "create_container", "start_container", "stop_container", "remove_container",
     "kill_container", "connect_network", "pull_image", "create_network", "create_volume",
+    "build_image", "tag_image",
 })
 
 _ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -288,6 +290,9 @@ class FakeRuntime:
             None
         )
         self.exec_log: list[tuple[str, tuple[str, ...]]] = []
+        # image builds: refs built (in order), and refs whose build fails
+        self.built: list[str] = []
+        self.failing_builds: set[str] = set()
         self.stream_handler: Callable[[FakeContainer, tuple[str, ...], bytes | None],
                                       tuple[int, bytes, str]] | None = None
         self.containers: dict[str, FakeContainer] = {}
@@ -665,6 +670,33 @@ class FakeRuntime:
             self.images.add(norm)
             return
         raise ImageUnavailable(f"pull {ref}: pull access denied or repository does not exist")
+
+    async def build_image(self, archive: IO[bytes], *, ref: str, dockerfile: str,
+                          args: Mapping[str, str], target: str | None,
+                          labels: Mapping[str, str],
+                          progress: Callable[[str], None]) -> None:
+        self._enter("build_image")
+        with tarfile.open(fileobj=archive) as tar:  # the engine's classic builder, in short:
+            member = tar.extractfile(dockerfile)  # every RUN step succeeds but `RUN false`
+            steps = [ln.strip() for ln in (member.read().decode() if member else "").splitlines()
+                     if ln.strip() and not ln.startswith("#")]
+        if not steps:
+            raise BuildFailed(f"Cannot locate specified Dockerfile: {dockerfile}")
+        tail: list[str] = []
+        for i, step in enumerate(steps, start=1):
+            tail.append(f"Step {i}/{len(steps)} : {step}")
+            progress(tail[-1])
+            if step == "RUN false" or (i == 1 and normalise_ref(ref) in self.failing_builds):
+                raise BuildFailed("The command '/bin/sh -c false' returned a non-zero code: 1",
+                                  tuple(tail))
+        self.built.append(normalise_ref(ref))
+        self.images.add(normalise_ref(ref))
+
+    async def tag_image(self, ref: str, name: str) -> None:
+        self._enter("tag_image")
+        if normalise_ref(ref) not in self.images:
+            raise NotFound(f"tag {ref}: no such image")
+        self.images.add(normalise_ref(name))
 
     async def create_network(self, name: str, *, labels: Mapping[str, str],
                              internal: bool = False) -> None:

@@ -88,6 +88,9 @@ def _cleanup(project: str) -> None:
     vols = _docker("volume", "ls", "-q", "--filter", label, check=False).split()
     if vols:
         _docker("volume", "rm", *vols, check=False)
+    images = _docker("images", "-q", "--filter", label, check=False).split()
+    if images:  # built by the build case
+        _docker("rmi", "-f", *sorted(set(images)), check=False)
 
 
 @pytest.fixture

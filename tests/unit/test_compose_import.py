@@ -421,8 +421,8 @@ volumes:
     ):
         assert expected in lines, (expected, sorted(lines))
     texts = "\n".join(sorted(lines))
-    for fragment in ("services.web.build: dropped: the image is kept",
-                     "services.web.container_name: dropped",
+    assert web["image"] == "acme/web:1" and web["build"] == {"context": ".."}
+    for fragment in ("services.web.container_name: dropped",
                      "services.web.volumes[1]: SELinux relabel suffix :Z dropped",
                      "services.web.volumes[2]: anonymous volume at",
                      "services.web.volumes[3]: not supported (dropped): tmpfs mount",
@@ -432,12 +432,64 @@ volumes:
         assert fragment in texts, fragment
 
 
-def test_build_only_service_is_refused() -> None:
-    text = "services:\n  api:\n    build: ./api\n  db:\n    image: postgres:16\n"
-    result = import_compose([Source("c.yml", text)], environ={})
+def test_build_string_and_mapping_forms_are_translated() -> None:
+    text = """\
+services:
+  api:
+    build: ./api
+  web:
+    image: acme/web:2
+    build:
+      context: web
+      dockerfile: docker/Dockerfile.prod
+      target: runtime
+      args:
+        - MODE=production
+        - FROM_SHELL
+      cache_from: [acme/web:cache]
+    pull_policy: build
+  db:
+    image: postgres:16
+"""
+    result = import_compose([Source("c.yml", text)], environ={},
+                            project_dir="/srv/app", out_dir="/srv/app/specs")
+    assert result.ok, [str(r) for r in result.remarks]
+    assert "image" not in result.services["api"]
+    assert result.services["api"]["build"] == {"context": "../api"}
+    assert result.services["web"]["image"] == "acme/web:2"
+    assert result.services["web"]["build"] == {
+        "context": "../web", "dockerfile": "docker/Dockerfile.prod", "target": "runtime",
+        "args": {"MODE": "production"}}
+    lines = "\n".join(str(r) for r in result.remarks)
+    assert "c.yml:12: services.web.build.args.FROM_SHELL: dropped: it takes its value from " \
+           "the environment" in lines
+    assert "c.yml:13: services.web.build.cache_from: not supported (dropped)" in lines
+    assert "c.yml:14: services.web.pull_policy: build: dropped, a `build:` image is built" \
+        in lines and "pull_policy" not in result.services["web"]
+    # the build-only service is written without an image: the reconciler names it
+    assert any("context: ../api" in text for text in result.files.values())
+
+
+def test_build_args_from_env_files_are_refused_and_remote_contexts_too() -> None:
+    text = """\
+services:
+  api:
+    build:
+      context: ./api
+      args:
+        VERSION: ${VERSION}
+        CHANNEL: ${CHANNEL:-stable}
+  web:
+    build: https://github.com/acme/web.git#main
+"""
+    result = import_compose([Source("c.yml", text)], environ={"VERSION": "1.2.3"})
     assert not result.ok and not result.files
-    assert len(result.errors) == 1
-    assert str(result.errors[0]).startswith("c.yml:3: services.api.build: build-only service")
+    errors = [str(e) for e in result.errors]
+    assert any(e.startswith("c.yml:6: services.api.build.args.VERSION: takes $VERSION from "
+                            "the environment or .env: build args are literal") for e in errors)
+    assert any(e.startswith("c.yml:9: services.web.build: remote build context") for e in errors)
+    assert not any("CHANNEL" in e for e in errors)  # a default written in the file is literal
+    assert all("1.2.3" not in e for e in errors)
 
 
 def test_tiers_option_and_overrides() -> None:

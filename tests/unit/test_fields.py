@@ -36,6 +36,7 @@ POLICY = HostPolicy(allow_privileged=True, allow_host_namespaces=True,
 KEEP = "    expose: {port: 8080}\n"
 CONTAINER_VISIBLE: dict[str, str] = {
     "image": 'KEEP    image: "app:2"\n',
+    "build": "KEEP    build: ./ctx\n",  # the image becomes the built one's content name
     "pull_policy": "KEEP    pull_policy: always\n",
     "command": 'KEEP    command: ["run"]\n',
     "entrypoint": 'KEEP    entrypoint: ["/init"]\n',
@@ -97,6 +98,8 @@ def build(tmp: Path, extra: str) -> Desired:
     tmp.mkdir(parents=True, exist_ok=True)
     env.write_text("SECRET_TOKEN=a-long-enough-secret-value\n")
     env.chmod(0o600)
+    (tmp / "ctx").mkdir(exist_ok=True)
+    (tmp / "ctx" / "Dockerfile").write_text("FROM app:1\n")
     return desired_from(tmp, text, policy=POLICY)
 
 
