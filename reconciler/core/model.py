@@ -61,6 +61,23 @@ class MountedFile:
 
 
 @dataclass(frozen=True, slots=True)
+class FileContent:
+    """The content of one top-level secret or config, as the loader read it. `data` is
+    None when it could not be read (a preview plans with the fingerprint unknown); it is
+    never shown (not in repr, not in errors)."""
+
+    kind: str  # "secrets" or "configs"
+    name: str
+    path: str | None  # the host file (file sources), for change detection
+    data: bytes | None = field(default=None, repr=False)
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the content ("" when unreadable): only ever keyed before it is shown."""
+        return hashlib.sha256(self.data).hexdigest() if self.data is not None else ""
+
+
+@dataclass(frozen=True, slots=True)
 class LoadedSpec:
     """A validated spec with everything read from disk for it (env files, mounted
     files, digests), so the core never reads files itself."""
@@ -78,6 +95,8 @@ class LoadedSpec:
     locations: Mapping[KeyPath, Location] = field(default_factory=dict)
     root: str = ""  # the repo (or spec dir) bind sources are relative to in fingerprints
     key: bytes = field(default=b"", repr=False)  # the host key (the loader always sets one)
+    # ("secrets" | "configs", name) -> content, for the ones enabled services use
+    contents: Mapping[tuple[str, str], FileContent] = field(default_factory=dict)
 
     @property
     def digest(self) -> str:
@@ -100,6 +119,8 @@ class LoadedSpec:
         for service in sorted(self.mounted):
             for mounted in self.mounted[service]:
                 parts.append(f"{mounted.host_path}\0{mounted.digest}")
+        for kind, name in sorted(self.contents):
+            parts.append(f"{kind}\0{name}\0{self.contents[(kind, name)].digest}")
         parts.append(",".join(self.profiles))
         if not self.key:
             raise ValueError("a LoadedSpec carries the host key: fingerprints are never unkeyed")
@@ -108,7 +129,8 @@ class LoadedSpec:
     @property
     def unknown_env(self) -> bool:
         """True when an env file could not be read (the fingerprint is then unknown)."""
-        return any(not e.readable for envs in self.env_files.values() for e in envs)
+        return (any(not e.readable for envs in self.env_files.values() for e in envs)
+                or any(c.data is None for c in self.contents.values()))
 
 
 def format_path(path: KeyPath) -> str:

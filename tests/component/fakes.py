@@ -39,7 +39,7 @@ import tarfile
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from reconciler.runtimes import (
     JSON,
@@ -667,7 +667,8 @@ class FakeRuntime:
         raise ImageUnavailable(f"pull {ref}: pull access denied or repository does not exist")
 
     async def create_network(self, name: str, *, labels: Mapping[str, str],
-                             internal: bool = False) -> None:
+                             internal: bool = False,
+                             ipam: Mapping[str, Any] | None = None) -> None:
         self._enter("create_network")
         existing = self.networks.get(name)
         if existing is not None:
