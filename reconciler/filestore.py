@@ -63,6 +63,7 @@ class FileStore(FilesHook):
                 or target.parent.parent.parent != Path(self.root):
             raise FileStoreError(f"{what}: {target} is outside the files directory "
                                  f"{self.root}")
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         for directory in (self.root, target.parent.parent, target.parent):
             directory.mkdir(mode=0o700, exist_ok=True)
             st = os.lstat(directory)
