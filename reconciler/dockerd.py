@@ -576,10 +576,13 @@ class DockerRuntime:
     # ------------------------------------------------------------------ networks, volumes
 
     async def create_network(self, name: str, *, labels: Mapping[str, str],
-                             internal: bool = False) -> None:
+                             internal: bool = False,
+                             ipam: Mapping[str, Any] | None = None) -> None:
         what = f"create network {name}"
         body = {"Name": name, "CheckDuplicate": True, "Driver": "bridge",
                 "Internal": internal, "Labels": dict(labels)}
+        if ipam:
+            body["IPAM"] = dict(ipam)
         try:
             await self._json(what, "networks/create", method="POST", body=body)
             return
@@ -615,6 +618,10 @@ class DockerRuntime:
                 and (health.get("Test") or ["NONE"])[0] != "NONE" and self.start_interval):
             # API >= 1.44: Docker itself probes at a short cadence during the start period
             body["Healthcheck"] = {**health, "StartInterval": START_INTERVAL_NS}
+        elif isinstance(health, dict) and "StartInterval" in health and not self.start_interval:
+            # the spec's start_interval: an older engine has no such field (the executor's
+            # exec probes do the fast start instead)
+            body["Healthcheck"] = {k: v for k, v in health.items() if k != "StartInterval"}
         networking = body.get("NetworkingConfig")
         endpoints: dict[str, Any] = {}
         if isinstance(networking, dict) and isinstance(networking.get("EndpointsConfig"), dict):

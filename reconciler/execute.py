@@ -36,6 +36,8 @@ from reconciler.core.plans import (
     Step,
     Until,
 )
+from reconciler.core.snapshots import ContainerState, parse_container
+from reconciler.core.specs import Network
 from reconciler.faults import crash_point
 from reconciler.runtimes import (
     BuildFailed,
@@ -147,15 +149,18 @@ class Executor:
         self, runtime: Runtime, *, clock: Callable[[], float] = time.monotonic,
         sleep: Sleeper = asyncio.sleep, report: Reporter = ignore_progress, poll_s: float = 0.25,
         edge: EdgeHook | None = None, backups: BackupHook | None = None,
+        files: FilesHook | None = None,
     ) -> None:
         self.rt = runtime
         self.backups = backups
+        self.files = files
         self.clock = clock
         self.sleep = sleep
         self.report = report
         self.poll_s = poll_s
         self.edge = edge
         self._marks: dict[str, _Marks] = {}
+        self._fps: dict[str, str] = {}  # service -> desired fingerprint (of the running plan)
         self._windows: list[asyncio.Task[None]] = []  # min_ready windows in the background
         self._retiring: dict[str, list[asyncio.Task[None]]] = {}  # service -> background stops
         self._wake = _Wakeups()
@@ -165,6 +170,7 @@ class Executor:
                   edge: EdgeHook | None = None) -> ExecutionReport:
         if edge is not None:
             self.edge = edge
+        self._fps = {name: svc.fingerprint for name, svc in desired.services.items()}
         outcome = ExecutionReport()
         try:
             await self._images(plan, desired)
@@ -393,7 +399,7 @@ class Executor:
             crash_point("network-create:before")
             await self._call(step.id, self.rt.create_network(
                 step.object_name, labels=labels.object_labels(desired.project),
-                internal=net.internal))
+                internal=net.internal, ipam=ipam_config(net)))
             crash_point("network-create:after")
             return
         if step.action is Action.CREATE_VOLUME:
@@ -472,6 +478,19 @@ class Executor:
         assert step.new_name is not None
         name = step.new_name
         body = container_config(svc, step.replica or 1)
+        if svc.files:
+            if self.files is None:
+                raise StepFailed(step.id, "secrets and configs need a files directory; none "
+                                          "was given to the executor")
+            try:
+                self.files.materialise(svc)
+            except (OSError, ValueError) as exc:  # FileStoreError too: no content in it
+                raise StepFailed(step.id, f"secrets/configs not written: "
+                                          f"{getattr(exc, 'strerror', None) or exc}") from None
+        if svc.joins is not None:
+            joined = await self._joined(step, desired_fp=self._fps.get(svc.joins),
+                                        project=svc.project, service=svc.joins)
+            body["HostConfig"] = {**body["HostConfig"], "NetworkMode": f"container:{joined}"}
         crash_point("container-create:before")
         try:
             cid = await self.rt.create_container(name, body)
@@ -492,6 +511,20 @@ class Executor:
             raise engine_failed(step.id, "create failed", exc) from None
         crash_point("container-create:after")
         return cid
+
+    async def _joined(self, step: Step, *, desired_fp: str | None, project: str,
+                      service: str) -> str:
+        """The id of the running container of `service` (its desired generation, lowest
+        replica) whose network namespace a `network_mode: service:X` container joins."""
+        raw = await self._call(step.id, self.rt.list_containers(
+            label=labels.project_selector(project)))
+        found = [c for c in (parse_container(item) for item in raw) if c is not None
+                 and c.service == service and c.state is ContainerState.RUNNING
+                 and (desired_fp is None or c.fingerprint == desired_fp)]
+        if not found:
+            raise StepFailed(step.id, f"network_mode service:{service}: no running container "
+                                      f"of {service} to join")
+        return min(found, key=lambda c: (c.replica or 0, c.name)).id
 
     async def _start(self, step: Step, cid: str) -> None:
         crash_point("container-start:before")
@@ -690,6 +723,23 @@ def _first_leaf(eg: BaseExceptionGroup[BaseException]) -> BaseException:
         if isinstance(exc, StepFailed):
             return exc
     return eg.exceptions[0]
+
+
+def ipam_config(net: Network) -> dict[str, Any] | None:
+    """The engine's `IPAM` body of a network with `ipam` (None: the engine chooses)."""
+    if net.ipam is None:
+        return None
+    pools = [{k: v for k, v in (("Subnet", p.subnet), ("Gateway", p.gateway),
+                                ("IPRange", p.ip_range)) if v} for p in net.ipam.config]
+    return {"Driver": net.ipam.driver, "Config": pools}
+
+
+class FilesHook:
+    """Writes a service generation's secrets and configs before its container is created
+    (`filestore.FileStore`)."""
+
+    def materialise(self, svc: DesiredService) -> None:
+        raise NotImplementedError
 
 
 class BackupHook:

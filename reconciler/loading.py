@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from reconciler import buildctx, hostfiles, yamlread
+from reconciler import buildctx, filesources, hostfiles, yamlread
 from reconciler.core.builds import BuildContext
 from reconciler.core.envfiles import EnvFile, EnvFinding, check_env_files, parse_dotenv
 from reconciler.core.model import (
@@ -85,7 +85,7 @@ def read_yaml(path: Path, display: str, *, lines: bool = True, data: bytes | Non
 
 # --- loading --------------------------------------------------------------------------------
 
-_MERGED = ("services", "networks", "volumes")
+_MERGED = ("services", "networks", "volumes", "secrets", "configs")
 _SINGLE = ("project", "tiers", "defaults", "edge", "tier_parallelism")
 
 
@@ -243,10 +243,13 @@ def _load(
                                         warning=warn) for message, warn in problems_here)
         env_files[name] = tuple(read)
 
+    file_contents, content_findings = filesources.read_all(
+        spec, active_services(spec, profile_list), spec_dir=spec_dir, roots=env_roots,
+        policy=host_policy, strict=strict)
     findings = validate(spec, profiles=profile_list, policy=host_policy,
                         allowed_roots=allowed_roots, resolve_path=bind_sources,
                         forbidden=forbidden)
-    findings += env_findings
+    findings += env_findings + content_findings
     refused = {(f.path[1], f.path[3]) for f in findings if not f.warning
                and len(f.path) == 4 and f.path[0] == "services" and f.path[2] == "volumes"}
     digest_budget = [MAX_DIGEST_BYTES]
@@ -310,6 +313,7 @@ def _load(
         bind_sources=bind_sources, warnings=tuple(warnings),
         revision=None if bind_root is not None else _git_revision(spec_dir),
         locations=locations, root=str(repo), builds=builds,
+        contents=file_contents,
     )
 
 
@@ -727,6 +731,7 @@ def input_stamp(loaded: LoadedSpec, *, now_ns: int | None = None) -> tuple[Any, 
     last two seconds (a write may still be in flight: never cache a racy read)."""
     paths = [loaded.directory, *loaded.files]
     paths += [e.path for envs in loaded.env_files.values() for e in envs]
+    paths += [c.path for c in loaded.contents.values() if c.path]
     for mounts in loaded.mounted.values():
         for m in mounts:
             paths.append(m.host_path)

@@ -39,6 +39,7 @@ from reconciler.execute import (
     StepFailed,
     ignore_progress,
 )
+from reconciler.filestore import FileStore, files_dir
 from reconciler.loading import input_stamp, load
 from reconciler.persistence import (
     GoodRevision,
@@ -137,9 +138,11 @@ class Reconciler:
         self._cached: tuple[LoadedSpec, tuple[Any, ...]] | None = None
         self._built: tuple[LoadedSpec, Desired] | None = None
         self.last_snapshot: Snapshot | None = None
+        self.files = FileStore(files_dir(state.root))
         self.executor = Executor(runtime, clock=clock, sleep=sleep, report=report,
                                  poll_s=poll_s, backups=BackupStore(state.root, runtime,
-                                                                    wall=wall))
+                                                                    wall=wall),
+                                 files=self.files)
 
     def load_candidate(self) -> LoadedSpec:
         """The spec on disk; an unchanged spec (same files, same stats) is not read again."""
@@ -172,12 +175,19 @@ class Reconciler:
                 logs_dir.mkdir(parents=True, exist_ok=True)
             desired = build(loaded, key, edge_dir=str(directory) if spec.edge else None,
                             edge_log_dir=str(logs_dir) if logs_dir else None,
-                            edge_conf_dir=str(conf / edgeconf.MOUNTS) if spec.edge else None)
+                            edge_conf_dir=str(conf / edgeconf.MOUNTS) if spec.edge else None,
+                            files_dir=str(self.files.root))
             self._built = (loaded, desired)
         self.last_desired = desired
         snapshot = with_applied(await observe(self.rt, desired.project),
                                 edgeconf.read_applied(conf))
         self.last_snapshot = snapshot
+        # secrets/configs of generations no container and no desired service uses any more
+        if snapshot.engine_available:
+            self.files.prune(desired.project, {f"{c.service}-{c.fingerprint}"
+                                               for c in snapshot.containers}
+                             | {f"{s.name}-{s.fingerprint}"
+                                for s in desired.services.values()})
         plan = (planner(desired, snapshot) if planner is not None
                 else compute(desired, snapshot, hold=hold, retry=retry))
         edge = None

@@ -113,7 +113,8 @@ class Runtime(Protocol):
 
     # networks and volumes (create is idempotent for an existing name with our labels)
     async def create_network(self, name: str, *, labels: Mapping[str, str],
-                             internal: bool = False) -> None: ...
+                             internal: bool = False,
+                             ipam: Mapping[str, Any] | None = None) -> None: ...
     async def create_volume(self, name: str, *, labels: Mapping[str, str]) -> None: ...
 
     # containers

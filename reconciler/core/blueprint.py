@@ -36,13 +36,19 @@ def container_config(svc: DesiredService, replica: int) -> dict[str, Any]:
     host: dict[str, Any] = {"Binds": list(svc.binds)}
     apply_all(s, body, host)
     if s.network_mode:
+        # `service:X` is resolved by the executor to `container:<X's container id>`
         host["NetworkMode"] = s.network_mode
     elif svc.networks:
         host["NetworkMode"] = svc.networks[0]
         extra = {svc.networks[i]: s.network_aliases.get(short, ())
                  for i, short in enumerate(s.networks) if i < len(svc.networks)}
+        fixed = {svc.networks[i]: s.ipv4_address[short]
+                 for i, short in enumerate(s.networks)
+                 if i < len(svc.networks) and short in s.ipv4_address}
         body["NetworkingConfig"] = {"EndpointsConfig": {
-            net: {"Aliases": [svc.name, *extra.get(net, ())]} for net in svc.networks
+            net: {"Aliases": [svc.name, *extra.get(net, ())],
+                  **({"IPAMConfig": {"IPv4Address": fixed[net]}} if net in fixed else {})}
+            for net in svc.networks
         }}
     body["HostConfig"] = host
     return body

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from reconciler.core import labels
@@ -23,9 +23,31 @@ from reconciler.core.specs import (
     UpdateOrder,
     Volume,
     active_services,
+    joined_service,
     parse_mount,
     resolved_order,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class FileMount:
+    """A secret or config of one service: bind-mounted read-only from `host_path` (the
+    executor writes `data` there, with `mode` and owner, before the container is created).
+    `data` never appears in a repr, a label or a plan: those carry keyed digests only."""
+
+    kind: str  # "secrets" or "configs"
+    name: str
+    target: str  # absolute path in the container
+    mode: int
+    uid: int | None
+    gid: int | None
+    host_path: str
+    data: bytes | None = field(default=None, repr=False)  # None: unreadable (a preview)
+
+    @property
+    def bind(self) -> str:
+        """The Docker `Binds` entry (read-only)."""
+        return f"{self.host_path}:{self.target}:ro"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +70,8 @@ class DesiredService:
     config_digest: str = ""
     staged: tuple[tuple[str, str], ...] = ()
     build: BuildContext | None = None  # `build:`: the image is built on the host, not pulled
+    files: tuple[FileMount, ...] = ()  # secrets and configs (their binds are in `binds`)
+    joins: str | None = None  # network_mode service:X -> X
 
     @property
     def replicas(self) -> int:
@@ -79,6 +103,37 @@ class Desired:
                       key=lambda s: s.name)
 
 
+def _chain_joined(services: dict[str, DesiredService],
+                  key: bytes) -> dict[str, DesiredService]:
+    """Fold X's fingerprint into every service that joins X's network namespace, in join
+    order (X first); validation rules out cycles."""
+    done: dict[str, DesiredService] = {}
+
+    def finish(name: str, depth: int = 0) -> DesiredService:
+        if name in done:
+            return done[name]
+        svc = services[name]
+        target = svc.joins
+        if target is not None and target in services and depth < len(services):
+            other = finish(target, depth + 1)
+            public = {**svc.public_config, "network_of": other.fingerprint}
+            svc = replace(svc, public_config=public,
+                          fingerprint=labels.fingerprint(key, public))
+        done[name] = svc
+        return svc
+
+    return {name: finish(name) for name in services}
+
+
+def _with_file_paths(svc: DesiredService, files_dir: str) -> DesiredService:
+    if not svc.files:
+        return svc
+    directory = files_host_dir(files_dir, svc.project, svc.name, svc.fingerprint)
+    files = tuple(replace(f, host_path=posixpath.join(directory, f"{f.kind}-{i}-{f.name}"))
+                  for i, f in enumerate(svc.files))
+    return replace(svc, files=files, binds=(*svc.binds, *(f.bind for f in files)))
+
+
 def _mask(key: str, value: str, hkey: bytes) -> str:
     return f"(sensitive:{labels.keyed_digest(hkey, value, length=8)})" if SECRET_KEY.search(
         key) else value
@@ -95,8 +150,40 @@ def _relative(path: str, root: str) -> str:
 EDGE_LOG_TARGET = "/var/log/nginx/edge"
 
 
+# where secrets and configs are materialised when `build` is given no files directory (a
+# preview); the executor refuses any host path outside its own files directory
+PREVIEW_FILES_DIR = "/nonexistent/reconciler-files"
+
+
+def files_host_dir(files_dir: str, project: str, service: str, fingerprint: str) -> str:
+    """The directory holding one service generation's secrets and configs."""
+    return posixpath.join(files_dir, project, f"{service}-{fingerprint}")
+
+
+def _file_mounts(loaded: LoadedSpec, svc: Service, key: bytes,
+                 ) -> tuple[list[FileMount], dict[str, dict[str, str]]]:
+    """The service's secrets and configs (host paths filled in later) and their public
+    form: target -> "name mode owner sha:<keyed digest>" (never the content)."""
+    mounts: list[FileMount] = []
+    public: dict[str, dict[str, str]] = {}
+    for kind in ("secrets", "configs"):
+        for ref in getattr(svc, kind):
+            content = loaded.contents.get((kind, ref.source))
+            data = content.data if content is not None else None
+            digest = (labels.keyed_digest(key, data) if data is not None else labels.UNKNOWN)
+            target = ref.mount_path(kind)
+            owner = f" {ref.uid or '-'}:{ref.gid or '-'}" if ref.uid or ref.gid else ""
+            public.setdefault(kind, {})[target] = (
+                f"{ref.source} {ref.file_mode:04o}{owner} sha:{digest}")
+            mounts.append(FileMount(kind, ref.source, target, ref.file_mode,
+                                    int(ref.uid) if ref.uid else None,
+                                    int(ref.gid) if ref.gid else None, "", data))
+    return mounts, public
+
+
 def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None,
-          edge_log_dir: str | None = None, edge_conf_dir: str | None = None) -> Desired:
+          edge_log_dir: str | None = None, edge_conf_dir: str | None = None,
+          files_dir: str | None = None) -> Desired:
     """The edge's mounted spec files are digested apart from its fingerprint (a changed
     nginx.conf is reloaded, not a new container). `edge_conf_dir`: host directory of staged
     copies of them, which the edge mounts instead of the checkout (the reconciler rewrites a
@@ -105,7 +192,12 @@ def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None,
     `edge_dir`: host directory holding the rendered upstreams; the edge container gets it
     bind-mounted at the upstreams file's directory (not part of the fingerprint).
     `edge_log_dir`: host directory mounted writable at /var/log/nginx/edge, where nginx writes
-    the JSON access log the reconciler reads into edge metrics (not part of the fingerprint)."""
+    the JSON access log the reconciler reads into edge metrics (not part of the fingerprint).
+    `files_dir`: host directory the executor materialises secrets and configs in (one
+    directory per service generation, see `files_host_dir`).
+
+    A service with `network_mode: service:X` carries X's fingerprint in its own: when X gets
+    a new container, the service (whose network namespace was X's old container's) too."""
     spec = loaded.spec
     services: dict[str, DesiredService] = {}
     for name, svc in sorted(active_services(spec, loaded.profiles).items()):
@@ -150,6 +242,8 @@ def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None,
             "networks": list(networks),
             "labels": dict(sorted(svc.labels.items())),
         }
+        files, public_files = _file_mounts(loaded, svc, key)
+        public.update(public_files)
         public = {k: v for k, v in public.items() if v not in (None, [], {}, False)}
         assert svc.tier is not None  # validated
         if is_edge and edge_dir is not None and spec.edge is not None:
@@ -165,7 +259,11 @@ def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None,
             config_digest=(labels.keyed_digest(key, labels.canonical(mounted), length=16)
                            if is_edge and mounted else ""),
             staged=tuple(staged), build=loaded.builds.get(name),
+            files=tuple(files), joins=joined_service(svc),
         )
+    services = _chain_joined(services, key)
+    services = {name: _with_file_paths(d, files_dir or PREVIEW_FILES_DIR)
+                for name, d in services.items()}
     return Desired(
         project=spec.project,
         tiers=spec.tiers,

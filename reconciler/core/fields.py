@@ -58,6 +58,8 @@ def _healthcheck(s: Service, body: JSON, _host: JSON) -> None:
             "Retries": hc.retries,
             "StartPeriod": int(hc.start_period * NANO),
         }
+        if hc.start_interval is not None:  # honoured by API >= 1.44 (the runtime drops it
+            body["Healthcheck"]["StartInterval"] = int(hc.start_interval * NANO)  # below)
     elif hc is not None and hc.disable:
         body["Healthcheck"] = {"Test": ["NONE"]}
 
@@ -109,7 +111,8 @@ FIELDS: tuple[ContainerField, ...] = (
     ContainerField("ports", lambda s: list(s.ports), _ports),
     ContainerField("expose", lambda s: s.expose.port if s.expose is not None else None,
                    _nothing),
-    ContainerField("healthcheck", lambda s: s.healthcheck.model_dump(mode="json")
+    ContainerField("healthcheck", lambda s: s.healthcheck.model_dump(mode="json",
+                                                                     exclude_none=True)
                    if s.healthcheck is not None and s.healthcheck.active else None,
                    _healthcheck),
     ContainerField("resources", lambda s: s.resources.model_dump(mode="json",
@@ -165,6 +168,12 @@ FIELDS: tuple[ContainerField, ...] = (
     ContainerField("network_aliases", lambda s: {k: list(v) for k, v in
                                                  sorted(s.network_aliases.items())},
                    _nothing),  # see blueprint: the endpoints' Aliases
+    ContainerField("ipv4_address", lambda s: dict(sorted(s.ipv4_address.items())),
+                   _nothing),  # see blueprint: the endpoints' IPAMConfig
+    # secrets and configs: their public form (keyed digests of the content) and their
+    # read-only binds are resolved in `desired`
+    ContainerField("secrets", lambda s: None, _nothing),
+    ContainerField("configs", lambda s: None, _nothing),
     # a job runs to completion instead of serving (absent for services: no fingerprint change)
     ContainerField("kind", lambda s: s.kind.value if s.job else None, _nothing),
     # decides what runs (the image behind a tag), so a change is a new generation

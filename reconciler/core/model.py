@@ -62,6 +62,23 @@ class MountedFile:
 
 
 @dataclass(frozen=True, slots=True)
+class FileContent:
+    """The content of one top-level secret or config, as the loader read it. `data` is
+    None when it could not be read (a preview plans with the fingerprint unknown); it is
+    never shown (not in repr, not in errors)."""
+
+    kind: str  # "secrets" or "configs"
+    name: str
+    path: str | None  # the host file (file sources), for change detection
+    data: bytes | None = field(default=None, repr=False)
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the content ("" when unreadable): only ever keyed before it is shown."""
+        return hashlib.sha256(self.data).hexdigest() if self.data is not None else ""
+
+
+@dataclass(frozen=True, slots=True)
 class LoadedSpec:
     """A validated spec with everything read from disk for it (env files, mounted
     files, digests), so the core never reads files itself."""
@@ -80,6 +97,8 @@ class LoadedSpec:
     root: str = ""  # the repo (or spec dir) bind sources are relative to in fingerprints
     key: bytes = field(default=b"", repr=False)  # the host key (the loader always sets one)
     builds: Mapping[str, BuildContext] = field(default_factory=dict)  # service -> its build
+    # ("secrets" | "configs", name) -> content, for the ones enabled services use
+    contents: Mapping[tuple[str, str], FileContent] = field(default_factory=dict)
 
     @property
     def digest(self) -> str:
@@ -104,6 +123,8 @@ class LoadedSpec:
                 parts.append(f"{mounted.host_path}\0{mounted.digest}")
         for service in sorted(self.builds):
             parts.append(f"build {service}\0{self.builds[service].digest}")
+        for kind, name in sorted(self.contents):
+            parts.append(f"{kind}\0{name}\0{self.contents[(kind, name)].digest}")
         parts.append(",".join(self.profiles))
         if not self.key:
             raise ValueError("a LoadedSpec carries the host key: fingerprints are never unkeyed")
@@ -112,7 +133,8 @@ class LoadedSpec:
     @property
     def unknown_env(self) -> bool:
         """True when an env file could not be read (the fingerprint is then unknown)."""
-        return any(not e.readable for envs in self.env_files.values() for e in envs)
+        return (any(not e.readable for envs in self.env_files.values() for e in envs)
+                or any(c.data is None for c in self.contents.values()))
 
 
 def format_path(path: KeyPath) -> str:

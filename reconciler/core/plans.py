@@ -114,6 +114,9 @@ class Reason(StrEnum):
     RESTART = "restart requested"  # `reconciler restart`: same generation, fresh containers
     EDGE_CONFIG = "mounted config changed"  # the edge reloads it (nothing is recreated)
     EDGE_UNSTAGED = "mounted config changed; this edge mounts the checkout, not staged copies"
+    # network_mode service:X: X's container (whose network namespace this one shares) is
+    # gone or gets replaced by this plan
+    JOINED_REPLACED = "the container whose network it joins was replaced"
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,7 +466,7 @@ def held_services(desired: Desired, failed: Iterable[str]) -> dict[str, tuple[st
     degraded): each failed service (-> ()) and every service that depends on one,
     transitively (-> the failed services it waits on)."""
     failed = {f for f in failed if f in desired.services}
-    depends = {name: tuple(s.service.depends_on) for name, s in desired.services.items()}
+    depends = {name: tuple(joined_deps(s)) for name, s in desired.services.items()}
     held: dict[str, tuple[str, ...]] = {f: () for f in sorted(failed)}
     held.update(waiting_on(depends, failed))
     return held
@@ -518,6 +521,7 @@ def compute(desired: Desired, snapshot: Snapshot, *, hold: Iterable[str] = (),
         steps.append(Step(Action.REMOVE, reason, tier=c.tier, service=c.service,
                           replica=c.replica, old=(ContainerRef.of(c),), phase=Phase.LAST))
 
+    steps += _rejoin(desired, by_service, steps, held)
     steps = _order([_how(s, desired) for s in steps], desired)
     steps = _backups(steps, desired) + steps
     needs: dict[str, PullPolicy] = {}
@@ -536,6 +540,46 @@ def compute(desired: Desired, snapshot: Snapshot, *, hold: Iterable[str] = (),
                 engine_available=snapshot.engine_available,
                 upstreams=upstream_changes(steps), edge=desired.edge_service,
                 held=tuple(held.items()), notes=_held_notes(held))
+
+
+_NEW_CONTAINER = (Action.CREATE, Action.REPLACE, Action.RECREATE)
+
+
+def _rejoin(desired: Desired, by_service: Mapping[str, list[Observed]], steps: list[Step],
+            held: Mapping[str, Any]) -> list[Step]:
+    """`network_mode: service:X`: a container that joined X's network namespace lives only
+    as long as that container of X. A container of the desired generation is recreated (after
+    X) when the container it joined is not one of X's current containers, or when this plan
+    gives X a new container; a service that already gets new containers needs nothing."""
+    out: list[Step] = []
+    renewing = {s.service for s in steps if s.action in _NEW_CONTAINER}
+    # a START of X's stopped container gives it a new network namespace too
+    restarted = renewing | {s.service for s in steps if s.action is Action.START}
+    for name, svc in sorted(desired.services.items()):
+        target = svc.joins
+        if target is None or name in renewing or name in held or target not in desired.services:
+            continue
+        current_x = {c.id for c in by_service.get(target, ())
+                     if c.fingerprint == desired.services[target].fingerprint
+                     and c.state is ContainerState.RUNNING}
+        for c in sorted(by_service.get(name, ()), key=lambda c: (c.replica or 0, c.name)):
+            if c.fingerprint != svc.fingerprint or c.replica is None or c.replica < 1 \
+                    or c.replica > svc.replicas:
+                continue
+            if target in restarted or (c.joined and c.joined not in current_x):
+                out.append(Step(Action.RECREATE, Reason.JOINED_REPLACED, tier=svc.tier,
+                                service=name, replica=c.replica, new_name=c.name,
+                                old=(ContainerRef.of(c),)))
+    return out
+
+
+def joined_deps(svc: DesiredService) -> dict[str, str]:
+    """`depends_on` conditions plus the implied one of `network_mode: service:X`
+    (service_started: X's container must exist to be joined)."""
+    deps: dict[str, str] = {d: c.condition for d, c in svc.service.depends_on.items()}
+    if svc.joins is not None and svc.joins != svc.name:
+        deps.setdefault(svc.joins, "service_started")
+    return deps
 
 
 def _held_notes(held: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
@@ -619,9 +663,8 @@ def _order(steps: list[Step], desired: Desired) -> list[Step]:
     waits: dict[str, set[Wait]] = {}
     for tier, services in by_tier.items():
         for name in services:
-            deps = desired.services[name].service.depends_on
-            waits[name] = {Wait(d, _CONDITION[c.condition]) for d, c in deps.items()
-                           if d in services}
+            deps = joined_deps(desired.services[name])
+            waits[name] = {Wait(d, _CONDITION[c]) for d, c in deps.items() if d in services}
         updating = [n for n in _topological(services, desired) if any(
             s.stop_first or any(o.state is ContainerState.RUNNING for o in s.old)
             for s in services[n])]
@@ -656,7 +699,7 @@ def _topological(services: Mapping[str, list[Step]], desired: Desired) -> list[s
     left = sorted(services)
     while left:
         ready = [n for n in left if all(d in done or d not in services
-                                        for d in desired.services[n].service.depends_on)]
+                                        for d in joined_deps(desired.services[n]))]
         nxt = ready[0] if ready else left[0]  # a cycle cannot pass validation
         done.append(nxt)
         left.remove(nxt)

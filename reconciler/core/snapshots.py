@@ -59,6 +59,7 @@ class Observed:
     addresses: Mapping[str, str] = field(default_factory=dict)  # network -> IPv4 address
     # the edge's mounted config it serves: the label, or the digest a reload applied since
     config_digest: str = ""
+    joined: str = ""  # id of the container whose network namespace it joined (container:<id>)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +124,14 @@ def parse_container(item: Mapping[str, Any]) -> Observed | None:
         addresses={str(net): str(ep.get("IPAddress")) for net, ep in (
             (item.get("NetworkSettings") or {}).get("Networks") or {}).items()
             if isinstance(ep, dict) and ep.get("IPAddress")},
+        joined=_joined(item),
     )
+
+
+def _joined(item: Mapping[str, Any]) -> str:
+    host = item.get("HostConfig")
+    mode = str(host.get("NetworkMode") or "") if isinstance(host, Mapping) else ""
+    return mode.removeprefix("container:") if mode.startswith("container:") else ""
 
 
 def parse(

@@ -6,6 +6,7 @@ and maps every finding back to file:line. Findings carry a key path, never a sec
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -155,6 +156,9 @@ class Healthcheck(_Model):
     timeout: Duration = 30.0
     retries: int = Field(default=3, ge=1)
     start_period: Duration = 0.0
+    # probe cadence during start_period (engine API >= 1.44; older engines: the executor's
+    # own exec probes do the fast start)
+    start_interval: Duration | None = None
     disable: bool = False
 
     @field_validator("test")
@@ -250,6 +254,59 @@ class Build(_Model):
     target: str | None = None
 
 
+_MODE = re.compile(r"^0?[0-7]{3}$")
+
+
+def _file_ref(value: object) -> object:
+    return {"source": value} if isinstance(value, str) else value
+
+
+class FileRef(_Model):
+    """A service's use of a top-level secret or config (compose short or long syntax):
+    mounted read-only at `target` (secrets: /run/secrets/<target or source>; configs:
+    /<target or source>), with `mode` (a quoted octal string, default "0444") and the
+    owner `uid`/`gid` (default: the reconciler's user)."""
+
+    source: str
+    target: str | None = None
+    mode: str | None = None
+    uid: Annotated[str, BeforeValidator(_scalar_str)] | None = None
+    gid: Annotated[str, BeforeValidator(_scalar_str)] | None = None
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _octal(cls, value: object) -> object:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not _MODE.match(value):
+            raise ValueError('mode must be a quoted octal string such as "0440" (YAML 1.2 '
+                             "reads an unquoted 0440 as the decimal number 440)")
+        return value.rjust(4, "0")
+
+    @field_validator("uid", "gid")
+    @classmethod
+    def _numeric_id(cls, value: str | None) -> str | None:
+        if value is not None and not value.isdigit():
+            raise ValueError("uid and gid are numeric ids")
+        return value
+
+    def mount_path(self, kind: str) -> str:
+        """Where the file appears in the container (`kind`: "secrets" or "configs")."""
+        name = self.target or self.source
+        if name.startswith("/"):
+            return name
+        return f"/run/secrets/{name}" if kind == "secrets" else f"/{name}"
+
+    @property
+    def file_mode(self) -> int:
+        """The mode as a number (compose's default 0444)."""
+        return int(self.mode or "0444", 8)
+
+
+FileRefs = Annotated[tuple[Annotated[FileRef, BeforeValidator(_file_ref)], ...],
+                     BeforeValidator(_str_list)]
+
+
 class Service(_Model):
     """One service of the spec: compose keys plus `tier`, `update` and `expose`."""
 
@@ -305,6 +362,10 @@ class Service(_Model):
     network_aliases: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     dns: tuple[str, ...] = ()
     dns_search: tuple[str, ...] = ()
+    # a fixed address per network (the network needs an `ipam` subnet that holds it)
+    ipv4_address: dict[str, str] = Field(default_factory=dict)
+    secrets: FileRefs = ()  # top-level `secrets`, mounted read-only under /run/secrets
+    configs: FileRefs = ()  # top-level `configs`, mounted read-only at /<name> or target
     backup: Backup | None = None
 
     @model_validator(mode="before")
@@ -374,6 +435,21 @@ def _ulimits(value: object) -> object:
     return value
 
 
+class IpamPool(_Model):
+    """One address pool of a network (compose `ipam.config` entry)."""
+
+    subnet: str
+    gateway: str | None = None
+    ip_range: str | None = None
+
+
+class Ipam(_Model):
+    """compose `ipam`: the network's subnets (needed for static `ipv4_address`)."""
+
+    driver: str = "default"
+    config: tuple[IpamPool, ...] = ()
+
+
 class Network(_Model):
     """A network of the spec (created as `<project>_<name>` unless external)."""
 
@@ -381,6 +457,23 @@ class Network(_Model):
     driver: str = "bridge"
     external: bool = False
     name: str | None = None
+    ipam: Ipam | None = None
+
+
+class FileSource(_Model):
+    """A top-level secret or config: exactly one of `file` (a host file: inside the spec
+    checkout or the host's env_file_roots, like env files), `environment` (a variable of the
+    reconciler's environment) or, for configs only, `content` (the text itself)."""
+
+    file: str | None = None
+    environment: str | None = None
+    content: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FileSource:
+        if sum(x is not None for x in (self.file, self.environment, self.content)) != 1:
+            raise ValueError("needs exactly one of `file`, `environment` or `content`")
+        return self
 
 
 class Volume(_Model):
@@ -406,6 +499,8 @@ class Spec(_Model):
     defaults: dict[str, Any] = Field(default_factory=dict)
     networks: dict[str, Network | None] = Field(default_factory=dict)
     volumes: dict[str, Volume | None] = Field(default_factory=dict)
+    secrets: dict[str, FileSource] = Field(default_factory=dict)
+    configs: dict[str, FileSource] = Field(default_factory=dict)
     edge: Edge | None = None
     # how many services of a tier may replace running containers at once (default 1)
     tier_parallelism: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
@@ -552,6 +647,8 @@ def resolved_order(spec: Spec, service: Service) -> UpdateOrder:
         return UpdateOrder.STOP_FIRST
     if any(parse_mount(v).named and parse_mount(v).source for v in service.volumes):
         return UpdateOrder.STOP_FIRST
+    if service.ipv4_address:  # one address: never two containers at once
+        return UpdateOrder.STOP_FIRST
     return UpdateOrder.START_FIRST
 
 
@@ -682,6 +779,9 @@ def validate(
             findings.extend(_check_job(base, svc))
         if svc.build is not None:
             findings.extend(_check_build(base, svc.build))
+        findings.extend(_check_files(spec, base, svc))
+        findings.extend(_check_addresses(spec, base, svc))
+        findings.extend(_check_joined(services, tier_index, base, svc))
         if svc.expose is not None and spec.edge is None:
             findings.append(Finding((*base, "expose"), "expose needs a top-level `edge`"))
         order = resolved_order(spec, svc)
@@ -692,6 +792,9 @@ def validate(
             if any(parse_mount(v).named and parse_mount(v).source for v in svc.volumes):
                 findings.append(Finding((*base, "update", "order"), "start-first cannot mount a "
                                         "named volume (two writers on one volume)"))
+            if svc.ipv4_address:
+                findings.append(Finding((*base, "update", "order"), "start-first cannot keep a "
+                                        "fixed ipv4_address (two containers would need it)"))
         if svc.replicas > 1 and any(_port_ok(p) and parse_port(p).host_port for p in svc.ports):
             findings.append(Finding((*base, "replicas"), "more than one replica cannot publish a "
                                     "fixed host port"))
@@ -723,8 +826,20 @@ def validate(
             else:
                 owners[slot] = name
 
+    findings.extend(_check_unique_addresses(services))
+    for kind in ("secrets", "configs"):
+        for obj, source in sorted(getattr(spec, kind).items()):
+            problem = name_problem(obj)
+            if problem:
+                findings.append(Finding((kind, obj), f"invalid name: {problem}"))
+            if kind == "secrets" and source.content is not None:
+                findings.append(Finding((kind, obj, "content"), "a secret's value does not "
+                                        "belong in the spec: use `file` or `environment`"))
+
     # cycles (within enabled services)
-    graph = {name: list(svc.depends_on) for name, svc in services.items()}
+    graph = {name: [*svc.depends_on, *([joined] if (joined := joined_service(svc))
+                                          and joined != name else [])]
+             for name, svc in services.items()}
     for cycle in find_cycles(graph):
         findings.append(Finding(("services", cycle[0], "depends_on"),
                                 "dependency cycle: " + " -> ".join(cycle)))
@@ -737,6 +852,7 @@ def validate(
         elif not spec.edge.upstreams_file.startswith("/"):
             findings.append(Finding(("edge", "upstreams_file"), "must be an absolute path"))
     findings.extend(_check_names(spec, policy))
+    findings.extend(_check_network_pools(spec))
     return sorted(findings, key=lambda f: tuple(str(p) for p in f.path))
 
 
@@ -757,6 +873,134 @@ def _check_build(base: tuple[str | int, ...], build: Build) -> list[Finding]:
     if build.target is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*",
                                                      build.target):
         out.append(Finding((*base, "build", "target"), f"{build.target!r} is not a stage name"))
+    return out
+
+
+def joined_service(svc: Service) -> str | None:
+    """X of `network_mode: service:X` (the service whose network namespace `svc` joins)."""
+    mode, sep, target = (svc.network_mode or "").partition(":")
+    return target if sep and mode == "service" and target else None
+
+
+# keys Docker refuses next to a joined network namespace (`container:` network mode)
+_NOT_WITH_JOINED = ("networks", "ports", "hostname", "dns", "dns_search", "extra_hosts",
+                    "network_aliases", "ipv4_address", "expose")
+
+
+def _check_joined(services: Mapping[str, Service], tier_index: Mapping[str, int],
+                  base: tuple[str | int, ...], svc: Service) -> list[Finding]:
+    """`network_mode: service:X`: X runs first (same or earlier tier; an implied
+    service_started dependency) and the joining service has no network settings of its own."""
+    target = joined_service(svc)
+    if target is None:
+        return []
+    if target == base[-1]:
+        return [Finding((*base, "network_mode"), f"service:{target} is the service itself")]
+    out = []
+    for key in _NOT_WITH_JOINED:
+        if getattr(svc, key):
+            out.append(Finding((*base, key), f"{key} cannot be set with network_mode: "
+                                             f"service:{target} (the network is {target}'s)"))
+    other = services.get(target)
+    if other is not None and other.tier is not None and svc.tier is not None \
+            and other.tier in tier_index and svc.tier in tier_index \
+            and tier_index[other.tier] > tier_index[svc.tier]:
+        out.append(Finding((*base, "network_mode"), f"service:{target} is in a later tier "
+                                                    f"({other.tier}): it must run first"))
+    if other is not None and other.job:
+        out.append(Finding((*base, "network_mode"), f"service:{target} is a job: its network "
+                                                    "ends when it exits"))
+    return out
+
+
+def _check_files(spec: Spec, base: tuple[str | int, ...], svc: Service) -> list[Finding]:
+    """Each secret/config a service uses is defined; every mount target is unique and a
+    clean path."""
+    out: list[Finding] = []
+    targets: dict[str, tuple[str | int, ...]] = {}
+    for entry in svc.volumes:
+        targets.setdefault(parse_mount(entry).target.rstrip("/"), (*base, "volumes"))
+    for kind in ("secrets", "configs"):
+        defined = getattr(spec, kind)
+        for i, ref in enumerate(getattr(svc, kind)):
+            path = (*base, kind, i)
+            if ref.source not in defined:
+                out.append(Finding(path, f"undefined {kind[:-1]} {ref.source!r} (define it "
+                                         f"under the top-level `{kind}:`)"))
+            target = ref.mount_path(kind)
+            parts = target.split("/")
+            if ".." in parts or "" in parts[1:] or "\0" in target:
+                out.append(Finding((*path, "target"), f"target {target[:80]!r} is not a "
+                                                      "clean path"))
+            elif target in targets:
+                out.append(Finding((*path, "target"), f"{target} is mounted twice"))
+            else:
+                targets[target] = path
+    return out
+
+
+def _check_addresses(spec: Spec, base: tuple[str | int, ...], svc: Service) -> list[Finding]:
+    """A static address lies in a subnet of its network's `ipam`, on one of the service's
+    networks, for one container only."""
+    out: list[Finding] = []
+    for net, address in sorted(svc.ipv4_address.items()):
+        path = (*base, "ipv4_address", net)
+        if net not in svc.networks:
+            out.append(Finding(path, f"{net!r} is not one of the service's networks"))
+            continue
+        try:
+            ip = ipaddress.IPv4Address(address)
+        except ValueError:
+            out.append(Finding(path, f"{address[:40]!r} is not an IPv4 address"))
+            continue
+        definition = spec.network(net) if net in spec.networks else None
+        pools = definition.ipam.config if definition and definition.ipam else ()
+        subnets = []
+        for pool in pools:
+            try:
+                subnets.append(ipaddress.ip_network(pool.subnet, strict=False))
+            except ValueError:
+                continue
+        if not any(ip in subnet for subnet in subnets):
+            out.append(Finding(path, f"{address} is not in a subnet of network {net!r} (give "
+                                     "the network `ipam: {config: [{subnet: ...}]}`)"))
+        if svc.replicas > 1:
+            out.append(Finding(path, "a fixed address is for one container: replicas must be "
+                                     "0 or 1"))
+    return out
+
+
+def _check_unique_addresses(services: Mapping[str, Service]) -> list[Finding]:
+    seen: dict[tuple[str, str], str] = {}
+    out = []
+    for name, svc in sorted(services.items()):
+        for net, address in sorted(svc.ipv4_address.items()):
+            other = seen.setdefault((net, address), name)
+            if other != name:
+                out.append(Finding(("services", name, "ipv4_address", net),
+                                   f"{address} on {net} is already {other}'s address"))
+    return out
+
+
+def _check_network_pools(spec: Spec) -> list[Finding]:
+    out = []
+    for name, net in sorted(spec.networks.items()):
+        for i, pool in enumerate(net.ipam.config if net and net.ipam else ()):
+            for key in ("subnet", "ip_range"):
+                value = getattr(pool, key)
+                if value is None:
+                    continue
+                try:
+                    ipaddress.ip_network(value, strict=False)
+                except ValueError:
+                    out.append(Finding(("networks", name, "ipam", "config", i, key),
+                                       f"{value[:60]!r} is not a subnet (CIDR)"))
+            if pool.gateway is not None:
+                try:
+                    ipaddress.ip_address(pool.gateway)
+                except ValueError:
+                    out.append(Finding(("networks", name, "ipam", "config", i, "gateway"),
+                                       f"{pool.gateway[:60]!r} is not an address"))
     return out
 
 

@@ -242,6 +242,15 @@ def _write_secrets(result: ImportResult, *, force: bool) -> None:
             raise FileExistsError(f"secrets env file(s) already exist: {', '.join(taken)}; "
                                   "pass --force to replace them or choose another "
                                   "--secrets-dir")
+    blobs: Mapping[str, str] = result.secret_blobs
+    if not force:
+        taken = sorted(p for p in blobs if os.path.lexists(p))
+        if taken:
+            raise FileExistsError(f"secret file(s) already exist: {', '.join(taken)}; pass "
+                                  "--force to replace them or choose another --secrets-dir")
+    for path, value in sorted(blobs.items()):
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        write_new(Path(path), value, mode=0o600)
     for service, path in sorted(files.items()):
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         lines = [f"{key}={_dotenv_value(key, value)}" for key, value in

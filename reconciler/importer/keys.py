@@ -157,6 +157,8 @@ def networks(svc: Draft, y: Y, _: Mapping[str, Y]) -> None:
                 if key == "aliases" and isinstance(value.value, list):
                     svc.data.setdefault("network_aliases", {})[net] = [
                         as_text(a.value) for a in value.value]
+                elif key == "ipv4_address" and value.value is not None:
+                    svc.data.setdefault("ipv4_address", {})[net] = as_text(value.value)
                 else:
                     svc.unsupported(value, ("networks", net, key))
     svc.data["networks"] = names
@@ -177,7 +179,7 @@ def healthcheck(svc: Draft, y: Y, _: Mapping[str, Y]) -> None:
             else:
                 svc.remark(Kind.ERROR, value, ("healthcheck", key),
                            "expected a string or a list")
-        elif key in ("interval", "timeout", "start_period"):
+        elif key in ("interval", "timeout", "start_period", "start_interval"):
             out[key] = as_text(value.value)
         elif key == "retries":
             retries = svc.number(value, ("healthcheck", key), integer=True)
@@ -187,8 +189,7 @@ def healthcheck(svc: Draft, y: Y, _: Mapping[str, Y]) -> None:
             if value.value is True:
                 out["disable"] = True
         else:
-            svc.unsupported(value, ("healthcheck", key),
-                            "needs a newer engine" if key == "start_interval" else "")
+            svc.unsupported(value, ("healthcheck", key))
     if out:
         svc.data["healthcheck"] = out
 
@@ -267,10 +268,15 @@ def privileged(svc: Draft, y: Y, _: Mapping[str, Y]) -> None:
 
 def network_mode(svc: Draft, y: Y, _: Mapping[str, Y]) -> None:
     value = as_text(y.value)
-    if value.startswith(("service:", "container:")):
-        svc.unsupported(y, ("network_mode",), "join a shared network instead")
-    else:
-        svc.data["network_mode"] = value
+    if value.startswith("container:"):
+        svc.unsupported(y, ("network_mode",), "join a shared network, or use service:NAME "
+                        "for a service of this project")
+        return
+    svc.data["network_mode"] = value
+    mode, _sep, target = value.partition(":")
+    if mode == "service" and target:
+        # compose starts X first; the spec implies the same (X in the same or an earlier tier)
+        svc.depends.setdefault(target, "service_started")
 
 
 

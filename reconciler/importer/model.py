@@ -86,6 +86,8 @@ class ImportResult:
     # `secret_files[service]` (0600), never into a spec file, never printed
     secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     secret_files: Mapping[str, str] = field(default_factory=dict)
+    # generated files of secrets/configs with an environment source: path -> value (0600)
+    secret_blobs: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def errors(self) -> list[Remark]:

@@ -28,6 +28,14 @@ def rebase(path: str, *, project_dir: str, out_dir: str) -> str:
     return rel if rel.startswith("..") else "./" + rel
 
 
+def reference(path: str, out_dir: str) -> str:
+    """How a spec file in `out_dir` names `path`: relative when they share a directory."""
+    if out_dir and os.path.commonpath([path, out_dir]) != os.path.sep:
+        rel = os.path.relpath(path, out_dir)
+        return rel if rel.startswith("..") else "./" + rel
+    return path
+
+
 def sanitise_project(name: str) -> str:
     text = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
     text = re.sub(r"-{2,}", "-", text)[:40].strip("-")

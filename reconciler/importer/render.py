@@ -68,6 +68,7 @@ def render_files(
     networks: Mapping[str, Mapping[str, Any]],
     volumes: Mapping[str, Mapping[str, Any]],
     services: Mapping[str, Mapping[str, Any]],
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, str]:
     head = f"{SCHEMA_COMMENT}\n# Imported from docker compose by `reconciler import-compose`.\n"
     project_doc: dict[str, Any] = {"project": project, "tiers": list(tiers)}
@@ -75,6 +76,9 @@ def render_files(
         project_doc["networks"] = {k: dict(v) for k, v in sorted(networks.items())}
     if volumes:
         project_doc["volumes"] = {k: dict(v) for k, v in sorted(volumes.items())}
+    for key, section in (extra or {}).items():  # top-level secrets, configs
+        if section:
+            project_doc[key] = {k: dict(v) for k, v in sorted(section.items())}
     files = {"00-project.yaml": head + dump(project_doc)}
     for i, tier in enumerate(tiers):
         mine = {n: _quoted_ports(s) for n, s in sorted(services.items()) if s["tier"] == tier}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from reconciler.importer import building, deploy, keys, mounts
+from reconciler.importer import building, deploy, files, keys, mounts
 from reconciler.importer.draft import Draft
 from reconciler.importer.model import Kind, NotText, Y, as_text
 
@@ -15,12 +15,11 @@ SERVICE_ORDER = (
     "user", "working_dir", "hostname", "privileged", "network_mode", "pid", "ipc", "cap_add",
     "shm_size", "logging", "ulimits", "init", "read_only", "tmpfs", "security_opt", "cap_drop",
     "extra_hosts", "pids_limit", "dns", "dns_search", "sysctls", "network_aliases",
+    "ipv4_address", "secrets", "configs",
 )
 COPY_STR = ("stop_signal", "user", "working_dir", "hostname", "pid", "ipc")
 HINTS = {
     "external_links": "service names resolve over shared networks",
-    "secrets": "put the values into an env_file on the host (mode 0600)",
-    "configs": "bind-mount the file from the spec repository instead",
     "platform": "pin an image built for the host's architecture",
     "volumes_from": "mount the same named volume in both services",
     "extends": "merge the base file with an extra -f instead",
@@ -77,6 +76,8 @@ HANDLERS: dict[str, Handler] = {
     "sysctls": keys.sysctls,
     "links": keys.links,
     "build": building.build,
+    "secrets": files.service_refs("secrets"),
+    "configs": files.service_refs("configs"),
     **{key: _copy(key) for key in COPY_STR},
 }
 

@@ -14,6 +14,7 @@ from typing import Any
 from reconciler import yamlread
 from reconciler.core.model import format_path
 from reconciler.core.specs import DEFAULT_TIERS, parse_duration
+from reconciler.importer import files
 from reconciler.importer.draft import Draft
 from reconciler.importer.graph import Hub, break_cycles, find_hub, place
 from reconciler.importer.interpolate import Interpolator, references, secret_value
@@ -31,7 +32,12 @@ from reconciler.importer.model import (
     err,
     parse,
 )
-from reconciler.importer.naming import compose_project_name, image_role, sanitise_project
+from reconciler.importer.naming import (
+    compose_project_name,
+    image_role,
+    reference,
+    sanitise_project,
+)
 from reconciler.importer.render import render_files
 from reconciler.importer.service import HINTS, SERVICE_ORDER, convert_service
 
@@ -105,11 +111,17 @@ def import_compose(
         if key == "version":
             remarks.append(Remark(Kind.NOTE, value.file, value.line, (key,),
                                   "ignored (obsolete in compose too)"))
-        elif key not in ("name", "services", "networks", "volumes"):
+        elif key not in ("name", "services", "networks", "volumes", "secrets", "configs"):
             remarks.append(Remark(Kind.UNSUPPORTED, value.file, value.line, (key,),
                                   "not supported (dropped)" + (
                                       f": {HINTS[key]}" if HINTS.get(key) else "")))
     networks = _top_networks(top["networks"], remarks) if "networks" in top else {}
+    blobs: dict[str, str] = {}  # generated secret/config files: path -> value (0600)
+    top_files: dict[str, dict[str, dict[str, str]]] = {
+        kind: files.top_level(kind, top[kind], environ=environ, project_dir=project_dir,
+                              out_dir=out_dir, remarks=remarks, blobs=blobs,
+                              secret_dir=secrets_dir.replace("{project}", project))
+        for kind in ("secrets", "configs") if kind in top}
     volumes = _top_volumes(top["volumes"], remarks) if "volumes" in top else {}
     adopted = []
     for name, vol in volumes.items():
@@ -255,7 +267,7 @@ def import_compose(
         data["tier"] = placement.tiers[name]
         if name in secret_files:
             data["env_file"] = [*data.get("env_file", ()),
-                                _reference(secret_files[name], out_dir)]
+                                reference(secret_files[name], out_dir)]
         deps = [d for d in svc.depends if d in final_graph[name]]
         if deps:
             if svc.depends_short or all(svc.depends[d] == "service_healthy" for d in deps):
@@ -266,19 +278,12 @@ def import_compose(
         remarks.extend(_health_warnings(svc, data))
     remarks.extend(_edge_notes(converted, services))
 
-    files = render_files(project=project, tiers=tiers, networks=networks, volumes=volumes,
-                         services=services)
-    return ImportResult(project, tiers, services, dict(placement.tiers), files,
+    written = render_files(project=project, tiers=tiers, networks=networks, volumes=volumes,
+                           services=services, extra=top_files)
+    return ImportResult(project, tiers, services, dict(placement.tiers), written,
                         tuple(_sorted(remarks)), report,
-                        {n: dict(converted[n].secrets) for n in secret_files}, secret_files)
-
-
-def _reference(path: str, out_dir: str) -> str:
-    """How a spec file in `out_dir` names `path`: relative when they share a directory."""
-    if out_dir and os.path.commonpath([path, out_dir]) != os.path.sep:
-        rel = os.path.relpath(path, out_dir)
-        return rel if rel.startswith("..") else "./" + rel
-    return path
+                        {n: dict(converted[n].secrets) for n in secret_files}, secret_files,
+                        blobs)
 
 
 def _secrets_outside_environment(top: Mapping[str, Y],
@@ -332,6 +337,8 @@ def _top_networks(y: Y, remarks: list[Remark]) -> dict[str, dict[str, Any]]:
                     entry[key] = True
             elif key in ("driver", "name"):
                 entry[key] = _scalar(value, path, remarks)
+            elif key == "ipam" and isinstance(value.value, dict):
+                entry["ipam"] = _ipam(value, path, remarks)
             elif key == "attachable":
                 remarks.append(Remark(Kind.NOTE, value.file, value.line, path, "dropped "
                                       "(swarm only)"))
@@ -339,6 +346,41 @@ def _top_networks(y: Y, remarks: list[Remark]) -> dict[str, dict[str, Any]]:
                 remarks.append(Remark(Kind.UNSUPPORTED, value.file, value.line, path,
                                       "not supported (dropped)"))
         out[name] = entry
+    return out
+
+
+_POOL_KEYS = ("subnet", "gateway", "ip_range")
+
+
+def _ipam(y: Y, path: tuple[str | int, ...], remarks: list[Remark]) -> dict[str, Any]:
+    """compose `ipam`: the driver and the pools (subnet, gateway, ip_range) carry over."""
+    out: dict[str, Any] = {}
+    for key, value in y.value.items():
+        here = (*path, key)
+        if key == "driver":
+            out["driver"] = _scalar(value, here, remarks)
+        elif key == "config" and isinstance(value.value, list):
+            pools = []
+            for i, pool in enumerate(value.value):
+                if not isinstance(pool.value, dict):
+                    remarks.append(err(pool.file, pool.line, (*here, i), "expected a mapping"))
+                    continue
+                entry = {}
+                for pkey, pval in pool.value.items():
+                    if pkey in _POOL_KEYS:
+                        entry[pkey] = _scalar(pval, (*here, i, pkey), remarks)
+                    else:
+                        remarks.append(Remark(Kind.UNSUPPORTED, pval.file, pval.line,
+                                              (*here, i, pkey), "not supported (dropped)"))
+                if "subnet" in entry:
+                    pools.append(entry)
+                else:
+                    remarks.append(Remark(Kind.UNSUPPORTED, pool.file, pool.line, (*here, i),
+                                          "a pool without a subnet is dropped"))
+            out["config"] = pools
+        else:
+            remarks.append(Remark(Kind.UNSUPPORTED, value.file, value.line, here,
+                                  "not supported (dropped)"))
     return out
 
 

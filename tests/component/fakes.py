@@ -39,7 +39,7 @@ import tarfile
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 from reconciler.runtimes import (
     JSON,
@@ -699,7 +699,8 @@ class FakeRuntime:
         self.images.add(normalise_ref(name))
 
     async def create_network(self, name: str, *, labels: Mapping[str, str],
-                             internal: bool = False) -> None:
+                             internal: bool = False,
+                             ipam: Mapping[str, Any] | None = None) -> None:
         self._enter("create_network")
         existing = self.networks.get(name)
         if existing is not None:

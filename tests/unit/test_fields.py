@@ -17,7 +17,9 @@ from tests.specfactory import desired_from
 
 BASE = """
 project: f
-networks: {n: {}, m: {}}
+networks: {n: {ipam: {config: [{subnet: 10.9.0.0/24}]}}, m: {}}
+secrets: {pw: {file: ./pw.txt}}
+configs: {conf: {content: "x = 1"}}
 volumes: {v: {}}
 edge: {service: edge, upstreams_file: /etc/nginx/conf.d/u.conf}
 services:
@@ -74,6 +76,9 @@ CONTAINER_VISIBLE: dict[str, str] = {
     "dns_search": "KEEP    dns_search: [example.org]\n",
     "sysctls": "KEEP    sysctls: {net.core.somaxconn: 1024}\n",
     "network_aliases": "KEEP    network_aliases: {n: [www]}\n",
+    "ipv4_address": "KEEP    ipv4_address: {n: 10.9.0.5}\n",
+    "secrets": "KEEP    secrets: [pw]\n",
+    "configs": "KEEP    configs: [{source: conf, target: /etc/app.conf, mode: '0440'}]\n",
     "kind": "    kind: job\n",  # a job has no expose; it never restarts
 }
 # shape the rollout or the stack, never the container
@@ -100,6 +105,8 @@ def build(tmp: Path, extra: str) -> Desired:
     env.chmod(0o600)
     (tmp / "ctx").mkdir(exist_ok=True)
     (tmp / "ctx" / "Dockerfile").write_text("FROM app:1\n")
+    (tmp / "pw.txt").write_text("a-long-enough-secret-value")
+    (tmp / "pw.txt").chmod(0o600)
     return desired_from(tmp, text, policy=POLICY)
 
 
