@@ -101,6 +101,8 @@ class ExecutionReport:
     # the failure came from an engine that did not answer (socket gone, refused, timeout):
     # a fact for the controller to decide on, not a verdict on the rollout
     engine_unavailable: bool = False
+    # what went wrong without failing the run (a best-effort backup in a revert)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def failure_kind(self) -> FailureKind | None:
@@ -157,7 +159,7 @@ class Executor:
             return outcome
         try:
             for step in plan.backups():  # before anything is touched
-                await self._timed(step, desired, outcome)
+                await self._backup(step, desired, outcome)
             if self.edge is not None:
                 await self.edge.prepare(desired)
             for step in plan.objects():
@@ -193,6 +195,19 @@ class Executor:
             retiring, self._retiring = [t for ts in self._retiring.values() for t in ts], {}
             await asyncio.gather(*retiring, return_exceptions=True)
         return outcome
+
+    async def _backup(self, step: Step, desired: Desired, outcome: ExecutionReport) -> None:
+        """A backup step; a failed best-effort one (a revert's) is noted and the run goes
+        on, any other stops the run before anything is touched."""
+        try:
+            await self._timed(step, desired, outcome)
+        except StepFailed as exc:
+            if not step.best_effort:
+                raise
+            note = (f"backup of {step.service} failed ({exc.message}); best effort in a "
+                    "revert: the revert goes on")
+            outcome.notes.append(note)
+            self.report(Progress("note", tier=step.tier, step=step.id, message=note))
 
     async def _windows_passed(self, *, wait: bool) -> None:
         """Raise the failure of a min_ready window that runs in the background (`wait`:

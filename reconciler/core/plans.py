@@ -169,6 +169,9 @@ class Step:
     # start-first: once the new container is ready and the old ones are out of the
     # upstream, they stop in the background (the service's next replacement waits for it)
     retire_later: bool = False
+    # BACKUP: a failure is noted and the run goes on (a revert to last-good: restoring the
+    # known-good generation matters more than a copy of the failed one, `rollback.for_revert`)
+    best_effort: bool = False
 
     @property
     def id(self) -> str:
