@@ -133,7 +133,10 @@ def sequence_text(desired: Desired, found: list[ComposeContainer], *,
             if m.tier != tier:
                 continue
             names = ", ".join(c.name for c in m.compose) or "no compose container"
-            if m.stop_first:
+            if desired.services[m.service].service.job and not m.compose:
+                lines.append(f"   {m.service}: run once to completion (job; what waits on it "
+                             "starts after exit 0)")
+            elif m.stop_first:
                 lines.append(f"   {m.service}: stop {names}, then start ours, health-gated "
                              f"({m.why})")
             else:

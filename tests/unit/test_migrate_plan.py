@@ -37,6 +37,15 @@ def test_only_the_named_projects_containers_and_the_order(tmp_path: Path) -> Non
     assert "shop_old-worker_1" in text
 
 
+def test_a_job_is_shown_as_run_once(tmp_path: Path) -> None:
+    spec = SPEC.replace("  api:\n", "  migrate:\n    tier: infrastructure\n    kind: job\n"
+                        "    image: db:1\n    depends_on: [db]\n  api:\n", 1)
+    d = desired_from(tmp_path, spec)
+    text = migrate.sequence_text(d, migrate.compose_containers([listed("db", 1)], "shop"),
+                                 backed_up=[])
+    assert "migrate: run once to completion (job" in text
+
+
 def test_restore_script_removes_ours_and_starts_the_running_ones_in_order() -> None:
     found = migrate.compose_containers(
         [listed("db", 1), listed("api", 1), listed("api", 2, state="exited")], "shop")
