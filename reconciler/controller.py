@@ -280,6 +280,8 @@ class Controller:
                     return
             rows = []
             for svc in desired.services.values():
+                if svc.service.job:  # runs to completion: never "too few healthy replicas"
+                    continue
                 mine = snap.of_service(svc.name)
                 running = [c for c in mine if c.state is ContainerState.RUNNING]
                 healthy = [c for c in running if c.health in (Health.HEALTHY, Health.NONE)]

@@ -105,16 +105,30 @@ def render_health(desired: Desired, containers: Iterable[Observed]) -> tuple[str
 
     Per tier and service: desired replicas and the running+healthy ones (a container without
     a healthcheck counts once running). `ok`: every service has all its replicas healthy;
-    `degraded`: each has at least one; `down`: some service has none (then 503)."""
+    `degraded`: each has at least one; `down`: some service has none (then 503). A job
+    (`kind: job`) serves nothing: it is listed with its last run (`done` once a container of
+    it exited 0, `running`, `failed`, `not run`) and never changes the status."""
     healthy: dict[str, int] = {}
+    runs: dict[str, str] = {}
     for c in containers:
         if c.state is ContainerState.RUNNING and c.health in (Health.HEALTHY, Health.NONE):
             healthy[c.service] = healthy.get(c.service, 0) + 1
+        if c.state is ContainerState.RUNNING:
+            run = "running"
+        elif c.state is ContainerState.EXITED and c.exit_code == 0:
+            run = "done"
+        else:
+            run = "failed"
+        if runs.get(c.service) != "done":
+            runs[c.service] = run
     tiers = []
     all_full, all_some = True, True
     for tier in desired.tiers:
-        services = {}
+        services: dict[str, dict[str, int | str]] = {}
         for svc in desired.in_tier(tier):
+            if svc.service.job:
+                services[svc.name] = {"job": runs.get(svc.name, "not run")}
+                continue
             have = healthy.get(svc.name, 0)
             services[svc.name] = {"desired": svc.replicas, "healthy": have}
             all_full &= have >= svc.replicas

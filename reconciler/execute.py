@@ -119,6 +119,8 @@ class ExecutionReport:
     # the failure came from an engine that did not answer (socket gone, refused, timeout):
     # a fact for the controller to decide on, not a verdict on the rollout
     engine_unavailable: bool = False
+    # what went wrong without failing the run (a best-effort backup in a revert)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def failure_kind(self) -> FailureKind | None:
@@ -184,7 +186,7 @@ class Executor:
                    if any(s.phase is Phase.TIER for s in plan.steps) else None)
         try:
             for step in plan.backups():  # before anything is touched
-                await self._timed(step, desired, outcome)
+                await self._backup(step, desired, outcome)
             if self.edge is not None:
                 await self.edge.prepare(desired)
             for step in plan.objects():
@@ -264,6 +266,18 @@ class Executor:
                 sleeper.cancel()
                 waiter.cancel()
         event.clear()
+    async def _backup(self, step: Step, desired: Desired, outcome: ExecutionReport) -> None:
+        """A backup step; a failed best-effort one (a revert's) is noted and the run goes
+        on, any other stops the run before anything is touched."""
+        try:
+            await self._timed(step, desired, outcome)
+        except StepFailed as exc:
+            if not step.best_effort:
+                raise
+            note = (f"backup of {step.service} failed ({exc.message}); best effort in a "
+                    "revert: the revert goes on")
+            outcome.notes.append(note)
+            self.report(Progress("note", tier=step.tier, step=step.id, message=note))
 
     async def _windows_passed(self, *, wait: bool) -> None:
         """Raise the failure of a min_ready window that runs in the background (`wait`:

@@ -18,6 +18,7 @@ them; `<state>/migrations/<NAME>-<time>/restore.sh` removes ours and starts them
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -35,7 +36,7 @@ from reconciler.core import backups, labels
 from reconciler.core.blueprint import container_config
 from reconciler.core.desired import Desired, DesiredService, build
 from reconciler.core.plans import Action, Step
-from reconciler.core.specs import Backup, UpdateOrder
+from reconciler.core.specs import Backup, UpdateOrder, parse_port
 from reconciler.edges import edge_dir
 from reconciler.execute import ExecutionReport, Executor
 from reconciler.persistence import State, atomic_write
@@ -132,7 +133,10 @@ def sequence_text(desired: Desired, found: list[ComposeContainer], *,
             if m.tier != tier:
                 continue
             names = ", ".join(c.name for c in m.compose) or "no compose container"
-            if m.stop_first:
+            if desired.services[m.service].service.job and not m.compose:
+                lines.append(f"   {m.service}: run once to completion (job; what waits on it "
+                             "starts after exit 0)")
+            elif m.stop_first:
                 lines.append(f"   {m.service}: stop {names}, then start ours, health-gated "
                              f"({m.why})")
             else:
@@ -161,31 +165,112 @@ def backup_plan(desired: Desired, found: list[ComposeContainer]) -> list[
     return out
 
 
-class _Migrating(Executor):
-    """The executor with compose's containers stopped around each tier (see module doc)."""
+EDGE_STOP_S = 1.0  # compose's edge: SIGQUIT lets in-flight requests finish, for this long
+PORT_POLL_S = 0.01  # how often the hand-over polls the published port
+PORT_WAIT_S = 15.0  # ... and for how long at most
 
-    def __init__(self, *args: Any, tier_moves: list[Move], stop: Callable[[ComposeContainer],
-                                                                          Any], **kw: Any):
+
+def published(svc: DesiredService) -> list[tuple[str, int]]:
+    """(address to poll, host port) of each fixed TCP host port the service publishes: the
+    host itself for a wildcard binding (`80:80` -> 127.0.0.1:80)."""
+    out = []
+    for entry in svc.service.ports:
+        try:
+            port = parse_port(entry)
+        except ValueError:
+            continue
+        if port.protocol == "tcp" and port.host_port.isdigit():
+            ip = port.host_ip.strip("[]")
+            out.append((ip if ip not in ("", "0.0.0.0", "::") else "127.0.0.1",
+                        int(port.host_port)))
+    return out
+
+
+async def answers(host: str, port: int, *, timeout_s: float = 0.5) -> bool:
+    """True when an HTTP request to host:port gets an HTTP status line back (any status): a
+    TCP accept alone is not enough (Docker's proxy accepts before the app listens)."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(b"HEAD / HTTP/1.0\r\nHost: reconciler-migrate\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.read(5), timeout_s)
+        return head == b"HTTP/"
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+class _Migrating(Executor):
+    """The executor with compose's containers stopped around each tier (see module doc).
+
+    A stop-first service (a database on its volume, the edge on its fixed port) has ours
+    created (image present, config and upstreams rendered) before compose's stops; right after
+    the stop ours starts, here, without the executor's steps in between, and a service that
+    publishes a host port (the edge) is polled until the port answers HTTP again: that gap is
+    the hand-over, printed. The executor then adopts the running container by its labels and
+    gates it on health as usual. Compose's edge gets `EDGE_STOP_S` to finish in-flight
+    requests; a service with a volume gets its full stop grace period.
+    """
+
+    def __init__(self, *args: Any, tier_moves: list[Move], stop: Callable[[ComposeContainer,
+                                                                            float], Any],
+                 say: Callable[[str], None] = print, **kw: Any):
         super().__init__(*args, **kw)
         self.tier_moves = tier_moves
         self.stop_compose = stop
+        self.say = say
+        self.handovers: dict[str, float] = {}  # service -> seconds its port did not answer
 
     async def _tier(self, steps: list[Step], desired: Desired,
                     outcome: ExecutionReport) -> None:
         tier = steps[0].tier
         first = {m.service for m in self.tier_moves if m.tier == tier and m.stop_first}
-        # create ours before compose's stops (creating binds no port and runs nothing): the
-        # gap is stop -> start; the executor adopts the created container by its labels
+        created: dict[str, list[str]] = {}
+        # create ours before compose's stops (creating binds no port and runs nothing)
         for step in steps:
             if step.service in first and step.action is Action.CREATE and step.new_name:
                 with contextlib.suppress(EngineError):
-                    await self.rt.create_container(step.new_name, container_config(
+                    cid = await self.rt.create_container(step.new_name, container_config(
                         desired.services[step.service], step.replica or 1))
+                    created.setdefault(step.service, []).append(cid)
         for m in self.tier_moves:
-            if m.service in first:
-                for c in m.compose:
-                    await self.stop_compose(c)
+            if m.service not in first:
+                continue
+            svc = desired.services[m.service]
+            ports = published(svc)
+            grace = (EDGE_STOP_S if ports and not backups.named_volumes(svc)
+                     else svc.service.stop_grace_period)
+            for c in m.compose:
+                await self.stop_compose(c, grace)
+            stopped = time.monotonic()
+            for cid in created.get(m.service, []):
+                with contextlib.suppress(EngineError):  # the executor's start reports it
+                    await self.rt.start_container(cid)
+            if ports and m.compose:
+                await self._port_back(m.service, ports, stopped, time.monotonic() - stopped)
         await super()._tier(steps, desired, outcome)
+
+    async def _port_back(self, service: str, ports: list[tuple[str, int]],
+                         stopped: float, start_s: float) -> None:
+        """Poll the service's published ports (every PORT_POLL_S, at most PORT_WAIT_S) until
+        each answers; record and print the gap since compose's container stopped."""
+        deadline = stopped + PORT_WAIT_S
+        for host, port in ports:
+            while not await answers(host, port) and time.monotonic() < deadline:
+                await asyncio.sleep(PORT_POLL_S)
+        gap = time.monotonic() - stopped
+        self.handovers[service] = gap
+        where = ", ".join(f"{h}:{p}" for h, p in ports)
+        self.say(f"hand-over {service}: {where} answered {gap * 1000:.0f} ms after compose's "
+                 f"container stopped (start {start_s * 1000:.0f} ms)"
+                 + ("" if time.monotonic() < deadline else
+                    " (gave up polling: the health gate decides)"))
 
 
 def add_parser(sub: Any, common: Any) -> None:
@@ -259,16 +344,16 @@ async def cmd_migrate(args: argparse.Namespace, *, state: State, runtime: Runtim
               f"{time.monotonic() - started:.1f}s)")
     stopped: list[str] = []
 
-    async def stop(c: ComposeContainer) -> None:
+    async def stop(c: ComposeContainer, grace: float = 10.0) -> None:
         began = time.monotonic()
-        await runtime.stop_container(c.id, timeout_s=10)
+        await runtime.stop_container(c.id, timeout_s=grace)
         stopped.append(c.name)
         print(f"stopped compose container {c.name} ({time.monotonic() - began:.1f}s) at "
               f"{time.strftime('%H:%M:%S', time.gmtime())}", flush=True)
 
     tier_moves = moves(desired, found)
     rec.executor = _Migrating(runtime, report=report, backups=store, tier_moves=tier_moves,
-                              stop=stop)
+                              stop=stop, say=lambda line: print(line, flush=True))
     res = await rec.reconcile()
     if res.ok:
         # start-first services' compose containers kept serving compose's edge until ours

@@ -173,6 +173,7 @@ class HistoryEntry:
     message: str = ""
     failed_steps: list[str] = field(default_factory=list)
     jobs: dict[str, int] = field(default_factory=dict)  # job service -> exit code of its run
+    notes: list[str] = field(default_factory=list)  # e.g. a backup a revert went on without
 
 
 class State:

@@ -118,6 +118,11 @@ def failed_services(outcome: ExecutionReport | None) -> tuple[str, ...]:
                          if not r.ok and r.step.service}))
 
 
+def _revert_plan(desired: Desired, snapshot: Snapshot) -> Plan:
+    """The planner of a revert: a failed backup does not stop it (`rollback.for_revert`)."""
+    return rollback.for_revert(compute(desired, snapshot))
+
+
 class Reconciler:
     def __init__(
         self, *, spec_dir: Path, state: State, runtime: Runtime, profiles: tuple[str, ...] = (),
@@ -260,7 +265,9 @@ class Reconciler:
                               held_last_good=True)
         if choice.target is rollback.Target.LAST_GOOD:
             assert last_good is not None
-            _, plan, outcome = await self.converge(self.load_good(last_good))
+            # holding last-good finishes an interrupted revert: the same best-effort backups
+            _, plan, outcome = await self.converge(self.load_good(last_good),
+                                                   planner=_revert_plan)
             ok = outcome is None or outcome.ok
             return PassResult(
                 PassStatus.NOOP if outcome is None
@@ -347,7 +354,7 @@ class Reconciler:
                               quarantined=True)
         self.report_line(f"rollout failed: reverting to last-good {last_good.label}")
         try:
-            _, _, revert = await self.converge(self.load_good(last_good))
+            _, _, revert = await self.converge(self.load_good(last_good), planner=_revert_plan)
         except SpecError as exc:
             return PassResult(PassStatus.FAILED, f"{reason}\nrevert impossible: last-good spec "
                               f"does not load: {exc}", fp, rev, plan, outcome, quarantined=True)
@@ -355,8 +362,9 @@ class Reconciler:
                                       engine_unavailable=revert is not None
                                       and revert.engine_unavailable)
         if after is rollback.AfterRevert.ROLLED_BACK:
+            notes = "".join(f"\n{n}" for n in (revert.notes if revert else ()))
             return PassResult(PassStatus.ROLLED_BACK, f"{reason}\nreverted to last-good "
-                              f"{last_good.label}", fp, rev, plan, outcome, revert,
+                              f"{last_good.label}{notes}", fp, rev, plan, outcome, revert,
                               quarantined=True)
         assert revert is not None
         if after is rollback.AfterRevert.RETRY:  # the candidate stays quarantined: the next pass
@@ -402,4 +410,5 @@ class Reconciler:
             message=res.message.splitlines()[0] if res.message else "",
             failed_steps=failed,
             jobs={k: v for o in (res.outcome, res.revert) if o for k, v in o.jobs.items()},
+            notes=[n for o in (res.outcome, res.revert, res.rest) if o for n in o.notes],
         ))

@@ -73,7 +73,7 @@ def overlay(project: str, env_dir: Path, edge_port: int, metrics: str,
          "update: {order: auto, parallelism: 1, min_ready: 10s, deadline: 300s, drain: 5s}",
          "update: {order: auto, parallelism: 1, min_ready: 1s, deadline: 120s, drain: 0.5s}",
          1),
-        ("specs/10-infrastructure.yaml", ENV_ROOT, f"{env_dir}/", 3),
+        ("specs/10-infrastructure.yaml", ENV_ROOT, f"{env_dir}/", 8),
         # a VPS raises the open-files limit for mongodb and kafka; a machine (or sandbox) whose
         # hard limit is lower runs them with that limit
         ("specs/10-infrastructure.yaml", "nofile: {soft: 64000, hard: 64000}",
@@ -324,9 +324,15 @@ class Rehearsal:
                stdin=htpasswd_line(EDGE_USER, self.password))
 
     def images(self) -> list[str]:
+        """build.sh arguments: one image per image name (a job runs the image of the service
+        it works on: postgres-roles is the postgres image, kafka-topics the kafka one)."""
         spec = load(REPO / "specs", strict=False, profiles=["admin"]).spec
-        args = []
-        for name, svc in sorted(spec.services.items()):
+        args, seen = [], set()
+        services = sorted(spec.services.items(), key=lambda item: (item[1].job, item[0]))
+        for name, svc in services:
+            if svc.image in seen:
+                continue
+            seen.add(svc.image)
             if name in REAL:
                 args.append(f"{REAL[name]}={svc.image}")
             else:
@@ -567,6 +573,166 @@ def check_admin(r: Rehearsal) -> None:
                   f"{anon.status}/{got.status if got else 'not 200'}")
 
 
+TOPICS = ("metro.notifications", "metro.orders", "metro.payments", "metro.users")
+# role -> (the service whose env file has its password, the key)
+ROLES = {"auth_service": ("auth-service", "AUTH_DB_PASSWORD"),
+         "user_service": ("user-service", "USER_DB_PASSWORD"),
+         "order_service": ("order-service", "ORDER_DB_PASSWORD"),
+         "payment_service": ("payment-service", "PAYMENT_DB_PASSWORD")}
+
+
+def env_value(r: Rehearsal, service: str, key: str) -> str:
+    for line in (r.env_dir / f"{service}.env").read_text().splitlines():
+        name, _, value = line.partition("=")
+        if name == key:
+            return value
+    raise KeyError(f"{key} not in {service}.env")
+
+
+def psql(r: Rehearsal, sql: str, *, user: str = "metro", password: str | None = None,
+         ) -> subprocess.CompletedProcess[str]:
+    """psql in the postgres container: over the local socket as the owner, or over TCP as
+    `user` with `password` (on stdin, never on a command line) -- scram authentication."""
+    (pg,) = r.containers("postgres")[:1] or [""]
+    if password is None:
+        return run("docker", "exec", pg, "psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-U",
+                   user, "-d", "metro", "-c", sql, check=False, timeout=60)
+    return run("docker", "exec", "-i", pg, "sh", "-c",
+               'read -r PGPASSWORD; export PGPASSWORD; exec psql -X -At -v ON_ERROR_STOP=1 '
+               '-h 127.0.0.1 -U "$0" -d metro -c "$1"', user, sql,
+               stdin=password + "\n", check=False, timeout=60)
+
+
+def job_containers(r: Rehearsal) -> dict[str, str]:
+    """Container id -> state of the jobs' containers (running or exited)."""
+    out = {}
+    for job in ("postgres-roles", "kafka-topics"):
+        for line in docker("ps", "-a", "--format", "{{.ID}} {{.State}}", "--filter",
+                           f"label=reconciler.project={r.project}", "--filter",
+                           f"label=reconciler.service={job}", check=False).splitlines():
+            cid, _, state = line.partition(" ")
+            out[cid] = state
+    return out
+
+
+def check_jobs(r: Rehearsal) -> None:
+    """The one-shot jobs of specs/ ran once, exited 0 (kept as the record), and did their
+    work: the topics exist on the broker, every service's role logs in with its password."""
+    rep = r.report
+    res = r.cli("status", "--json")
+    try:
+        doc = json.loads(res.stdout)
+    except ValueError:
+        doc = {}
+    jobs = {s["name"]: s for s in doc.get("services", []) if s.get("job")}
+    for name in ("postgres-roles", "kafka-topics"):
+        job = jobs.get(name, {})
+        rep.check(f"job {name}: ran once, exit 0, the exited container kept as the record",
+                  bool(job.get("ok")) and job.get("exited") == [0] and job.get("running") == 0
+                  and len(job.get("containers", [])) == 1, f"exited {job.get('exited')}")
+    (kafka,) = r.containers("kafka")[:1] or [""]
+    topics = docker("exec", kafka, "ls", "/var/lib/kafka/data/topics", check=False).split()
+    logs = r.cli("logs", "kafka-topics", "--tail", "50")
+    rep.check("kafka-topics created the topics on the broker (auto-create is off)",
+              sorted(topics) == sorted(TOPICS)
+              and all(f"Created topic {t}." in logs.stdout for t in TOPICS), ", ".join(topics))
+    before = job_containers(r)
+    again = r.cli("apply")
+    rep.check("a second apply is a no-op: no job runs again",
+              again.returncode == 0 and "No changes" in again.stdout
+              and job_containers(r) == before and len(before) == 2,
+              (again.stdout + again.stderr).strip()[:100])
+    logins = {}
+    for role, (service, key) in ROLES.items():
+        got = psql(r, "SELECT current_user || ' ' || current_schema()", user=role,
+                   password=env_value(r, service, key))
+        logins[role] = got.stdout.strip() == f"{role} {role}"
+    wrong = psql(r, "SELECT 1", user="auth_service", password="not-the-password")
+    rep.check("postgres-roles: each service's role logs in over TCP (scram) with the password "
+              "from its own env file, into its own schema; a wrong password is refused",
+              all(logins.values()) and wrong.returncode != 0
+              and "password authentication failed" in wrong.stderr,
+              ", ".join(k for k, v in logins.items() if not v) or "4 roles")
+
+
+def check_backup_restore(r: Rehearsal, timings: dict[str, float]) -> None:
+    """A change to postgres and mongodb: each is backed up through its hook (pg_dump -Fc,
+    mongodump --archive) before its stop-first replacement; the data is then lost and
+    `reconciler restore` brings it back (pg_restore, mongorestore --archive --drop)."""
+    rep = r.report
+    jobs_before = job_containers(r)
+    token = secrets.token_hex(6)
+    made = psql(r, "CREATE TABLE rehearsal_sentinel (v text); "
+                   f"INSERT INTO rehearsal_sentinel VALUES ('kept-{token}')")
+    (mongo,) = r.containers("mongodb")[:1] or [""]
+    docker("exec", mongo, "sh", "-c", "mkdir -p /data/db/catalog && echo "
+           f"'{{\"sentinel\": \"kept-{token}\"}}' > /data/db/catalog/sentinel.json")
+    infra = r.spec / "10-infrastructure.yaml"
+    text = infra.read_text()
+    for old, new in (("      PGDATA: /var/lib/postgresql/data/pgdata\n",
+                      "      PGDATA: /var/lib/postgresql/data/pgdata\n"
+                      "      REHEARSAL_GENERATION: \"2\"\n"),
+                     ('    command: ["--wiredTigerCacheSizeGB", "0.25"]\n',
+                      '    command: ["--wiredTigerCacheSizeGB", "0.25"]\n'
+                      '    environment: {REHEARSAL_GENERATION: "2"}\n')):
+        if text.count(old) != 1:
+            raise RuntimeError(f"10-infrastructure.yaml: {old!r} not found once")
+        text = text.replace(old, new)
+    infra.write_text(text)
+    plan = r.cli("--dry-run")
+    t0 = time.monotonic()
+    res = r.cli("apply", timeout=600)
+    timings["backup-apply"] = time.monotonic() - t0
+    rep.check("a change to postgres and mongodb: each backed up by its hook before its "
+              "stop-first replacement", made.returncode == 0 and res.returncode == 0
+              and "* backup postgres from" in plan.stdout
+              and "* backup mongodb from" in plan.stdout,
+              f"{timings['backup-apply']:.0f}s {made.stderr.strip()[:100]}")
+    listed = r.cli("backups", "--json")
+    try:
+        entries = json.loads(listed.stdout)
+    except ValueError:
+        entries = []
+    newest = {e["service"]: e for e in sorted(entries, key=lambda e: e["file"])}
+    ok = {s: bool(newest.get(s, {}).get("checksum_ok")) for s in ("postgres", "mongodb")}
+    heads = {}
+    for service, magic in (("postgres", b"PGDMP"), ("mongodb", b"\x1f\x8b")):
+        entry = newest.get(service)
+        if entry:
+            path = r.state / "backups" / r.project / service / entry["file"]
+            heads[service] = path.read_bytes()[:len(magic)] == magic
+    rep.check("backups listed, checksums ok; postgres's is a pg_dump custom-format archive "
+              "(PGDMP), mongodb's gzip", all(ok.values()) and heads == {"postgres": True,
+                                                                         "mongodb": True},
+              ", ".join(f"{s} {newest[s]['size']} B" for s in newest if s in ok))
+    # the data is lost ...
+    psql(r, "DROP TABLE rehearsal_sentinel")
+    (mongo,) = r.containers("mongodb")[:1] or [""]
+    docker("exec", mongo, "rm", "-rf", "/data/db/catalog", check=False)
+    gone = psql(r, "SELECT count(*) FROM rehearsal_sentinel")
+    # ... and restored through the hooks, into the running (new) containers
+    t0 = time.monotonic()
+    res = r.cli("restore", "postgres", timeout=300)
+    timings["restore-postgres"] = time.monotonic() - t0
+    back = psql(r, "SELECT v FROM rehearsal_sentinel")
+    rep.check("reconciler restore postgres (pg_restore --clean --single-transaction): the "
+              "dropped table is back", gone.returncode != 0 and res.returncode == 0
+              and back.stdout.strip() == f"kept-{token}" and token not in res.stdout,
+              f"{timings['restore-postgres']:.1f}s {(res.stdout + res.stderr).strip()[-120:]}")
+    t0 = time.monotonic()
+    res = r.cli("restore", "mongodb", timeout=300)
+    timings["restore-mongodb"] = time.monotonic() - t0
+    (mongo,) = r.containers("mongodb")[:1] or [""]
+    doc = docker("exec", mongo, "cat", "/data/db/catalog/sentinel.json", check=False)
+    rep.check("reconciler restore mongodb (mongorestore --archive --drop, stand-in): the "
+              "deleted data is back", res.returncode == 0 and f"kept-{token}" in doc,
+              f"{timings['restore-mongodb']:.1f}s {(res.stdout + res.stderr).strip()[-120:]}")
+    roles = psql(r, "SELECT count(*) FROM pg_roles WHERE rolname LIKE '%\\_service'")
+    rep.check("the roles are still there after postgres's replacement, and no job ran again",
+              roles.stdout.strip() == "4" and job_containers(r) == jobs_before,
+              roles.stdout.strip())
+
+
 def rehearse(*, keep: bool = False) -> int:
     started = time.monotonic()
     ipam = json.loads(docker("network", "inspect", "bridge"))[0]["IPAM"]["Config"][0]
@@ -609,6 +775,10 @@ def rehearse(*, keep: bool = False) -> int:
         check_metrics(r)
         timings["checks"] = time.monotonic() - t0
         r.stop_daemon()
+        t0 = time.monotonic()
+        check_jobs(r)
+        check_backup_restore(r, timings)
+        timings["data"] = time.monotonic() - t0
         t0 = time.monotonic()
         check_admin(r)
         timings["admin"] = time.monotonic() - t0

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Images for the rehearsal of specs/ (`make rehearsal`, tests/rehearsal.py), built locally
 # under the PRODUCTION image names, from Debian packages -- no registry:
-#   postgres=IMAGE     Debian's postgresql-15 server + client binaries, their libraries, busybox
+#   postgres=IMAGE     Debian's postgresql-15 server + client binaries (psql, pg_dump,
+#                      pg_restore: the roles job and the backup hooks), their libraries, busybox
 #   redis=IMAGE        Debian's redis-server (redis-tools) + redis-cli, their libraries, busybox
 #   prometheus=IMAGE   Debian's prometheus binary + web assets, busybox (for the health check)
 #   nginx=IMAGE        the demo edge image (Debian's nginx, ../demo/images/build.sh), re-tagged
 #   standin=IMAGE,NAME,PORTS
 #                      busybox stand-in for what Debian does not package (mongodb, kafka,
 #                      grafana, the admin tools, the Metro services): answers HTTP on PORTS
-#                      (comma-separated) with the same health checks and URLs (standin/)
+#                      (comma-separated) with the same health checks and URLs (standin/);
+#                      kafka-topics.sh (the topics job) and mongodump/mongorestore (the
+#                      backup hooks) work against the kafka and mongodb stand-ins (standin/)
 # Each image is FROM scratch + a reproducible rootfs.tar, labelled with the content hash; a
 # build is skipped when the image already carries that hash (like ../demo/images/build.sh,
 # whose helpers this script sources). --force rebuilds anyway.
@@ -59,7 +62,7 @@ build_postgres() {
     echo "postgres:x:999:999:postgres:/var/lib/postgresql:/bin/sh" >>"$root/etc/passwd"
     echo "postgres:x:999:" >>"$root/etc/group"
     copy_bin "$root" "$PG/bin/postgres" "$PG/bin/initdb" "$PG/bin/pg_ctl" "$PG/bin/pg_isready" \
-        "$PG/bin/psql"
+        "$PG/bin/psql" "$PG/bin/pg_dump" "$PG/bin/pg_restore"
     for f in "$PG"/lib/*.so; do
         case $f in */llvmjit*) continue ;; esac   # JIT: off without it
         copy_bin "$root" "$f"
@@ -144,8 +147,12 @@ build_standin() { # IMAGE,NAME,PORTS
         image_ctx standin
         mkdir -p "$ctx/root/standin" "$ctx/root/opt/kafka/bin" "$ctx/root/usr/local/bin"
         install -m 0755 "$REHEARSAL/standin/entrypoint" "$REHEARSAL/standin/handler" "$ctx/root/standin/"
-        install -m 0755 "$REHEARSAL/standin/probe" "$ctx/root/standin/probe"
+        install -m 0755 "$REHEARSAL/standin/probe" "$REHEARSAL/standin/kafka-topics" \
+            "$REHEARSAL/standin/mongotools" "$ctx/root/standin/"
         ln -s /standin/probe "$ctx/root/opt/kafka/bin/kafka-broker-api-versions.sh"
+        ln -s /standin/kafka-topics "$ctx/root/opt/kafka/bin/kafka-topics.sh"
+        ln -s /standin/mongotools "$ctx/root/usr/local/bin/mongodump"
+        ln -s /standin/mongotools "$ctx/root/usr/local/bin/mongorestore"
         ln -s /standin/probe "$ctx/root/usr/local/bin/mongosh"
         ln -s /standin/probe "$ctx/root/usr/local/bin/node"
         make_tar "$ctx/root" "$WORK/standin-rootfs.tar"

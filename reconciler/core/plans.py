@@ -179,6 +179,9 @@ class Step:
     # the edge: its staged config copies are brought up to date before the container is
     # created or started (RELOAD steps always do it)
     stage_config: bool = False
+    # BACKUP: a failure is noted and the run goes on (a revert to last-good: restoring the
+    # known-good generation matters more than a copy of the failed one, `rollback.for_revert`)
+    best_effort: bool = False
 
     @property
     def id(self) -> str:

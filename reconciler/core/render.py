@@ -144,7 +144,8 @@ def text(plan: Plan, *, color: bool = False, revision: str | None = None) -> str
         lines += ["", "Backups (taken first; a failed backup stops the rollout before anything)"]
         for step in backups:
             source = f" from {step.target.name}" if step.target else ""
-            lines.append(f"  * backup {step.service}{source}    # {step.reason}")
+            note = " (best effort: a failure does not stop the revert)" if step.best_effort else ""
+            lines.append(f"  * backup {step.service}{source}    # {step.reason}{note}")
     objects = plan.objects()
     if objects:
         lines += ["", "Networks and volumes"]
@@ -221,6 +222,7 @@ def step_dict(step: Step) -> dict[str, Any]:
         "replica": step.replica,
         "order": step.order.value if step.order else None,
         **({"job": "forward-only: a revert does not undo it"} if step.job else {}),
+        **({"best_effort": True} if step.best_effort else {}),
         **({"after": [{"service": w.service, "until": w.until.value} for w in step.after]}
            if step.after else {}),
         "new_name": step.new_name,

@@ -4,14 +4,18 @@ a choice out.
 Never chooses a quarantined candidate, and never reverts to a spec identical to the one that
 just failed (that would retry the bad rollout under another name). The quarantine policy
 (an engine outage quarantines nothing, nor does a failed repair of last-good; a failed
-revert halts) lives here too, so the reconcile pass only sequences it.
+revert halts) lives here too, so the reconcile pass only sequences it. So does the rule that a
+backup inside a revert is best effort (`for_revert`): a revert never stops half-way because a
+copy of the failed generation's data could not be taken.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
+
+from reconciler.core.plans import Action, Plan
 
 
 class Target(StrEnum):
@@ -93,3 +97,20 @@ def after_revert(*, ok: bool, engine_unavailable: bool) -> AfterRevert:
     if engine_unavailable:
         return AfterRevert.RETRY
     return AfterRevert.HALT
+
+
+def for_revert(plan: Plan) -> Plan:
+    """The plan of a revert to last-good (or of a pass that holds last-good, which finishes an
+    interrupted revert): its backup steps are best effort. A forward rollout stops before
+    touching anything when a backup fails; a revert must not, because it runs to undo a
+    failure: the container a backup command would run in is often the broken one, and
+    stopping there would leave the host half-way between the failed generation and
+    last-good. The executor logs, counts and records a failed best-effort backup and goes
+    on; the backups taken before the failed rollout are still there."""
+    if not any(s.action is Action.BACKUP for s in plan.steps):
+        return plan
+    steps = tuple(replace(s, best_effort=True) if s.action is Action.BACKUP else s
+                  for s in plan.steps)
+    return replace(plan, steps=steps,
+                   notes=(*plan.notes, "a revert: a failed backup is recorded and the revert "
+                                       "goes on (it never stops half-way)"))

@@ -1,6 +1,7 @@
 """Does a spec fit the host's memory? The sum of the memory limits of every enabled replica,
 plus the surge of a start-first rollout (new containers run next to the old ones until they
-are healthy), compared with the host's memory.
+are healthy), compared with the host's memory. A job (`kind: job`) is not resident: it runs
+inside its tier's rollout, so its limit counts in that tier's surge, not in the sum.
 
 Pure: the caller passes the host's memory in (the CLI reads /proc/meminfo); no I/O, no Docker.
 """
@@ -20,7 +21,9 @@ class MemoryFit:
     """Memory a spec needs on one host: its limits, the worst start-first surge, the host."""
 
     limits: int  # bytes: memory limit x replicas, summed over the enabled services
-    surge: int  # bytes: the largest start-first surge of one tier (its services roll in parallel)
+    # bytes: the largest start-first surge of one tier (its services roll in parallel), with
+    # the tier's jobs
+    surge: int
     surge_tier: str | None
     surge_services: tuple[str, ...]
     unlimited: tuple[str, ...]  # enabled services without a memory limit (not counted)
@@ -49,6 +52,9 @@ def memory_fit(spec: Spec, *, host_memory: int, profiles: Iterable[str] = ()) ->
         memory = svc.resources.memory
         if not memory:
             unlimited.append(name)
+            continue
+        if svc.job:  # runs during its tier's rollout, next to what that tier starts
+            surges.setdefault(svc.tier or "", []).append((name, memory))
             continue
         limits += memory * svc.replicas
         if resolved_order(spec, svc) is UpdateOrder.START_FIRST and svc.replicas > 0:

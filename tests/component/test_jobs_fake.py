@@ -118,3 +118,32 @@ async def test_a_revert_after_a_later_failure_does_not_rerun_the_older_job(
     # and did not run it again
     assert of(fake, "migrate") == [first] and first.started_at == started
     assert (await rec.reconcile()).result is PassStatus.NOOP
+
+
+async def test_a_done_job_is_not_a_service_short_of_healthy_replicas(
+        tmp_path: Path, fake: FakeRuntime) -> None:
+    """The controller's replica gauges (what ReconcilerServiceUnhealthy compares) leave jobs
+    out: an exited-0 job is done, not 0 of 1 healthy forever."""
+    from prometheus_client import CollectorRegistry
+
+    from reconciler.controller import Controller
+    from reconciler.telemetry import Metrics
+
+    rec, _ = make(tmp_path, fake, SPEC)
+    res = await rec.reconcile()
+    assert res.result is PassStatus.CONVERGED
+    registry = CollectorRegistry()
+    ctl = Controller(rec, metrics=Metrics(registry, version="test"), watch_spec=False,
+                     follow_events=False)
+    await ctl._export(res, [])
+
+    def replicas(service: str, tier: str, state: str) -> float | None:
+        return registry.get_sample_value("reconciler_service_replicas",
+                                         {"service": service, "tier": tier, "state": state})
+
+    assert replicas("db", "infrastructure", "healthy") == 1
+    assert replicas("api", "business", "desired") == 1
+    assert replicas("migrate", "core", "desired") is None
+    assert replicas("migrate", "core", "healthy") is None
+    assert registry.get_sample_value("reconciler_steps_total",
+                                     {"action": "create", "outcome": "ok"}) == 3

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -164,6 +165,11 @@ def test_migrate_from_compose_keeps_data_and_rolls_back(compose_stack: tuple[Hos
     print(f"\n[migrate] {load.summary()}; migrate took {took:.1f}s")
     print(res.stdout[-3000:])
     assert res.returncode == 0, res.stdout + res.stderr
+    # the edge's hand-over: ours was started right after compose's stopped and the port
+    # was polled until it answered HTTP (the migrator's own measure of the gap)
+    handover = re.search(rf"hand-over nginx: 127\.0\.0\.1:{port} answered (\d+) ms", res.stdout)
+    assert handover is not None, res.stdout
+    print(f"[migrate] edge hand-over (stop returned -> port answers): {handover.group(1)} ms")
     assert load.total > 0 and load.ok > 0
     # compose's containers are all stopped (kept), ours run: 0 orphaned containers
     assert compose_running(h) == []

@@ -1,13 +1,17 @@
-"""Backup steps in plans and the pure backup rules (names, retention, room, pick)."""
+"""Backup steps in plans and the pure backup rules (names, retention, room, pick), and the
+revert rule: a revert's backups are best effort (`rollback.for_revert`)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from reconciler.core import backups, render
+import pytest
+
+from reconciler.core import backups, render, rollback
 from reconciler.core.backups import Entry
 from reconciler.core.desired import Desired
-from reconciler.core.plans import Action, Phase, compute
+from reconciler.core.plans import Action, Phase, Plan, compute
 from tests.specfactory import container_json, desired_from
 from tests.unit.test_planner import BASE, observed
 
@@ -61,3 +65,48 @@ def test_names_retention_room_and_pick() -> None:
     assert backups.pick(es, "nope") is None
     assert Entry.from_json(es[0].as_json()) == es[0]
     assert Entry.from_json({"file": 1}) is None
+
+
+def revert_case(tmp: Path, name: str) -> Plan:
+    """Plans the revert rule is applied to, by name."""
+    old = with_backup(tmp / "old")
+    new = with_backup(tmp / "new", image="db:2")
+    running = observed(new, container_json(old, "db", 1), container_json(new, "api", 1),
+                       container_json(new, "api", 2))
+    cases = {
+        "a stop-first replace of db": compute(new, running),
+        "a cold start": compute(new, observed(new)),
+        "in sync": compute(old, observed(old, container_json(old, "db", 1),
+                                         container_json(old, "api", 1),
+                                         container_json(old, "api", 2))),
+    }
+    return cases[name]
+
+
+# (plan, backups in the forward plan, best-effort backups after for_revert, a note added)
+REVERT = [
+    ("a stop-first replace of db", 1, 1, True),
+    ("a cold start", 0, 0, False),
+    ("in sync", 0, 0, False),
+]
+
+
+@pytest.mark.parametrize(("name", "forward", "best_effort", "noted"), REVERT)
+def test_for_revert_table(tmp_path: Path, name: str, forward: int, best_effort: int,
+                          noted: bool) -> None:
+    plan = revert_case(tmp_path, name)
+    assert [s.best_effort for s in plan.backups()] == [False] * forward  # forward: must pass
+    reverted = rollback.for_revert(plan)
+    assert [s.best_effort for s in reverted.backups()] == [True] * best_effort
+    # nothing else changes: same steps in the same order, other steps untouched
+    assert [s.id for s in reverted.steps] == [s.id for s in plan.steps]
+    assert [s for s in reverted.steps if s.action is not Action.BACKUP] == [
+        s for s in plan.steps if s.action is not Action.BACKUP]
+    assert (len(reverted.notes) == len(plan.notes) + 1) is noted
+    if noted:
+        assert "the revert goes on" in reverted.notes[-1]
+        assert "best effort" in render.text(reverted)
+        assert json.loads(render.as_json(reverted))["steps"][0]["best_effort"] is True
+        assert "best_effort" not in json.loads(render.as_json(plan))["steps"][0]
+    else:
+        assert reverted is plan

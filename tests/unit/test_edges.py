@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -320,3 +320,27 @@ async def test_sync_writes_health_files_next_to_the_upstreams(desired: Desired,
     await edge.sync(desired, containers=[c("n1", "nginx")])
     assert json.loads((tmp_path / "edge" / "health.json").read_text())["status"] == "down"
     assert not (tmp_path / "edge" / "health-ok.json").exists()
+
+
+JOB_SPEC = SPEC.replace("services:\n", "services:\n  migrate:\n    tier: business\n"
+                        "    kind: job\n    image: api:1\n", 1)
+
+
+@pytest.mark.parametrize(("job", "run"), [
+    ([], "not run"),
+    ([c("j1", "migrate", state=ContainerState.RUNNING, health=Health.NONE)], "running"),
+    ([c("j1", "migrate", state=ContainerState.EXITED)], "failed"),  # no exit code: not 0
+    ([replace(c("j1", "migrate", state=ContainerState.EXITED), exit_code=0)], "done"),
+    ([replace(c("j1", "migrate", state=ContainerState.EXITED), exit_code=3),
+      replace(c("j2", "migrate", state=ContainerState.EXITED), exit_code=0)], "done"),
+])
+def test_a_job_is_listed_with_its_run_and_never_makes_the_stack_down(
+        tmp_path: Path, job: list[Observed], run: str) -> None:
+    """An exited job is not a service with no healthy replica: the stack stays `ok`."""
+    d = desired_from(tmp_path, JOB_SPEC)
+    serving = [c("a1"), c("a2", replica=2), c("d1", "admin"), c("w1", "worker"),
+               c("n1", "nginx")]
+    text, ok = render_health(d, serving + job)
+    doc = json.loads(text)
+    assert (doc["status"], ok) == ("ok", True)
+    assert doc["tiers"][0]["services"]["migrate"] == {"job": run}

@@ -37,6 +37,15 @@ def test_only_the_named_projects_containers_and_the_order(tmp_path: Path) -> Non
     assert "shop_old-worker_1" in text
 
 
+def test_a_job_is_shown_as_run_once(tmp_path: Path) -> None:
+    spec = SPEC.replace("  api:\n", "  migrate:\n    tier: infrastructure\n    kind: job\n"
+                        "    image: db:1\n    depends_on: [db]\n  api:\n", 1)
+    d = desired_from(tmp_path, spec)
+    text = migrate.sequence_text(d, migrate.compose_containers([listed("db", 1)], "shop"),
+                                 backed_up=[])
+    assert "migrate: run once to completion (job" in text
+
+
 def test_restore_script_removes_ours_and_starts_the_running_ones_in_order() -> None:
     found = migrate.compose_containers(
         [listed("db", 1), listed("api", 1), listed("api", 2, state="exited")], "shop")
@@ -47,3 +56,35 @@ def test_restore_script_removes_ours_and_starts_the_running_ones_in_order() -> N
     assert starts == ["docker start id-shop-db-1 >/dev/null  # shop_db_1",
                       "docker start id-shop-api-1 >/dev/null  # shop_api_1"]
     assert "volume" not in script  # volumes untouched
+
+
+def test_published_ports_to_poll_at_the_hand_over(tmp_path: Path) -> None:
+    """The edge's fixed TCP host ports, polled on the host itself for a wildcard binding;
+    random host ports and UDP are not polled."""
+    spec = SPEC.replace("    image: api:1\n", "    image: api:1\n    ports: [\"80:80\", "
+                        "\"127.0.0.2:8443:443\", \"9000\", \"5353:53/udp\"]\n", 1).replace(
+        "replicas: 2", "replicas: 1")  # fixed host ports: one replica
+    assert spec != SPEC
+    d = desired_from(tmp_path, spec)
+    assert migrate.published(d.services["api"]) == [("127.0.0.1", 80), ("127.0.0.2", 8443)]
+    assert migrate.published(d.services["db"]) == []
+
+
+async def test_answers_needs_an_http_status_line_not_just_an_accept() -> None:
+    import asyncio
+
+    async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()  # accepts, answers nothing (Docker's proxy with no app behind it)
+
+    for handler, expected in ((http, True), (mute, False)):
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            assert await migrate.answers("127.0.0.1", port, timeout_s=2) is expected
+    assert await migrate.answers("127.0.0.1", port, timeout_s=2) is False  # closed

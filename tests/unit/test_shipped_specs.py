@@ -125,6 +125,10 @@ def test_nothing_depends_on_api_gateway_and_only_on_earlier_tiers(
 def test_every_production_service_has_limits_and_a_healthcheck(prod_admin: LoadedSpec) -> None:
     for name, svc in prod_admin.spec.services.items():
         assert svc.resources.memory and svc.resources.cpus, name
+        if svc.job:  # its exit code is the gate; never restarted
+            assert svc.restart == "no", name
+            assert svc.healthcheck is None or not svc.healthcheck.active, name
+            continue
         assert svc.healthcheck is not None and svc.healthcheck.active, name
         assert svc.healthcheck.interval == 45 and svc.healthcheck.retries == 5, name
         assert svc.restart == "unless-stopped", name
@@ -142,6 +146,10 @@ def test_production_secrets_only_in_host_env_files(prod_admin: LoadedSpec) -> No
         for key in svc.environment:
             assert not SECRETISH.search(key), f"{name}: {key} belongs in an env file"
         for declared in svc.env_file:
+            if svc.job:  # a job reads the env files of the services whose credentials it sets
+                assert declared.removeprefix("/opt/env/metro/").removesuffix(".env") in (
+                    prod_admin.spec.services), (name, declared)
+                continue
             assert declared == f"/opt/env/metro/{name}.env", (name, declared)
 
 
@@ -153,7 +161,7 @@ def test_stateful_services_are_stop_first_on_named_volumes(prod: LoadedSpec) -> 
 
 
 def test_kafka_is_one_kraft_broker_with_a_bounded_heap(prod: LoadedSpec) -> None:
-    brokers = [s for s in prod.spec.services.values() if "kafka" in s.image]
+    brokers = [s for s in prod.spec.services.values() if "kafka" in s.image and not s.job]
     assert len(brokers) == 1
     (broker,) = brokers
     env = broker.environment
@@ -163,6 +171,48 @@ def test_kafka_is_one_kraft_broker_with_a_bounded_heap(prod: LoadedSpec) -> None
     assert env["KAFKA_HEAP_OPTS"] == "-Xmx512m -Xms512m"
     assert env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == "1"
     assert broker.resources.memory == 1024**3  # heap + page cache + off-heap
+
+
+def test_postgres_and_mongodb_have_dump_and_restore_hooks(prod: LoadedSpec) -> None:
+    """Backups before any step stops or replaces them, through the stores' own dump tools;
+    no password on a command line."""
+    hooks = {"postgres": ("pg_dump -Fc", "pg_restore --clean --if-exists --single-transaction"),
+             "mongodb": ("mongodump", "mongorestore")}
+    for name, (dump, restore) in hooks.items():
+        backup = prod.spec.services[name].backup
+        assert backup is not None and backup.command and backup.restore, name
+        assert dump in " ".join(backup.command), name
+        assert restore in " ".join(backup.restore), name
+        for command in (backup.command, backup.restore):
+            text = " ".join(command)
+            assert not re.search(r"(^|\s)(-p|--password)[\s=]", text), (name, text)
+    mongo = " ".join(prod.spec.services["mongodb"].backup.command)  # type: ignore[union-attr]
+    assert "--archive" in mongo and "--config=" in mongo and "umask 077" in mongo
+
+
+def test_jobs_create_the_topics_and_the_roles_the_services_assume(prod: LoadedSpec) -> None:
+    services = prod.spec.services
+    topics, roles = services["kafka-topics"], services["postgres-roles"]
+    for job, needs in ((topics, "kafka"), (roles, "postgres")):
+        assert job.job and job.tier == "infrastructure" and needs in job.depends_on
+        assert job.restart == "no"
+    # auto-create is off: the job creates every topic, idempotently
+    assert services["kafka"].environment["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    script = "\n".join(topics.command or ())
+    assert "--create" in script and "--if-not-exists" in script
+    assert "--replication-factor 1" in script
+    # every DB_USER a service connects as is a role the job creates, with the password from
+    # that service's own env file (read through \getenv, never a command line)
+    sql = "\n".join(roles.command or ())
+    users = {svc.environment["DB_USER"]: name for name, svc in services.items()
+             if "DB_USER" in svc.environment}
+    assert set(users) == {"auth_service", "user_service", "order_service", "payment_service"}
+    for user, service in users.items():
+        assert f"'{user}'" in sql and f"ALTER ROLE {user} LOGIN PASSWORD :'" in sql, user
+        assert f"/opt/env/metro/{service}.env" in roles.env_file, user
+        key = f"{user.split('_')[0].upper()}_DB_PASSWORD"
+        assert f"\\getenv {user.split('_')[0]}_pw {key}" in sql, user
+    assert "ON_ERROR_STOP=1" in sql and "PGPASSWORD=\"$POSTGRES_PASSWORD\"" in sql
 
 
 def test_default_sizing_fits_an_8_gib_host_with_the_start_first_surge(
@@ -417,3 +467,23 @@ def test_one_env_dir_everywhere_and_the_workflow_pins_a_commit_of_this_repositor
     assert "reconciler==" not in workflow
     assert 'git+${RECONCILER_GIT}@${RECONCILER_REV}' in workflow
     assert "RECONCILER_REV:" in workflow and "--host-memory" in workflow
+
+
+def test_a_job_counts_in_its_tiers_surge_not_in_the_resident_limits(prod: LoadedSpec) -> None:
+    from reconciler.core.sizing import memory_fit
+
+    services = prod.spec.services
+    from reconciler.core.specs import active_services
+
+    resident = sum((s.resources.memory or 0) * s.replicas
+                   for s in active_services(prod.spec, ()).values() if not s.job)
+    fit = memory_fit(prod.spec, host_memory=8 * 1024**3)
+    assert fit.limits == resident
+    # a job larger than any surge becomes the surge of its tier
+    job = services["kafka-topics"]
+    big = job.model_copy(update={"resources": job.resources.model_copy(
+        update={"memory": 3 * 1024**3})})
+    fit = memory_fit(prod.spec.model_copy(update={"services": {**services, "kafka-topics": big}}),
+                     host_memory=8 * 1024**3)
+    assert (fit.limits, fit.surge_tier) == (resident, "infrastructure")
+    assert fit.surge == 3 * 1024**3 + (services["postgres-roles"].resources.memory or 0)

@@ -112,7 +112,7 @@ def test_known_label_values_are_pre_created_at_zero() -> None:
     for result in ("noop", "converged", "rolled_back", "failed", "invalid_spec"):
         assert value("reconciler_reconcile_total", {"result": result}) == 0
     for action in ("create", "replace", "recreate", "start", "remove", "create-network",
-                   "create-volume"):
+                   "create-volume", "backup"):
         for outcome in ("ok", "failed"):
             assert value("reconciler_steps_total", {"action": action, "outcome": outcome}) == 0
     for reason in ("health_gate", "pull_error", "edge_reload", "deadline", "crash_loop",
