@@ -195,10 +195,13 @@ class SwarmLab:
                             node=n, check=False).strip() for n in NODES for i in ids):
             time.sleep(0.5)
         for node in NODES:
-            nets = self.docker("network", "ls", "-q", "--filter", sel, node=node,
-                               check=False).split()
-            if nets:
+            # an overlay network keeps its endpoints for a moment after the tasks are gone
+            while self.docker("network", "ls", "-q", "--filter", sel, node=node, check=False,
+                              ).split() and time.monotonic() < deadline:
+                nets = self.docker("network", "ls", "-q", "--filter", sel, node=node,
+                                   check=False).split()
                 self.docker("network", "rm", *nets, node=node, check=False)
+                time.sleep(0.5)
             vols = self.docker("volume", "ls", "-q", "--filter", sel, node=node,
                                check=False).split()
             if vols:
