@@ -211,16 +211,33 @@ up() {
     log "up in $(since "$t0") s; use: export DOCKER_HOST=unix://$(sock manager)"
 }
 
-# Stop one node's dockerd (and whatever it left: containerd, shims, containers), by pid.
-stop_node() {
-    local node=$1 pid ns i pids cg
+# Stop both nodes' dockerds (in parallel: each takes about 2.5 s) and whatever they left
+# (containerd, shims, containers), by pid.
+stop_nodes() {
+    local node pid i alive
+    for node in "${NODES[@]}"; do
+        pid=$(cat "$RUN/$node/dockerd.pid" 2>/dev/null || true)
+        [ -z "$pid" ] || kill -TERM "$pid" 2>/dev/null || true
+    done
+    for ((i = 0; i < 100; i++)); do
+        alive=0
+        for node in "${NODES[@]}"; do
+            pid=$(cat "$RUN/$node/dockerd.pid" 2>/dev/null || true)
+            [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && alive=1
+        done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for node in "${NODES[@]}"; do
+        pid=$(cat "$RUN/$node/dockerd.pid" 2>/dev/null || true)
+        [ -z "$pid" ] || kill -KILL "$pid" 2>/dev/null || true
+        stop_leftovers "$node"
+    done
+}
+
+stop_leftovers() {
+    local node=$1 ns i pids cg
     ns=$(netns "$node")
-    pid=$(cat "$RUN/$node/dockerd.pid" 2>/dev/null || true)
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
     # leftovers after a crash: every process in the node's cgroups (containers) and network
     # namespace (containerd, shims, host-network containers)
     for cg in /sys/fs/cgroup/*/"$NAME-$node" /sys/fs/cgroup/"$NAME-$node" \
@@ -257,7 +274,7 @@ down_locked() {
     # leave the swarm while both daemons still answer (worker first), then stop them
     if answers worker; then timeout 20 docker -H "unix://$(sock worker)" swarm leave --force >/dev/null 2>&1 || true; fi
     if answers manager; then timeout 20 docker -H "unix://$(sock manager)" swarm leave --force >/dev/null 2>&1 || true; fi
-    for node in "${NODES[@]}"; do stop_node "$node"; done
+    stop_nodes
     for node in "${NODES[@]}"; do
         ns=$(netns "$node")
         if ip netns list | grep -qw "^$ns"; then ip netns del "$ns" || true; fi
