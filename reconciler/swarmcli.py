@@ -29,7 +29,7 @@ from reconciler.swarmd import SwarmRuntime, ipvs_available
 def swarm_problems(loaded: LoadedSpec) -> list[Problem]:
     """The Swarm-only findings of a loaded spec, located as file:line (the files are read
     again with key lines only when there is a finding)."""
-    found = swarm.findings(loaded.spec)
+    found = swarm.findings(loaded.spec, loaded.profiles)
     if not found:
         return []
     locations: dict[Any, Location] = dict(loaded.locations)

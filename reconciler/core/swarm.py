@@ -42,7 +42,7 @@ from reconciler.core.plans import (
     held_services,
 )
 from reconciler.core.snapshots import ContainerState
-from reconciler.core.specs import Finding, Spec, parse_port
+from reconciler.core.specs import Finding, Spec, active_services, parse_port
 
 NANO = 1_000_000_000
 JSON = dict[str, Any]
@@ -72,11 +72,11 @@ def endpoint_mode_for(*, ipvs: bool) -> EndpointMode:
 # --- the spec: rules that hold only on Swarm ---------------------------------------------------
 
 
-def findings(spec: Spec) -> list[Finding]:
+def findings(spec: Spec, profiles: Iterable[str] = ()) -> list[Finding]:
     """What a spec asks for that Swarm cannot do (errors), and what works differently there
     (warnings). Each names the key and says how to write it for Swarm."""
     out: list[Finding] = []
-    for name, svc in sorted(spec.services.items()):
+    for name, svc in sorted(active_services(spec, profiles).items()):
         base = ("services", name)
         for i, entry in enumerate(svc.ports):
             try:
