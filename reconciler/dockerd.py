@@ -432,6 +432,14 @@ class DockerRuntime:
 
         return await self._call(what, go, secrets=secrets)
 
+    async def request(
+        self, what: str, path: str, *, method: str = "GET",
+        params: Mapping[str, Any] | None = None, body: Mapping[str, Any] | None = None,
+    ) -> object:
+        """Any Engine API call answering JSON (the Swarm endpoints of `swarmd`), with this
+        runtime's timeout and error mapping."""
+        return await self._json(what, path, method=method, params=params, body=body)
+
     # ------------------------------------------------------------------ observation
 
     @property

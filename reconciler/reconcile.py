@@ -155,10 +155,9 @@ class Reconciler:
         return load(good.directory, strict=True, profiles=self.profiles, policy=self.policy,
                     bind_root=good.root or None, key=self.state.key(create=True))
 
-    async def converge(self, loaded: LoadedSpec, *, hold: tuple[str, ...] = (),
-                       retry: tuple[str, ...] = (),
-                       planner: Callable[[Desired, Snapshot], Plan] | None = None,
-                       ) -> tuple[Desired, Plan, ExecutionReport | None]:
+    def desired_for(self, loaded: LoadedSpec) -> Desired:
+        """The desired state of a loaded spec (built once per loaded spec), with the edge's
+        upstreams and log directories of this state dir."""
         key = self.state.key(create=True)
         assert key is not None
         spec = loaded.spec
@@ -173,6 +172,15 @@ class Reconciler:
                             edge_log_dir=str(logs_dir) if logs_dir else None)
             self._built = (loaded, desired)
         self.last_desired = desired
+        return desired
+
+    async def converge(self, loaded: LoadedSpec, *, hold: tuple[str, ...] = (),
+                       retry: tuple[str, ...] = (),
+                       planner: Callable[[Desired, Snapshot], Plan] | None = None,
+                       ) -> tuple[Desired, Plan, ExecutionReport | None]:
+        spec = loaded.spec
+        directory = edge_dir(self.state.root, spec.project)
+        desired = self.desired_for(loaded)
         snapshot = await observe(self.rt, desired.project)
         self.last_snapshot = snapshot
         plan = (planner(desired, snapshot) if planner is not None

@@ -38,6 +38,7 @@ class Action(StrEnum):
     START = "start"
     REMOVE = "remove"
     BACKUP = "backup"  # copy a service's data before a step stops or replaces it
+    SCALE = "scale"  # Swarm: the same generation with another replica count
 
 
 class Phase(StrEnum):
@@ -257,6 +258,8 @@ class Plan:
                 counts["replace"] += 1
             elif s.action is Action.START:
                 counts["start"] += 1
+            elif s.action is Action.SCALE:
+                counts["scale"] = counts.get("scale", 0) + 1
             else:
                 counts["remove"] += 1
         return counts

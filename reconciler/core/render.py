@@ -22,6 +22,7 @@ SYMBOLS = {
     Action.REMOVE: "-",
     Action.RECREATE: "-/+",
     Action.BACKUP: "*",
+    Action.SCALE: "~",
 }
 COLORS = {"+": "32", "-": "31", "-/+": "33", "+/-": "33", "~": "36"}
 JOB_NOTE = "job (forward-only: a revert does not undo it)"
@@ -161,7 +162,8 @@ def text(plan: Plan, *, color: bool = False, revision: str | None = None) -> str
     lines += _edge_lines(plan)
     c = plan.counts()
     lines += ["", f"Plan: {c['create']} to create, {c['replace']} to replace, "
-                  f"{c['start']} to start, {c['remove']} to remove."]
+                  f"{c['start']} to start, {c['remove']} to remove"
+                  + (f", {c['scale']} to scale." if c.get("scale") else ".")]
     return "\n".join(_paint(clean(line), painted.get(i, ""), color)
                      for i, line in enumerate(lines)) + "\n"
 
