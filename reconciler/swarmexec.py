@@ -145,10 +145,10 @@ class SwarmExecutor:
         done = {s.service: asyncio.Event() for s in steps}
 
         async def one(step: Step) -> None:
-            for w in step.after:
+            for w in step.after:  # HEALTHY: set at the dependency's first ready observation
                 if w.service in done:
                     await done[w.service].wait()
-            await self._timed(step, desired, outcome)
+            await self._timed(step, desired, outcome, healthy=done[step.service])
             done[step.service].set()
 
         try:
@@ -158,11 +158,12 @@ class SwarmExecutor:
         except BaseExceptionGroup as eg:
             raise _first(eg) from None
 
-    async def _timed(self, step: Step, desired: Desired, outcome: ExecutionReport) -> None:
+    async def _timed(self, step: Step, desired: Desired, outcome: ExecutionReport, *,
+                     healthy: asyncio.Event | None = None) -> None:
         started = self.clock()
         self.report(Progress("step-start", tier=step.tier, step=step.id))
         try:
-            await self._step(step, desired, outcome)
+            await self._step(step, desired, outcome, healthy=healthy)
         except StepFailed as exc:
             outcome.results.append(StepResult(step, False, self.clock() - started, exc.message))
             raise
@@ -176,7 +177,8 @@ class SwarmExecutor:
         except EngineError as exc:
             raise engine_failed(step.id, "engine error", exc) from None
 
-    async def _step(self, step: Step, desired: Desired, outcome: ExecutionReport) -> None:
+    async def _step(self, step: Step, desired: Desired, outcome: ExecutionReport, *,
+                    healthy: asyncio.Event | None = None) -> None:
         if step.action is Action.CREATE_NETWORK:
             net = desired.networks[step.object_name]
             await self._call(step, self.api.create_overlay_network(swarm.network_spec(
@@ -191,7 +193,7 @@ class SwarmExecutor:
             service_id = await self._create(step, svc)
         else:
             service_id = await self._update(step, svc, step.old[0].id)
-        await self._gate(step, svc, service_id, desired, outcome)
+        await self._gate(step, svc, service_id, desired, outcome, healthy=healthy)
 
     async def _create(self, step: Step, svc: DesiredService) -> str:
         spec = swarm.service_spec(svc, mode=self.mode)
@@ -221,7 +223,7 @@ class SwarmExecutor:
         return str(current.get("ID"))
 
     async def _gate(self, step: Step, svc: DesiredService, service_id: str, desired: Desired,
-                    outcome: ExecutionReport) -> None:
+                    outcome: ExecutionReport, *, healthy: asyncio.Event | None = None) -> None:
         u = svc.service.update
         started = self.clock()
         deadline = started + u.deadline
@@ -248,6 +250,8 @@ class SwarmExecutor:
             if view.gate is swarm.Gate.READY:
                 if ready_since is None:
                     ready_since = now
+                    if healthy is not None:
+                        healthy.set()
                     outcome.health_waits[svc.name] = max(
                         outcome.health_waits.get(svc.name, 0.0), now - started)
                 if now - ready_since >= u.min_ready:
