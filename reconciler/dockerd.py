@@ -176,9 +176,11 @@ class DockerEventStream:
     """
 
     def __init__(self, docker: aiodocker.Docker, *, label: str, connect_timeout_s: float,
-                 sock_connect_s: float | None) -> None:
+                 sock_connect_s: float | None,
+                 filters: Mapping[str, list[str]] | None = None) -> None:
         self._docker = docker
         self._label = label
+        self._filters = filters
         self._connect_timeout_s = connect_timeout_s
         self._sock_connect_s = sock_connect_s
         self._resp: aiohttp.ClientResponse | None = None
@@ -196,7 +198,8 @@ class DockerEventStream:
     async def connect(self) -> None:
         if self._resp is not None or self._closed:
             return
-        filters = {"type": ["container"], "label": [self._label], "event": list(EVENT_ACTIONS)}
+        filters = dict(self._filters) if self._filters is not None else {
+            "type": ["container"], "label": [self._label], "event": list(EVENT_ACTIONS)}
         # A stream has no total/read timeout; only the connect is bounded.
         timeout = aiohttp.ClientTimeout(
             total=None, sock_read=None, sock_connect=self._sock_connect_s,
@@ -762,6 +765,15 @@ class DockerRuntime:
     def events(self, *, label: str) -> DockerEventStream:
         stream = DockerEventStream(self._docker, label=label, connect_timeout_s=self._timeout_s,
                                    sock_connect_s=self._sock_connect_s)
+        self._streams.add(stream)
+        return stream
+
+    def cluster_events(self) -> DockerEventStream:
+        """Swarm's service and node events (create, update, remove) of the whole cluster
+        (a manager reports them; they carry no labels of ours)."""
+        stream = DockerEventStream(self._docker, label="", connect_timeout_s=self._timeout_s,
+                                   sock_connect_s=self._sock_connect_s,
+                                   filters={"type": ["service", "node"]})
         self._streams.add(stream)
         return stream
 

@@ -105,13 +105,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return cli.EXIT_OK if plan.empty else cli.EXIT_CHANGES
 
 
-def reconciler_for(args: argparse.Namespace, state: State, rt: SwarmRuntime) -> Any:
+def reconciler_for(args: argparse.Namespace, state: State, rt: SwarmRuntime, *,
+                   report: Any = None) -> Any:
     from reconciler.swarmexec import SwarmReconciler
 
     mode, _ = endpoint_mode()
     return SwarmReconciler(api=rt, runtime=rt.docker, mode=mode, spec_dir=cli.spec_dir(args),
                            state=state, profiles=tuple(args.profile), policy=load_policy(),
-                           report=cli.progress_printer())
+                           report=report or cli.progress_printer())
 
 
 async def cmd_apply(args: argparse.Namespace) -> int:
@@ -246,6 +247,56 @@ def run_command(command: str, args: argparse.Namespace) -> int:
         return asyncio.run(cmd_status(args))
     if command == "rollback":
         return asyncio.run(cmd_rollback(args))
-    print("reconciler: `run` with --engine swarm is not built yet: use `apply` from a timer "
-          "(it converges and reverts the same way)", file=sys.stderr)
-    return cli.EXIT_FAILED
+    return asyncio.run(cmd_run(args))
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    """The controller loop on the cluster (same flags as `run` on one host)."""
+    import signal
+
+    from reconciler import logs
+    from reconciler.core.specs import parse_duration
+    from reconciler.swarmrun import SwarmController
+
+    logs.configure()
+    log = logs.get()
+    resync = parse_duration(args.resync or "60s")
+    git_pull = parse_duration(args.git_pull) if args.git_pull else None
+    state = State(cli.state_dir(args))
+    with state.lock():
+        rt = await _connect()
+        metrics = swarm_metrics = runner = None
+        try:
+            if args.metrics_addr:
+                from prometheus_client import CollectorRegistry
+
+                from reconciler import telemetry
+
+                registry = CollectorRegistry()
+                metrics = telemetry.Metrics(registry, version=cli.version())
+                swarm_metrics = telemetry.SwarmMetrics(registry)
+            rec = reconciler_for(args, state, rt, report=cli.progress_logger(log))
+            controller = SwarmController(rec, docker=rt.docker, resync_s=resync,
+                                         git_pull_s=git_pull, metrics=metrics, log=log,
+                                         swarm_metrics=swarm_metrics)
+            if metrics is not None:
+                from reconciler import telemetry
+
+                host, _, port = args.metrics_addr.rpartition(":")
+                runner = await telemetry.serve(metrics, host or "127.0.0.1", int(port),
+                                               healthy=controller.healthy,
+                                               ready=controller.ready)
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGTERM, controller.stop.set)
+            loop.add_signal_handler(signal.SIGINT, controller.stop.set)
+            loop.add_signal_handler(signal.SIGHUP, controller.trigger, "signal")
+            mode, why = endpoint_mode()
+            log.info("controller started", engine="swarm", endpoint_mode=mode.value,
+                     endpoint_mode_reason=why, spec=str(cli.spec_dir(args)))
+            await controller.run()
+            log.info("controller stopped")
+        finally:
+            if runner is not None:
+                await runner.cleanup()
+            await rt.close()
+    return cli.EXIT_OK

@@ -67,18 +67,25 @@ async def observe(api: SwarmApi, project: str) -> SwarmSnapshot:
 
 
 def task_containers(snapshot: SwarmSnapshot) -> list[Observed]:
-    """The running tasks as `Observed` containers (running means healthy on Swarm), so the
-    edge's upstream rendering lists task addresses exactly as it lists containers."""
+    """The running tasks as `Observed` containers (running means healthy on Swarm; one that
+    Swarm is stopping counts as unhealthy), so the edge's upstream rendering lists task
+    addresses exactly as it lists containers."""
     out = []
     for t in snapshot.tasks:
-        if t.desired_state != "running" or t.state != "running":
+        if t.state != "running":
             continue
         svc = snapshot.service(t.service)
+        # a task Swarm is shutting down still answers: the edge keeps it only while no
+        # other task of its service is ready (`render_upstreams`' kept rule), never adds it
+        stopping = t.desired_state != "running"
+        if stopping and svc is not None and svc.edge:
+            continue  # an edge on its way out is not reloaded
         name = f"{svc.name if svc else t.service}.{t.slot or t.node_id}.{t.id[:12]}"
         out.append(Observed(
             id=t.container_id or t.id, name=name, service=t.service, tier=svc.tier if svc else "",
             replica=t.slot, fingerprint=t.fingerprint, state=ContainerState.RUNNING,
-            health=Health.HEALTHY, image="", edge=bool(svc and svc.edge),
+            health=Health.UNHEALTHY if stopping else Health.HEALTHY, image="",
+            edge=bool(svc and svc.edge),
             addresses=dict(t.addresses)))
     return out
 
@@ -138,10 +145,10 @@ class SwarmExecutor:
         done = {s.service: asyncio.Event() for s in steps}
 
         async def one(step: Step) -> None:
-            for w in step.after:
+            for w in step.after:  # HEALTHY: set at the dependency's first ready observation
                 if w.service in done:
                     await done[w.service].wait()
-            await self._timed(step, desired, outcome)
+            await self._timed(step, desired, outcome, healthy=done[step.service])
             done[step.service].set()
 
         try:
@@ -151,11 +158,12 @@ class SwarmExecutor:
         except BaseExceptionGroup as eg:
             raise _first(eg) from None
 
-    async def _timed(self, step: Step, desired: Desired, outcome: ExecutionReport) -> None:
+    async def _timed(self, step: Step, desired: Desired, outcome: ExecutionReport, *,
+                     healthy: asyncio.Event | None = None) -> None:
         started = self.clock()
         self.report(Progress("step-start", tier=step.tier, step=step.id))
         try:
-            await self._step(step, desired, outcome)
+            await self._step(step, desired, outcome, healthy=healthy)
         except StepFailed as exc:
             outcome.results.append(StepResult(step, False, self.clock() - started, exc.message))
             raise
@@ -169,7 +177,8 @@ class SwarmExecutor:
         except EngineError as exc:
             raise engine_failed(step.id, "engine error", exc) from None
 
-    async def _step(self, step: Step, desired: Desired, outcome: ExecutionReport) -> None:
+    async def _step(self, step: Step, desired: Desired, outcome: ExecutionReport, *,
+                    healthy: asyncio.Event | None = None) -> None:
         if step.action is Action.CREATE_NETWORK:
             net = desired.networks[step.object_name]
             await self._call(step, self.api.create_overlay_network(swarm.network_spec(
@@ -184,7 +193,7 @@ class SwarmExecutor:
             service_id = await self._create(step, svc)
         else:
             service_id = await self._update(step, svc, step.old[0].id)
-        await self._gate(step, svc, service_id, desired, outcome)
+        await self._gate(step, svc, service_id, desired, outcome, healthy=healthy)
 
     async def _create(self, step: Step, svc: DesiredService) -> str:
         spec = swarm.service_spec(svc, mode=self.mode)
@@ -214,7 +223,7 @@ class SwarmExecutor:
         return str(current.get("ID"))
 
     async def _gate(self, step: Step, svc: DesiredService, service_id: str, desired: Desired,
-                    outcome: ExecutionReport) -> None:
+                    outcome: ExecutionReport, *, healthy: asyncio.Event | None = None) -> None:
         u = svc.service.update
         started = self.clock()
         deadline = started + u.deadline
@@ -241,6 +250,8 @@ class SwarmExecutor:
             if view.gate is swarm.Gate.READY:
                 if ready_since is None:
                     ready_since = now
+                    if healthy is not None:
+                        healthy.set()
                     outcome.health_waits[svc.name] = max(
                         outcome.health_waits.get(svc.name, 0.0), now - started)
                 if now - ready_since >= u.min_ready:

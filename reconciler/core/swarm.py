@@ -513,9 +513,9 @@ def compute(desired: Desired, snapshot: SwarmSnapshot, *, mode: EndpointMode,
             if step is not None:
                 tier_steps.append(step)
                 changing.setdefault(tier, set()).add(svc.name)
-    for step in tier_steps:  # same-tier depends_on: wait until that service is ready
+    for step in tier_steps:  # same-tier depends_on: its tasks run (healthy) first
         deps = desired.services[step.service].service.depends_on
-        waits = tuple(Wait(d, Until.READY) for d in sorted(deps)
+        waits = tuple(Wait(d, Until.HEALTHY) for d in sorted(deps)
                       if d in changing.get(step.tier, set()))
         steps.append(replace(step, after=waits) if waits else step)
     for s in snapshot.services:
