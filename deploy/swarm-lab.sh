@@ -38,6 +38,10 @@ NODES=(manager worker)
 START_TIMEOUT=${SWARM_LAB_START_TIMEOUT:-60}
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
 
+# `docker` without -H is the host's engine (the images' source), even after the README's
+# `export DOCKER_HOST=...manager.sock`
+case ${DOCKER_HOST:-} in *"$RUN/"*) unset DOCKER_HOST ;; esac
+
 log() { echo "[swarm-lab] $*" >&2; }
 die() { echo "[swarm-lab] ERROR: $*" >&2; exit 1; }
 
