@@ -86,9 +86,10 @@ fi
 # prometheus in tests; docker-compose: the benchmark comparison; git: spec checkouts;
 # postgresql-15, redis-tools: the real postgres and redis images of the rehearsal
 # (deploy/rehearsal/build.sh); docker-registry + apache2-utils (htpasswd): the
-# private-registry credentials test.
+# private-registry credentials test; iproute2 (ip netns, veth): the two-node swarm lab
+# (deploy/swarm-lab.sh, tests/e2e/test_swarm.py).
 missing=()
-for pkg in busybox-static nginx prometheus docker-compose git python3-venv postgresql-15 redis-tools docker-registry apache2-utils; do
+for pkg in busybox-static nginx prometheus docker-compose git python3-venv postgresql-15 redis-tools docker-registry apache2-utils iproute2; do
     installed "$pkg" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -67,6 +67,9 @@ def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     parser.add_argument("--profile", metavar="NAME", action="append",
                         default=argparse.SUPPRESS if suppress else [],
                         help="enable services of a compose-style profile (repeatable)")
+    parser.add_argument("--engine", choices=("docker", "swarm"), default=default,
+                        help="docker (one host, the default) or swarm (the cluster the Docker "
+                             "endpoint manages); default: the spec's `engine` key")
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -193,6 +196,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
         if not hasattr(args, name):
             setattr(args, name, None)
     try:
+        if command in SWARM_COMMANDS and engine_of(args) == "swarm":
+            from reconciler.swarmcli import run_command
+
+            return run_command(command, args)
         if command == "plan":
             return cmd_plan(args)
         if command == "validate":
@@ -245,6 +252,28 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+SWARM_COMMANDS = ("plan", "validate", "apply", "status", "rollback", "run")
+
+
+def engine_of(args: argparse.Namespace) -> str:
+    """`--engine`, else the spec's top-level `engine:` key (read without a full load; an
+    invalid value is reported by the load itself), else docker."""
+    import re
+
+    if getattr(args, "engine", None):
+        return str(args.engine)
+    try:
+        for path in sorted(spec_dir(args).glob("*.y*ml")):
+            with open(path, encoding="utf-8", errors="replace") as f:
+                match = re.search(r"^engine:\s*['\"]?(swarm|docker)\b", f.read(1 << 20),
+                                  re.MULTILINE)
+            if match:
+                return match.group(1)
+    except OSError:
+        pass
+    return "docker"
+
 
 
 def _run(coro: Coroutine[Any, Any, _T]) -> _T:

@@ -202,9 +202,11 @@ class DockerEventStream:
     """
 
     def __init__(self, docker: aiodocker.Docker, *, label: str, connect_timeout_s: float,
-                 sock_connect_s: float | None) -> None:
+                 sock_connect_s: float | None,
+                 filters: Mapping[str, list[str]] | None = None) -> None:
         self._docker = docker
         self._label = label
+        self._filters = filters
         self._connect_timeout_s = connect_timeout_s
         self._sock_connect_s = sock_connect_s
         self._resp: aiohttp.ClientResponse | None = None
@@ -222,7 +224,8 @@ class DockerEventStream:
     async def connect(self) -> None:
         if self._resp is not None or self._closed:
             return
-        filters = {"type": ["container"], "label": [self._label], "event": list(EVENT_ACTIONS)}
+        filters = dict(self._filters) if self._filters is not None else {
+            "type": ["container"], "label": [self._label], "event": list(EVENT_ACTIONS)}
         # A stream has no total/read timeout; only the connect is bounded.
         timeout = aiohttp.ClientTimeout(
             total=None, sock_read=None, sock_connect=self._sock_connect_s,
@@ -459,6 +462,14 @@ class DockerRuntime:
             return result
 
         return await self._call(what, go, secrets=secrets)
+
+    async def request(
+        self, what: str, path: str, *, method: str = "GET",
+        params: Mapping[str, Any] | None = None, body: Mapping[str, Any] | None = None,
+    ) -> object:
+        """Any Engine API call answering JSON (the Swarm endpoints of `swarmd`), with this
+        runtime's timeout and error mapping."""
+        return await self._json(what, path, method=method, params=params, body=body)
 
     # ------------------------------------------------------------------ observation
 
@@ -831,6 +842,15 @@ class DockerRuntime:
     def events(self, *, label: str) -> DockerEventStream:
         stream = DockerEventStream(self._docker, label=label, connect_timeout_s=self._timeout_s,
                                    sock_connect_s=self._sock_connect_s)
+        self._streams.add(stream)
+        return stream
+
+    def cluster_events(self) -> DockerEventStream:
+        """Swarm's service and node events (create, update, remove) of the whole cluster
+        (a manager reports them; they carry no labels of ours)."""
+        stream = DockerEventStream(self._docker, label="", connect_timeout_s=self._timeout_s,
+                                   sock_connect_s=self._sock_connect_s,
+                                   filters={"type": ["service", "node"]})
         self._streams.add(stream)
         return stream
 

@@ -86,7 +86,7 @@ def read_yaml(path: Path, display: str, *, lines: bool = True, data: bytes | Non
 # --- loading --------------------------------------------------------------------------------
 
 _MERGED = ("services", "networks", "volumes", "secrets", "configs")
-_SINGLE = ("project", "tiers", "defaults", "edge", "tier_parallelism")
+_SINGLE = ("project", "tiers", "defaults", "edge", "tier_parallelism", "engine")
 
 
 def _display(path: Path) -> str:

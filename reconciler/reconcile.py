@@ -163,10 +163,10 @@ class Reconciler:
         return load(good.directory, strict=True, profiles=self.profiles, policy=self.policy,
                     bind_root=good.root or None, key=self.state.key(create=True))
 
-    async def converge(self, loaded: LoadedSpec, *, hold: tuple[str, ...] = (),
-                       retry: tuple[str, ...] = (),
-                       planner: Callable[[Desired, Snapshot], Plan] | None = None,
-                       ) -> tuple[Desired, Plan, ExecutionReport | None]:
+    def desired_for(self, loaded: LoadedSpec) -> Desired:
+        """The desired state of a loaded spec (built once per loaded spec), with the edge's
+        upstreams, log and staged-config directories and the secrets/configs directory of
+        this state dir."""
         key = self.state.key(create=True)
         assert key is not None
         spec = loaded.spec
@@ -184,6 +184,16 @@ class Reconciler:
                             files_dir=str(self.files.root))
             self._built = (loaded, desired)
         self.last_desired = desired
+        return desired
+
+    async def converge(self, loaded: LoadedSpec, *, hold: tuple[str, ...] = (),
+                       retry: tuple[str, ...] = (),
+                       planner: Callable[[Desired, Snapshot], Plan] | None = None,
+                       ) -> tuple[Desired, Plan, ExecutionReport | None]:
+        spec = loaded.spec
+        directory = edge_dir(self.state.root, spec.project)
+        conf = edge_conf_dir(self.state.root, spec.project)
+        desired = self.desired_for(loaded)
         snapshot = with_applied(await observe(self.rt, desired.project),
                                 edgeconf.read_applied(conf))
         self.last_snapshot = snapshot

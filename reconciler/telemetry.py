@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -34,6 +34,7 @@ RESULTS: tuple[str, ...] = ("noop", "converged", "rolled_back", "failed", "inval
 ACTIONS: tuple[str, ...] = (
     "create", "replace", "recreate", "start", "remove", "create-network", "create-volume",
     "backup",
+    "scale",  # Swarm only: a service's replica count changed
 )
 OUTCOMES: tuple[str, ...] = ("ok", "failed")
 ROLLBACK_REASONS: tuple[str, ...] = (
@@ -458,3 +459,46 @@ async def serve(metrics: Metrics, host: str, port: int, *, healthy: Callable[[],
 
 async def _index(_: web.Request) -> web.Response:
     return web.Response(text="reconciler: /metrics /healthz /readyz\n")
+
+
+SWARM_TASK_STATES: tuple[str, ...] = ("running", "starting", "failed", "shutdown")
+
+
+class SwarmMetrics:
+    """The Swarm engine's own series, next to `Metrics` on the same registry:
+    `reconciler_engine_info{engine}`, `reconciler_swarm_tasks{service,node,state}` (tasks
+    Swarm wants running, by where they run and how far they are: running, starting — any
+    state before running —, failed) and `reconciler_swarm_nodes{node,role,state,availability}`
+    (1 per node)."""
+
+    def __init__(self, registry: CollectorRegistry, *, engine: str = "swarm") -> None:
+        self._engine = Gauge("reconciler_engine_info", "The engine the reconciler drives.",
+                             ["engine"], registry=registry)
+        self._engine.labels(label_value(engine)).set(1)
+        self._tasks = Gauge("reconciler_swarm_tasks",
+                            "Swarm tasks of the spec's services, by node and state.",
+                            ["service", "node", "state"], registry=registry)
+        self._nodes = Gauge("reconciler_swarm_nodes", "Swarm nodes (1 each) by role, state "
+                            "(ready, down, ...) and availability (active, pause, drain).",
+                            ["node", "role", "state", "availability"], registry=registry)
+        self._task_keys: set[tuple[str, str, str]] = set()
+        self._node_keys: set[tuple[str, str, str, str]] = set()
+
+    def tasks(self, counts: Mapping[tuple[str, str, str], int]) -> None:
+        """(service, node, state) -> tasks; series absent from `counts` are removed."""
+        keys = {(label_value(s), label_value(n), _known(st, SWARM_TASK_STATES, "task state")):
+                v for (s, n, st), v in counts.items()}
+        for key, value in keys.items():
+            self._tasks.labels(*key).set(value)
+        for key in self._task_keys - set(keys):
+            self._tasks.remove(*key)
+        self._task_keys = set(keys)
+
+    def nodes(self, rows: Iterable[tuple[str, str, str, str]]) -> None:
+        """(hostname, role, state, availability) for every node of the cluster."""
+        keys = {tuple(label_value(v) for v in row) for row in rows}
+        for key in keys:
+            self._nodes.labels(*key).set(1)
+        for key in self._node_keys - keys:
+            self._nodes.remove(*key)
+        self._node_keys = keys  # type: ignore[assignment]

@@ -40,6 +40,7 @@ class Action(StrEnum):
     REMOVE = "remove"
     BACKUP = "backup"  # copy a service's data before a step stops or replaces it
     RELOAD = "reload"  # the edge's mounted config changed: `nginx -t`, then a graceful reload
+    SCALE = "scale"  # Swarm: the same generation with another replica count
 
 
 class Phase(StrEnum):
@@ -290,6 +291,8 @@ class Plan:
                 counts["replace"] += 1
             elif s.action is Action.START:
                 counts["start"] += 1
+            elif s.action is Action.SCALE:
+                counts["scale"] = counts.get("scale", 0) + 1
             else:
                 counts["remove"] += 1
         return counts

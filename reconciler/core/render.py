@@ -23,6 +23,7 @@ SYMBOLS = {
     Action.RECREATE: "-/+",
     Action.BACKUP: "*",
     Action.RELOAD: "~",
+    Action.SCALE: "~",
 }
 COLORS = {"+": "32", "-": "31", "-/+": "33", "+/-": "33", "~": "36"}
 JOB_NOTE = "job (forward-only: a revert does not undo it)"
@@ -175,7 +176,8 @@ def text(plan: Plan, *, color: bool = False, revision: str | None = None) -> str
     c = plan.counts()
     reloads = f", {c['reload']} to reload" if c.get("reload") else ""
     lines += ["", f"Plan: {c['create']} to create, {c['replace']} to replace, "
-                  f"{c['start']} to start, {c['remove']} to remove{reloads}."]
+                  f"{c['start']} to start, {c['remove']} to remove{reloads}"
+                  + (f", {c['scale']} to scale." if c.get("scale") else ".")]
     return "\n".join(_paint(clean(line), painted.get(i, ""), color)
                      for i, line in enumerate(lines)) + "\n"
 

@@ -186,6 +186,11 @@ class Update(_Model):
     min_ready: Duration = 5.0
     deadline: Duration = 300.0
     drain: Duration = 3.0
+    # Swarm only (`--engine swarm`): Swarm's own UpdateConfig/RollbackConfig
+    delay: Duration = 0.0  # between batches of `parallelism` tasks
+    failure_action: Literal["rollback", "pause", "continue"] = "pause"
+    monitor: Duration | None = None  # how long a new task is watched (default: min_ready)
+    max_failure_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 class Resources(_Model):
@@ -194,6 +199,26 @@ class Resources(_Model):
     memory: Size | None = None
     memory_reservation: Size | None = None  # compose `mem_reservation`: a soft floor
     cpus: float | None = Field(default=None, gt=0)
+
+
+class Placement(_Model):
+    """Where a service's tasks may run (Swarm only; one host ignores it): Swarm placement
+    constraints such as `node.role==manager` or `node.hostname==web-1`, at most
+    `max_replicas_per_node` tasks per node, and `global: true` for one task on every node
+    that matches (an edge that listens on every node)."""
+
+    constraints: tuple[str, ...] = ()
+    max_replicas_per_node: int | None = Field(default=None, ge=1)
+    global_: bool = Field(default=False, alias="global")
+
+    @field_validator("constraints")
+    @classmethod
+    def _check_constraints(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for c in value:
+            if not re.fullmatch(r"\s*[A-Za-z0-9_.\-]+\s*(==|!=)\s*\S+\s*", c):
+                raise ValueError(f"invalid placement constraint {c!r} (use e.g. "
+                                 "node.role==manager or node.hostname!=web-2)")
+        return value
 
 
 class Expose(_Model):
@@ -367,6 +392,7 @@ class Service(_Model):
     secrets: FileRefs = ()  # top-level `secrets`, mounted read-only under /run/secrets
     configs: FileRefs = ()  # top-level `configs`, mounted read-only at /<name> or target
     backup: Backup | None = None
+    placement: Placement | None = None  # Swarm only
 
     @model_validator(mode="before")
     @classmethod
@@ -504,6 +530,8 @@ class Spec(_Model):
     edge: Edge | None = None
     # how many services of a tier may replace running containers at once (default 1)
     tier_parallelism: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+    # the engine `apply`/`run`/... use unless `--engine` says otherwise (default docker)
+    engine: Literal["docker", "swarm"] | None = None
     services: dict[Annotated[str, Field(pattern=_SERVICE_NAME)], Service] = Field(
         default_factory=dict
     )

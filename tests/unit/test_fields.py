@@ -88,6 +88,8 @@ NOT_IN_CONTAINER: dict[str, str] = {
     "replicas": "KEEP    replicas: 2\n",
     "depends_on": "KEEP    depends_on: [db]\n",
     "backup": "KEEP    backup: {volumes: true, keep: 2}\n",
+    # Swarm only: part of the Swarm service's generation (core/swarm.swarm_fingerprint)
+    "placement": "KEEP    placement: {constraints: [node.role==manager]}\n",
 }
 EXEMPT = {"profiles": "decides whether the service runs at all, not how"}
 

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from reconciler import telemetry
 from reconciler.core.plans import Reason, drift_kind
 from reconciler.execute import FailureKind
-from reconciler.telemetry import Metrics, serve
+from reconciler.telemetry import Metrics, SwarmMetrics, serve
 from tests.monitoring import (
     DS,
     alert_rules,
@@ -70,6 +70,9 @@ def exercised() -> tuple[CollectorRegistry, Metrics]:
     m.events_reconnect()
     m.git_pull("ok")
     m.engine_call("containers.list")
+    sm = SwarmMetrics(reg)
+    sm.tasks({("api", "node-1", "running"): 2, ("api", "node-2", "starting"): 1})
+    sm.nodes([("node-1", "manager", "ready", "active")])
     return reg, m
 
 
