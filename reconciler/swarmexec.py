@@ -103,6 +103,7 @@ class SwarmExecutor:
         self.poll_s = poll_s
         self.crash_limit = crash_limit
         self.edge: Edge | None = None
+        self._windows: list[asyncio.Task[None]] = []  # min_ready windows in the background
 
     async def run(self, plan: Plan, desired: Desired, *,
                   edge: Edge | None = None) -> ExecutionReport:
@@ -117,19 +118,34 @@ class SwarmExecutor:
                 steps = plan.in_tier(tier)
                 if not steps:
                     continue
+                await self._windows_passed(wait=False)
                 started = self.clock()
                 self.report(Progress("tier-start", tier=tier, message=f"{len(steps)} step(s)"))
                 await self._tier(steps, desired, outcome)
                 outcome.tier_seconds[tier] = self.clock() - started
                 self.report(Progress("tier-done", tier=tier, seconds=outcome.tier_seconds[tier]))
+            await self._windows_passed(wait=True)
             for step in plan.orphans():
                 await self._timed(step, desired, outcome)
             await self.sync_edge(desired)
         except StepFailed as exc:
+            for window in self._windows:
+                window.cancel()
+            await asyncio.gather(*self._windows, return_exceptions=True)
+            self._windows = []
             outcome.ok, outcome.failure = False, exc
             outcome.engine_unavailable = exc.engine_down
             self.report(Progress("step-failed", step=exc.step_id, message=exc.message))
         return outcome
+
+    async def _windows_passed(self, *, wait: bool) -> None:
+        """Raise the failure of a min_ready window running in the background (`wait`: let
+        every window finish first)."""
+        if wait and self._windows:
+            await asyncio.wait(self._windows)
+        for window in [w for w in self._windows if w.done()]:
+            self._windows.remove(window)
+            window.result()
 
     async def sync_edge(self, desired: Desired, snapshot: SwarmSnapshot | None = None) -> None:
         """Render the edge's upstreams from the running tasks (reloads when changed)."""
@@ -252,6 +268,11 @@ class SwarmExecutor:
                     ready_since = now
                     if healthy is not None:
                         healthy.set()
+                    if step.window_after and u.min_ready > 0:  # cold tier: hold it later
+                        self._windows.append(asyncio.create_task(self._hold(
+                            step, svc, service_id, desired, fp=fp, replicas=replicas,
+                            since=now)))
+                        return
                     outcome.health_waits[svc.name] = max(
                         outcome.health_waits.get(svc.name, 0.0), now - started)
                 if now - ready_since >= u.min_ready:
@@ -263,6 +284,27 @@ class SwarmExecutor:
                                  f"{view.running}/{view.wanted} task(s) of the new generation "
                                  f"running ({view.message})", kind=FailureKind.DEADLINE)
             await self.sleep(self.poll_s)
+
+
+    async def _hold(self, step: Step, svc: DesiredService, service_id: str, desired: Desired,
+                    *, fp: str, replicas: int | None, since: float) -> None:
+        """The rest of a cold step's min_ready window, in the background: READY must hold
+        until `since + min_ready`; anything else fails the run (raised at the next tier)."""
+        u = svc.service.update
+        while self.clock() - since < u.min_ready:
+            await self.sleep(min(self.poll_s, max(u.min_ready - (self.clock() - since), 0.0)))
+            try:
+                snap = await observe(self.api, desired.project)
+            except EngineError as exc:
+                raise engine_failed(step.id, "engine error", exc) from None
+            found = next((s for s in snap.services if s.id == service_id), None)
+            view = swarm.gate(found, snap.tasks_of(svc.name), fingerprint=fp,
+                              replicas=replicas, crash_limit=self.crash_limit)
+            if view.gate is not swarm.Gate.READY:
+                kind = (FailureKind.CRASH_LOOP if view.failed >= self.crash_limit
+                        else FailureKind.HEALTH_GATE)
+                raise StepFailed(step.id, f"not ready for min_ready ({u.min_ready:g}s): "
+                                 f"{view.message or 'a task stopped running'}", kind=kind)
 
 
 def _first(eg: BaseExceptionGroup[BaseException]) -> BaseException:

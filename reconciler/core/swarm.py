@@ -513,11 +513,15 @@ def compute(desired: Desired, snapshot: SwarmSnapshot, *, mode: EndpointMode,
             if step is not None:
                 tier_steps.append(step)
                 changing.setdefault(tier, set()).add(svc.name)
+    # a tier of fresh creates only (nothing of it serves yet): once its tasks run, the
+    # next tier may start while min_ready is checked in the background
+    cold = {t for t in changing if all(s.action is Action.CREATE
+                                       for s in tier_steps if s.tier == t)}
     for step in tier_steps:  # same-tier depends_on: its tasks run (healthy) first
         deps = desired.services[step.service].service.depends_on
         waits = tuple(Wait(d, Until.HEALTHY) for d in sorted(deps)
                       if d in changing.get(step.tier, set()))
-        steps.append(replace(step, after=waits) if waits else step)
+        steps.append(replace(step, after=waits, window_after=step.tier in cold))
     for s in snapshot.services:
         if s.service not in desired.services:
             steps.append(Step(Action.REMOVE, Reason.ORPHAN if s.service else Reason.UNLABELLED,
