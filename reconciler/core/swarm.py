@@ -291,6 +291,7 @@ class TaskState(StrEnum):
 
 
 FAILED_STATES = frozenset({"failed", "rejected"})
+LOST = "lost"  # our name for a task on a node that is down (Swarm still says its last state)
 GONE_STATES = frozenset({"complete", "shutdown", "orphaned", "remove"})
 
 
@@ -459,8 +460,14 @@ def parse(project: str, services: Iterable[Mapping[str, Any]],
     node_list = [parse_node(n) for n in nodes]
     by_id = {s.id: s.service for s in ours}
     hostnames = {n.id: n.hostname for n in node_list}
+    down = {n.id for n in node_list if n.state != "ready"}
     task_list = [parse_task(t, services=by_id, nodes=hostnames) for t in tasks
                  if str(t.get("ServiceID", "")) in by_id]
+    # a node that is down keeps reporting its tasks' last state ("running") until it comes
+    # back: those tasks are lost (Swarm starts replacements elsewhere)
+    task_list = [replace(t, state=LOST, message=f"node {t.node} is down")
+                 if t.node_id in down and t.state not in GONE_STATES | FAILED_STATES else t
+                 for t in task_list]
     return SwarmSnapshot(
         project=project,
         services=tuple(sorted(ours, key=lambda s: (s.service, s.name, s.id))),
