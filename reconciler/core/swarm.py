@@ -42,7 +42,7 @@ from reconciler.core.plans import (
     held_services,
 )
 from reconciler.core.snapshots import ContainerState
-from reconciler.core.specs import Finding, Spec, active_services, parse_port
+from reconciler.core.specs import Finding, Spec, active_services, parse_mount, parse_port
 
 NANO = 1_000_000_000
 JSON = dict[str, Any]
@@ -104,11 +104,26 @@ def findings(spec: Spec, profiles: Iterable[str] = ()) -> list[Finding]:
         if svc.security_opt:
             out.append(Finding((*base, "security_opt"),
                                "`security_opt` has no Swarm service equivalent"))
+        binds = [i for i, v in enumerate(svc.volumes) if _is_bind(v)]
+        pinned = svc.placement is not None and svc.placement.constraints
+        if binds and not pinned and not (spec.edge is not None and spec.edge.service == name):
+            out.append(Finding((*base, "volumes", binds[0]), (
+                "a bind mount's source must exist on every node a task may land on: pin the "
+                "service (`placement: {constraints: [node.role==manager]}`) or use a named "
+                "volume"), warning=True))
         if svc.job:
             out.append(Finding((*base, "kind"), "`kind: job` is not supported with "
                                                 "--engine swarm yet (run it with the docker "
                                                 "engine)"))
     return out
+
+
+def _is_bind(entry: str) -> bool:
+    try:
+        mount = parse_mount(entry)
+    except ValueError:
+        return False
+    return bool(mount.source) and not mount.named
 
 
 def _port_ok(entry: str) -> bool:

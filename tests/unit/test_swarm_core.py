@@ -260,11 +260,14 @@ def test_validate_for_swarm_names_the_port_and_how_to_write_it(tmp_path: Path) -
             tier: core
             image: "w:1"
             security_opt: [no-new-privileges]
+            volumes: ["./conf:/etc/conf:ro"]
         """)
     found = {(".".join(map(str, f.path)), f.message) for f in swarm.findings(loaded.spec)}
     (port,) = [m for p, m in found if p == "services.admin.ports.0"]
     assert "127.0.0.1" in port and "'8089:8080'" in port and "host mode" in port
     assert any(p == "services.web.security_opt" for p, _ in found)
+    (bind,) = [f for f in swarm.findings(loaded.spec) if f.path[-2:] == ("volumes", 0)]
+    assert bind.warning and "placement" in bind.message
 
 
 def test_tasks_on_a_node_that_is_down_are_lost_not_running(desired: Desired) -> None:
