@@ -195,6 +195,9 @@ class SwarmLab:
                             node=n, check=False).strip() for n in NODES for i in ids):
             time.sleep(0.5)
         for node in NODES:
+            strays = self.docker("ps", "-aq", "--filter", sel, node=node, check=False).split()
+            if strays:  # containers run outside a service (`docker run --network ...`)
+                self.docker("rm", "-f", *strays, node=node, check=False)
             # an overlay network keeps its endpoints for a moment after the tasks are gone
             while self.docker("network", "ls", "-q", "--filter", sel, node=node, check=False,
                               ).split() and time.monotonic() < deadline:
