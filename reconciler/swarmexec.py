@@ -66,10 +66,11 @@ async def observe(api: SwarmApi, project: str) -> SwarmSnapshot:
     return swarm.parse(project, services, tasks, nodes, networks)
 
 
-def task_containers(snapshot: SwarmSnapshot) -> list[Observed]:
+def task_containers(snapshot: SwarmSnapshot, *, stopping: bool = True) -> list[Observed]:
     """The running tasks as `Observed` containers (running means healthy on Swarm; one that
     Swarm is stopping counts as unhealthy), so the edge's upstream rendering lists task
-    addresses exactly as it lists containers."""
+    addresses exactly as it lists containers. `stopping=False`: only the tasks Swarm wants
+    running (for counting)."""
     out = []
     for t in snapshot.tasks:
         if t.state != "running":
@@ -77,14 +78,14 @@ def task_containers(snapshot: SwarmSnapshot) -> list[Observed]:
         svc = snapshot.service(t.service)
         # a task Swarm is shutting down still answers: the edge keeps it only while no
         # other task of its service is ready (`render_upstreams`' kept rule), never adds it
-        stopping = t.desired_state != "running"
-        if stopping and svc is not None and svc.edge:
+        leaving = t.desired_state != "running"
+        if leaving and (not stopping or (svc is not None and svc.edge)):
             continue  # an edge on its way out is not reloaded
         name = f"{svc.name if svc else t.service}.{t.slot or t.node_id}.{t.id[:12]}"
         out.append(Observed(
             id=t.container_id or t.id, name=name, service=t.service, tier=svc.tier if svc else "",
             replica=t.slot, fingerprint=t.fingerprint, state=ContainerState.RUNNING,
-            health=Health.UNHEALTHY if stopping else Health.HEALTHY, image="",
+            health=Health.UNHEALTHY if leaving else Health.HEALTHY, image="",
             edge=bool(svc and svc.edge),
             addresses=dict(t.addresses)))
     return out

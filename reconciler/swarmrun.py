@@ -115,5 +115,6 @@ class SwarmController(Controller):
             if snap is not None:
                 self._export_swarm(snap)
                 self.rec.last_snapshot = Snapshot(project=desired.project,
-                                                  containers=tuple(task_containers(snap)))
+                                                  containers=tuple(task_containers(
+                                                      snap, stopping=False)))
         await super()._export(res, kinds)
