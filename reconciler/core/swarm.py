@@ -488,8 +488,11 @@ def parse(project: str, services: Iterable[Mapping[str, Any]],
         services=tuple(sorted(ours, key=lambda s: (s.service, s.name, s.id))),
         tasks=tuple(sorted(task_list, key=lambda t: (t.service, t.slot or 0, t.node, t.id))),
         nodes=tuple(sorted(node_list, key=lambda n: (n.hostname, n.id))),
+        # a bridge network of the same name (the docker engine's) is no overlay network:
+        # not counted, so creating ours reports the clash instead of services failing
         networks=frozenset(str(n.get("Name")) for n in networks
-                           if (n.get("Labels") or {}).get(labels.PROJECT) == project),
+                           if (n.get("Labels") or {}).get(labels.PROJECT) == project
+                           and n.get("Driver", "overlay") == "overlay"),
     )
 
 

@@ -291,3 +291,9 @@ def test_tasks_on_a_node_that_is_down_are_lost_not_running(desired: Desired) -> 
     assert view.gate is Gate.WAITING and view.running == 1
     plan = swarm.compute(desired, snap, mode=DNSRR)
     assert "node b is down: Swarm reschedules its tasks" in plan.notes
+
+
+def test_a_bridge_network_of_the_same_name_is_not_ours_on_swarm(desired: Desired) -> None:
+    nets = [{"Name": "sw_backend", "Driver": "bridge", "Labels": {labels.PROJECT: "sw"}},
+            {"Name": "sw_edge", "Driver": "overlay", "Labels": {labels.PROJECT: "sw"}}]
+    assert swarm.parse("sw", [], networks=nets).networks == {"sw_edge"}
