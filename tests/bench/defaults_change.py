@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -150,9 +151,11 @@ def _stateful(evts: list[dict[str, Any]], service_label: str) -> int:
 
 
 def run_reconciler(root: Path, *, seconds: float, max_requests: int,
-                   edge_only: bool = False) -> dict[str, Any]:
+                   edge_only: bool = False, edge_config: bool = False) -> dict[str, Any]:
     """`edge_only`: the change is a container-level change of the edge alone (what an edge
-    image change costs: the edge is recreated, stop-first, since it publishes a port)."""
+    image change costs: the edge is recreated, stop-first, since it publishes a port).
+    `edge_config`: the change is the edge's nginx.conf alone, replaced the way `git
+    checkout` does (new file + rename): `nginx -t` and a graceful reload, no new container."""
     h = Host(project=f"dc{uuid.uuid4().hex[:8]}", root=root / "reconciler")
     port = _free_port()
     spec = SPEC.replace("PORT", str(port))
@@ -169,14 +172,19 @@ def run_reconciler(root: Path, *, seconds: float, max_requests: int,
         _wait_serving(port)
 
         def deploy() -> str:
-            h.write(spec.replace("REV", "2"))
+            if edge_config:
+                conf = h.spec / "nginx.conf"
+                (h.spec / ".nginx.conf.new").write_text(conf.read_text() + "# changed\n")
+                os.replace(h.spec / ".nginx.conf.new", conf)
+            else:
+                h.write(spec.replace("REV", "2"))
             r = h.cli("apply")
             return f"exit {r.returncode}"
 
         with _watch(f"{engine.RECONCILER_LABEL}={h.project}") as evts:
             result, took, out = _under_load(port, deploy, seconds=seconds,
                                             max_requests=max_requests)
-        both = 0 if edge_only else _stateful(evts, "reconciler.service")
+        both = 0 if edge_only or edge_config else _stateful(evts, "reconciler.service")
         return {**_figures(result, took), "deploy": out, "max_stateful_down_together": both,
                 "load_covered_deploy": result.seconds >= took + 2}
     finally:
@@ -232,9 +240,18 @@ def edge_recreate(seconds: float = 20.0, max_requests: int = MAX_REQUESTS) -> di
                               edge_only=True)
 
 
+def edge_reload(seconds: float = 20.0, max_requests: int = MAX_REQUESTS) -> dict[str, Any]:
+    """The same load through a change of the edge's nginx.conf alone: reloaded, not
+    recreated (0 failed requests expected)."""
+    with tempfile.TemporaryDirectory(prefix="edge-reload-") as tmp:
+        return run_reconciler(Path(tmp), seconds=seconds, max_requests=max_requests,
+                              edge_config=True)
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["edge"]:
-        print(json.dumps(edge_recreate(float(sys.argv[2]) if len(sys.argv) > 2 else 8.0),
+    if sys.argv[1:2] in (["edge"], ["edge-config"]):
+        measure = edge_recreate if sys.argv[1] == "edge" else edge_reload
+        print(json.dumps(measure(float(sys.argv[2]) if len(sys.argv) > 2 else 8.0),
                          indent=2))
         sys.exit(0)
     secs = float(sys.argv[1]) if len(sys.argv) > 1 else 20.0
