@@ -121,7 +121,7 @@ def exec_ok(cid: str, cmd: list[str], *, timeout: float = 15.0) -> bool:
             conn.getresponse().read()
         finally:
             conn.close()
-        return api("GET", f"/exec/{created['Id']}/json").get("ExitCode") == 0
+        return bool(api("GET", f"/exec/{created['Id']}/json").get("ExitCode") == 0)
     except (RuntimeError, OSError):
         return False
 
@@ -151,7 +151,7 @@ def wait_all_ready(label: str, expected: int, *, timeout_s: float, poll_s: float
         probes = [(cid, tests[cid]) for cid in todo if tests[cid]]
         if probes:
             with ThreadPoolExecutor(max_workers=len(probes)) as pool:
-                results = list(pool.map(lambda p: exec_ok(p[0], p[1]), probes))  # type: ignore[arg-type]
+                results = list(pool.map(lambda p: exec_ok(p[0], p[1]), probes))
             passed.update(cid for (cid, _), ok in zip(probes, results, strict=True) if ok)
         ready = {c["Id"] for c in running
                  if "(healthy)" in (c.get("Status") or "") or c["Id"] in passed}

@@ -313,9 +313,6 @@ def b8(bench: Bench) -> None:
     interval = B8_QUICK_INTERVAL_S if bench.cfg.quick else B8_INTERVAL_S
     log(f"B8: production health cadence, interval {interval:g}s, apps ready after "
         f"{B8_READY_S}s")
-    starts = single_start()
-    start_s = statistics.median(starts)
-
     def stack_fn(project: str) -> gen.Stack:
         return gen.demo_stack(project, interval_s=interval, ready_s=B8_READY_S, prod_health=True)
 
@@ -328,9 +325,17 @@ def b8(bench: Bench) -> None:
 
     cold: dict[str, list[float]] = {REC: [], CMP: []}
     update: dict[str, list[float]] = {REC: [], CMP: []}
+    # one container start costs what the host's load makes it: measured next to every
+    # reconciler run, so each run is held against the bound of its own moment
+    run_starts: list[float] = []
+    starts: list[float] = []
     limit = 120 + 8 * interval
     for run in range(bench.cfg.runs):
         for tool in order(run):
+            if tool == REC:
+                sample = single_start()
+                starts.extend(sample)
+                run_starts.append(statistics.median(sample))
             d = bench.new(tool, stack_fn)
             with deployed(bench, d):
                 cold[tool].append(ready(d, limit=limit))
@@ -343,34 +348,42 @@ def b8(bench: Bench) -> None:
                 f"{update[tool][-1]:.2f}s")
     stack = stack_fn("bench-lb")
     per_tier, graph_levels = gen.chain_levels(stack)
+    start_s = statistics.median(starts)
     level = B8_READY_S + start_s
     tiers = len(per_tier)
     bound = tiers * level
     chain_bound = sum(per_tier.values()) * level
     one = level
+    levels = [B8_READY_S + x for x in run_starts]  # per reconciler run
     label = f"interval {interval:g}s{' (quick: reduced from 45s)' if bench.cfg.quick else ''}"
+    bench.add(Row("B8", "one container start (create+start, API), next to each reconciler run",
+                  "s", rec=starts))
     bench.add(Row("B8", f"true-readiness bound, cold ({tiers} tiers x ({B8_READY_S}s + 1 start))",
-                  "s", rec=[bound], extra={"start_s": start_s}))
+                  "s", rec=[tiers * x for x in levels], extra={"start_s": start_s}))
     bench.add(Row("B8", f"dependency-chain bound, cold ({sum(per_tier.values())} chained "
                         f"levels x ({B8_READY_S}s + 1 start); the graph without tiers: "
-                        f"{graph_levels})", "s", rec=[chain_bound],
+                        f"{graph_levels})", "s", rec=[sum(per_tier.values()) * x for x in levels],
                   extra={"levels_per_tier": per_tier, "graph_levels": graph_levels}))
     row = bench.add(Row("B8", f"cold start to all ready, {label}", "s", rec=cold[REC],
                         cmp=cold[CMP]))
     vs = bench.add(Row("B8", "cold start: reconciler / true-readiness bound", "x",
-                       rec=[x / bound for x in cold[REC]], target="<= 1.3"))
+                       rec=[x / (tiers * lv) for x, lv in zip(cold[REC], levels, strict=True)],
+                       target="<= 1.3"))
     vs.met = (vs.rec_median or math.inf) <= 1.3
     bench.add(Row("B8", "cold start: reconciler / dependency-chain bound", "x",
-                  rec=[x / chain_bound for x in cold[REC]]))
+                  rec=[x / (sum(per_tier.values()) * lv)
+                       for x, lv in zip(cold[REC], levels, strict=True)]))
     bench.add(Row("B8", "cold start: compose / true-readiness bound", "x",
                   rec=[x / bound for x in cold[CMP]]))
     urow = bench.add(Row("B8", f"one-service update to new container ready, {label}", "s",
                          rec=update[REC], cmp=update[CMP]))
     uvs = bench.add(Row("B8", f"update: reconciler / bound ({B8_READY_S}s + 1 start)", "x",
-                        rec=[x / one for x in update[REC]], target="<= 1.3"))
+                        rec=[x / lv for x, lv in zip(update[REC], levels, strict=True)],
+                        target="<= 1.3"))
     uvs.met = (uvs.rec_median or math.inf) <= 1.3
     bench.raw["B8"] = {"interval_s": interval, "bound_s": bound, "chain_bound_s": chain_bound,
-                       "update_bound_s": one, "start_s": starts, "cold": cold,
+                       "update_bound_s": one, "start_s": starts, "run_start_s": run_starts,
+                       "cold": cold,
                        "update": update, "rows": [row.metric, urow.metric]}
 
 
