@@ -341,3 +341,17 @@ def test_realworld_nginx_flask_mysql_imports_validates_and_plans(
     assert builds["backend"]["context"] == str((project / "backend").resolve())
     created = {s["service"] for s in plan["steps"] if s["action"] == "create"}
     assert {"db", "backend", "proxy"} <= created
+
+
+def test_the_editor_schema_takes_both_build_forms() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    root = Path(__file__).resolve().parents[2]
+    validator = jsonschema.Draft202012Validator(
+        json.loads((root / "reconciler.schema.json").read_text()))
+    for build in ("./app", {"context": "./app", "dockerfile": "Dockerfile.prod",
+                            "target": "runtime", "args": {"A": 1, "B": "x"}},
+                  {"context": ".", "args": ["A=1"]}):
+        doc = {"services": {"web": {"tier": "core", "build": build}}}
+        assert not [e.message for e in validator.iter_errors(doc)], build
+    doc = {"services": {"web": {"tier": "core", "build": {"context": ".", "secrets": ["x"]}}}}
+    assert not validator.is_valid(doc)
