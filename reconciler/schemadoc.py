@@ -64,6 +64,8 @@ def document() -> dict[str, Any]:
     service["ports"]["items"] = {"anyOf": [{"type": "string"}, {"type": "integer"}]}
     service["user"] = _widen(service["user"], [{"type": "integer"}])
     service["restart"] = _widen(service["restart"], [])
+    service["build"] = _widen(service["build"], [{"type": "string"}])  # `build: ./dir`
+    defs["Build"]["properties"]["args"] = {"title": "Args", "anyOf": [scalar_map, env_list]}
     # `defaults`: any service key, none required
     service_defaults = copy.deepcopy(defs["Service"])
     service_defaults.pop("required", None)

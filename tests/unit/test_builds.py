@@ -298,3 +298,60 @@ def test_a_fifo_dockerfile_is_refused_and_links_are_sent_as_links(tmp_path: Path
     os.unlink(spec / "app" / "Dockerfile")
     os.mkfifo(spec / "app" / "Dockerfile")
     assert "dockerfile 'Dockerfile'" in errors(spec) and "is a FIFO" in errors(spec)
+
+
+# shared/ next to the checkout (/work/main) or next to the worktrees' directory (/work/wt/x)
+NGINX_FLASK_MYSQL = next(
+    (found for up in Path(__file__).resolve().parents[3:5]
+     if (found := up / "shared" / "realworld"
+         / "docker__awesome-compose__nginx-flask-mysql__compose.yaml").is_file()),
+    Path("shared/realworld/docker__awesome-compose__nginx-flask-mysql__compose.yaml"))
+
+
+@pytest.mark.skipif(not NGINX_FLASK_MYSQL.is_file(), reason=f"{NGINX_FLASK_MYSQL} is absent")
+def test_realworld_nginx_flask_mysql_imports_validates_and_plans(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The awesome-compose file with its build contexts (stand-ins of the repository's
+    backend/ and proxy/ directories, which shared/realworld does not hold)."""
+    project = tmp_path / "nginx-flask-mysql"
+    (project / ".git").mkdir(parents=True)
+    (project / "compose.yaml").write_text(NGINX_FLASK_MYSQL.read_text())
+    for name, dockerfile in (("backend", "FROM python:3.10-alpine AS builder\nCOPY . /code\n"),
+                             ("proxy", "FROM nginx:1.13-alpine\nCOPY conf /etc/nginx/conf.d/"
+                                       "default.conf\n")):
+        (project / name).mkdir()
+        (project / name / "Dockerfile").write_text(dockerfile)
+    (project / "proxy" / "conf").write_text("server { listen 80; }\n")
+    (project / "db").mkdir()
+    (project / "db" / "password.txt").write_text("db-password-for-the-test\n")
+    specs = project / "specs"
+    code = cli.main(["import-compose", str(project / "compose.yaml"), "-o", str(specs),
+                     "--secrets-dir", str(tmp_path / "secrets")])
+    out = capsys.readouterr()
+    assert code == 0, out.out + out.err
+    assert cli.main(["validate", "--no-strict", "--spec", str(specs)]) == 0, capsys.readouterr()
+    capsys.readouterr()
+    assert cli.main(["plan", "--json", "--spec", str(specs), "--state-dir",
+                     str(tmp_path / "state")]) in (0, 2)
+    plan = json.loads(capsys.readouterr().out)
+    builds = {b["service"]: b for b in plan["builds"]}
+    assert set(builds) == {"backend", "proxy"}
+    assert builds["backend"]["target"] == "builder"
+    assert builds["backend"]["context"] == str((project / "backend").resolve())
+    created = {s["service"] for s in plan["steps"] if s["action"] == "create"}
+    assert {"db", "backend", "proxy"} <= created
+
+
+def test_the_editor_schema_takes_both_build_forms() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    root = Path(__file__).resolve().parents[2]
+    validator = jsonschema.Draft202012Validator(
+        json.loads((root / "reconciler.schema.json").read_text()))
+    for build in ("./app", {"context": "./app", "dockerfile": "Dockerfile.prod",
+                            "target": "runtime", "args": {"A": 1, "B": "x"}},
+                  {"context": ".", "args": ["A=1"]}):
+        doc = {"services": {"web": {"tier": "core", "build": build}}}
+        assert not [e.message for e in validator.iter_errors(doc)], build
+    doc = {"services": {"web": {"tier": "core", "build": {"context": ".", "secrets": ["x"]}}}}
+    assert not validator.is_valid(doc)
