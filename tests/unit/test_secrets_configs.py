@@ -393,3 +393,12 @@ def test_start_interval_is_set_on_the_container_and_fingerprinted(tmp_path: Path
     assert "StartInterval" not in container_config(a.services["api"], 1)["Healthcheck"]
     assert container_config(b.services["api"], 1)["Healthcheck"]["StartInterval"] == 10**9
     assert a.services["api"].fingerprint != b.services["api"].fingerprint
+
+
+def test_a_file_path_variable_is_not_taken_for_a_secret(tmp_path: Path) -> None:
+    _files(tmp_path)
+    text = SPEC.replace("    image: api:1\n", "    image: api:1\n    environment: {"
+                        "POSTGRES_PASSWORD_FILE: /run/secrets/db_pw, API_TOKEN: x}\n")
+    loaded = load_text(tmp_path, text, strict=False)
+    shown = [str(w) for w in loaded.warnings if "looks like a secret" in str(w)]
+    assert len(shown) == 1 and "API_TOKEN" in shown[0]
