@@ -706,8 +706,9 @@ class Executor:
             text = await self.rt.container_logs(cid, tail=LOG_TAIL)
         except EngineError:
             return ""
-        # the values of the service's env-file secrets never reach a message
-        text = redact(text, [v for _, v in svc.env if isinstance(v, Secret)])
+        # the values of the service's env-file secrets and secret files never reach a message
+        text = redact(text, [*(v for _, v in svc.env if isinstance(v, Secret)),
+                             *secret_file_values(svc)])
         lines = [ln for ln in text.splitlines() if ln.strip()][-LOG_TAIL:]
         if not lines:
             return ""
@@ -737,6 +738,17 @@ def _first_leaf(eg: BaseExceptionGroup[BaseException]) -> BaseException:
         if isinstance(exc, StepFailed):
             return exc
     return eg.exceptions[0]
+
+
+def secret_file_values(svc: DesiredService) -> list[str]:
+    """The content of a service's secret files as a log line could show it: whole, and each
+    line (a key file printed line by line), for redaction."""
+    out: list[str] = []
+    for mount in svc.files:
+        if mount.kind == "secrets" and mount.data:
+            text = mount.data.decode("utf-8", "replace")
+            out += [text, text.strip(), *(ln.strip() for ln in text.splitlines())]
+    return [v for v in out if v]
 
 
 def ipam_config(net: Network) -> dict[str, Any] | None:

@@ -234,10 +234,14 @@ class _Migrating(Executor):
         created: dict[str, list[str]] = {}
         # create ours before compose's stops (creating binds no port and runs nothing)
         for step in steps:
-            if step.service in first and step.action is Action.CREATE and step.new_name:
-                with contextlib.suppress(EngineError):
+            svc = desired.services.get(step.service)
+            if step.service in first and step.action is Action.CREATE and step.new_name \
+                    and svc is not None and svc.joins is None:
+                with contextlib.suppress(EngineError, OSError, ValueError):
+                    if svc.files and self.files is not None:
+                        self.files.materialise(svc)  # its read-only binds must exist
                     cid = await self.rt.create_container(step.new_name, container_config(
-                        desired.services[step.service], step.replica or 1))
+                        svc, step.replica or 1))
                     created.setdefault(step.service, []).append(cid)
         for m in self.tier_moves:
             if m.service not in first:
@@ -353,7 +357,8 @@ async def cmd_migrate(args: argparse.Namespace, *, state: State, runtime: Runtim
 
     tier_moves = moves(desired, found)
     rec.executor = _Migrating(runtime, report=report, backups=store, tier_moves=tier_moves,
-                              stop=stop, say=lambda line: print(line, flush=True))
+                              stop=stop, say=lambda line: print(line, flush=True),
+                              files=rec.files)
     res = await rec.reconcile()
     if res.ok:
         # start-first services' compose containers kept serving compose's edge until ours

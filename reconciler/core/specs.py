@@ -828,7 +828,10 @@ def validate(
                                     "fixed host port"))
         findings.extend(_check_security(name, svc, policy, spec.services))
         for key in sorted(svc.environment):
-            if SECRET_KEY.search(key) and svc.environment[key]:
+            value = svc.environment[key]
+            if key.endswith("_FILE") and value.startswith("/"):
+                continue  # the path of a secret file (e.g. /run/secrets/x), not a secret
+            if SECRET_KEY.search(key) and value:
                 findings.append(Finding((*base, "environment", key), "looks like a secret in "
                                         "plain environment: move it to an env_file",
                                         warning=True))

@@ -393,3 +393,26 @@ def test_start_interval_is_set_on_the_container_and_fingerprinted(tmp_path: Path
     assert "StartInterval" not in container_config(a.services["api"], 1)["Healthcheck"]
     assert container_config(b.services["api"], 1)["Healthcheck"]["StartInterval"] == 10**9
     assert a.services["api"].fingerprint != b.services["api"].fingerprint
+
+
+def test_a_file_path_variable_is_not_taken_for_a_secret(tmp_path: Path) -> None:
+    _files(tmp_path)
+    text = SPEC.replace("    image: api:1\n", "    image: api:1\n    environment: {"
+                        "POSTGRES_PASSWORD_FILE: /run/secrets/db_pw, API_TOKEN: x}\n")
+    loaded = load_text(tmp_path, text, strict=False)
+    shown = [str(w) for w in loaded.warnings if "looks like a secret" in str(w)]
+    assert len(shown) == 1 and "API_TOKEN" in shown[0]
+
+
+async def test_a_failing_containers_log_tail_never_shows_a_secret_file(tmp_path: Path) -> None:
+    from reconciler.execute import Executor
+
+    _files(tmp_path)
+    api = desired_from(tmp_path, SPEC, strict=True).services["api"]
+
+    class Logs:
+        async def container_logs(self, cid: str, *, tail: int) -> str:
+            return f"connecting with password {VALUE}\nfatal: token token-{VALUE}\n"
+
+    tail = await Executor(Logs())._log_tail("cid", api)  # type: ignore[arg-type]
+    assert VALUE not in tail and "(sensitive)" in tail
