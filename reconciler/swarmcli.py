@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -21,7 +22,7 @@ from reconciler.core.desired import build
 from reconciler.core.model import LoadedSpec, Location, Problem, SpecError, lookup
 from reconciler.core.swarm import EndpointMode, SwarmSnapshot
 from reconciler.loading import load_policy, read_yaml
-from reconciler.persistence import State
+from reconciler.persistence import State, StateError
 from reconciler.runtimes import EngineError
 from reconciler.swarmd import SwarmRuntime, ipvs_available
 
@@ -97,6 +98,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     snapshot = asyncio.run(_observe_or_empty(desired.project))
     mode, _ = endpoint_mode()
     plan = swarm.compute(desired, snapshot, mode=mode)
+    try:
+        held = State(cli.state_dir(args)).quarantined().get(loaded.fingerprint)
+    except StateError:
+        held = None
+    if held:
+        plan = dataclasses.replace(plan, notes=(*plan.notes, (
+            f"this spec ({loaded.fingerprint}) is quarantined ({held.get('reason', '')}); "
+            "apply and run keep the cluster on last-good until the spec changes")))
     if args.json:
         sys.stdout.write(render.as_json(plan, revision=loaded.revision))
     else:

@@ -66,10 +66,11 @@ async def observe(api: SwarmApi, project: str) -> SwarmSnapshot:
     return swarm.parse(project, services, tasks, nodes, networks)
 
 
-def task_containers(snapshot: SwarmSnapshot) -> list[Observed]:
+def task_containers(snapshot: SwarmSnapshot, *, stopping: bool = True) -> list[Observed]:
     """The running tasks as `Observed` containers (running means healthy on Swarm; one that
     Swarm is stopping counts as unhealthy), so the edge's upstream rendering lists task
-    addresses exactly as it lists containers."""
+    addresses exactly as it lists containers. `stopping=False`: only the tasks Swarm wants
+    running (for counting)."""
     out = []
     for t in snapshot.tasks:
         if t.state != "running":
@@ -77,14 +78,14 @@ def task_containers(snapshot: SwarmSnapshot) -> list[Observed]:
         svc = snapshot.service(t.service)
         # a task Swarm is shutting down still answers: the edge keeps it only while no
         # other task of its service is ready (`render_upstreams`' kept rule), never adds it
-        stopping = t.desired_state != "running"
-        if stopping and svc is not None and svc.edge:
+        leaving = t.desired_state != "running"
+        if leaving and (not stopping or (svc is not None and svc.edge)):
             continue  # an edge on its way out is not reloaded
         name = f"{svc.name if svc else t.service}.{t.slot or t.node_id}.{t.id[:12]}"
         out.append(Observed(
             id=t.container_id or t.id, name=name, service=t.service, tier=svc.tier if svc else "",
             replica=t.slot, fingerprint=t.fingerprint, state=ContainerState.RUNNING,
-            health=Health.UNHEALTHY if stopping else Health.HEALTHY, image="",
+            health=Health.UNHEALTHY if leaving else Health.HEALTHY, image="",
             edge=bool(svc and svc.edge),
             addresses=dict(t.addresses)))
     return out
@@ -103,6 +104,7 @@ class SwarmExecutor:
         self.poll_s = poll_s
         self.crash_limit = crash_limit
         self.edge: Edge | None = None
+        self._windows: list[asyncio.Task[None]] = []  # min_ready windows in the background
 
     async def run(self, plan: Plan, desired: Desired, *,
                   edge: Edge | None = None) -> ExecutionReport:
@@ -117,19 +119,34 @@ class SwarmExecutor:
                 steps = plan.in_tier(tier)
                 if not steps:
                     continue
+                await self._windows_passed(wait=False)
                 started = self.clock()
                 self.report(Progress("tier-start", tier=tier, message=f"{len(steps)} step(s)"))
                 await self._tier(steps, desired, outcome)
                 outcome.tier_seconds[tier] = self.clock() - started
                 self.report(Progress("tier-done", tier=tier, seconds=outcome.tier_seconds[tier]))
+            await self._windows_passed(wait=True)
             for step in plan.orphans():
                 await self._timed(step, desired, outcome)
             await self.sync_edge(desired)
         except StepFailed as exc:
+            for window in self._windows:
+                window.cancel()
+            await asyncio.gather(*self._windows, return_exceptions=True)
+            self._windows = []
             outcome.ok, outcome.failure = False, exc
             outcome.engine_unavailable = exc.engine_down
             self.report(Progress("step-failed", step=exc.step_id, message=exc.message))
         return outcome
+
+    async def _windows_passed(self, *, wait: bool) -> None:
+        """Raise the failure of a min_ready window running in the background (`wait`: let
+        every window finish first)."""
+        if wait and self._windows:
+            await asyncio.wait(self._windows)
+        for window in [w for w in self._windows if w.done()]:
+            self._windows.remove(window)
+            window.result()
 
     async def sync_edge(self, desired: Desired, snapshot: SwarmSnapshot | None = None) -> None:
         """Render the edge's upstreams from the running tasks (reloads when changed)."""
@@ -252,6 +269,11 @@ class SwarmExecutor:
                     ready_since = now
                     if healthy is not None:
                         healthy.set()
+                    if step.window_after and u.min_ready > 0:  # cold tier: hold it later
+                        self._windows.append(asyncio.create_task(self._hold(
+                            step, svc, service_id, desired, fp=fp, replicas=replicas,
+                            since=now)))
+                        return
                     outcome.health_waits[svc.name] = max(
                         outcome.health_waits.get(svc.name, 0.0), now - started)
                 if now - ready_since >= u.min_ready:
@@ -263,6 +285,27 @@ class SwarmExecutor:
                                  f"{view.running}/{view.wanted} task(s) of the new generation "
                                  f"running ({view.message})", kind=FailureKind.DEADLINE)
             await self.sleep(self.poll_s)
+
+
+    async def _hold(self, step: Step, svc: DesiredService, service_id: str, desired: Desired,
+                    *, fp: str, replicas: int | None, since: float) -> None:
+        """The rest of a cold step's min_ready window, in the background: READY must hold
+        until `since + min_ready`; anything else fails the run (raised at the next tier)."""
+        u = svc.service.update
+        while self.clock() - since < u.min_ready:
+            await self.sleep(min(self.poll_s, max(u.min_ready - (self.clock() - since), 0.0)))
+            try:
+                snap = await observe(self.api, desired.project)
+            except EngineError as exc:
+                raise engine_failed(step.id, "engine error", exc) from None
+            found = next((s for s in snap.services if s.id == service_id), None)
+            view = swarm.gate(found, snap.tasks_of(svc.name), fingerprint=fp,
+                              replicas=replicas, crash_limit=self.crash_limit)
+            if view.gate is not swarm.Gate.READY:
+                kind = (FailureKind.CRASH_LOOP if view.failed >= self.crash_limit
+                        else FailureKind.HEALTH_GATE)
+                raise StepFailed(step.id, f"not ready for min_ready ({u.min_ready:g}s): "
+                                 f"{view.message or 'a task stopped running'}", kind=kind)
 
 
 def _first(eg: BaseExceptionGroup[BaseException]) -> BaseException:

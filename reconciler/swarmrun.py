@@ -34,7 +34,8 @@ def task_counts(snapshot: SwarmSnapshot) -> dict[tuple[str, str, str], int]:
         if t.desired_state != "running":
             continue  # history Swarm keeps (up to 5 old tasks per slot)
         state = ("running" if t.state == "running" else "failed"
-                 if t.state in ("failed", "rejected") else "starting")
+                 if t.state in ("failed", "rejected") else "lost" if t.state == "lost"
+                 else "starting")
         counts[(t.service, t.node or "-", state)] += 1
     return dict(counts)
 
@@ -114,5 +115,6 @@ class SwarmController(Controller):
             if snap is not None:
                 self._export_swarm(snap)
                 self.rec.last_snapshot = Snapshot(project=desired.project,
-                                                  containers=tuple(task_containers(snap)))
+                                                  containers=tuple(task_containers(
+                                                      snap, stopping=False)))
         await super()._export(res, kinds)

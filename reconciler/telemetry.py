@@ -460,15 +460,15 @@ async def _index(_: web.Request) -> web.Response:
     return web.Response(text="reconciler: /metrics /healthz /readyz\n")
 
 
-SWARM_TASK_STATES: tuple[str, ...] = ("running", "starting", "failed", "shutdown")
+SWARM_TASK_STATES: tuple[str, ...] = ("running", "starting", "failed", "lost")
 
 
 class SwarmMetrics:
     """The Swarm engine's own series, next to `Metrics` on the same registry:
     `reconciler_engine_info{engine}`, `reconciler_swarm_tasks{service,node,state}` (tasks
     Swarm wants running, by where they run and how far they are: running, starting — any
-    state before running —, failed) and `reconciler_swarm_nodes{node,role,state,availability}`
-    (1 per node)."""
+    state before running —, failed, lost: on a node that is down) and
+    `reconciler_swarm_nodes{node,role,state,availability}` (1 per node)."""
 
     def __init__(self, registry: CollectorRegistry, *, engine: str = "swarm") -> None:
         self._engine = Gauge("reconciler_engine_info", "The engine the reconciler drives.",

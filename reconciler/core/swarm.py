@@ -42,7 +42,7 @@ from reconciler.core.plans import (
     held_services,
 )
 from reconciler.core.snapshots import ContainerState
-from reconciler.core.specs import Finding, Spec, active_services, parse_port
+from reconciler.core.specs import Finding, Spec, active_services, parse_mount, parse_port
 
 NANO = 1_000_000_000
 JSON = dict[str, Any]
@@ -104,11 +104,26 @@ def findings(spec: Spec, profiles: Iterable[str] = ()) -> list[Finding]:
         if svc.security_opt:
             out.append(Finding((*base, "security_opt"),
                                "`security_opt` has no Swarm service equivalent"))
+        binds = [i for i, v in enumerate(svc.volumes) if _is_bind(v)]
+        pinned = svc.placement is not None and svc.placement.constraints
+        if binds and not pinned and not (spec.edge is not None and spec.edge.service == name):
+            out.append(Finding((*base, "volumes", binds[0]), (
+                "a bind mount's source must exist on every node a task may land on: pin the "
+                "service (`placement: {constraints: [node.role==manager]}`) or use a named "
+                "volume"), warning=True))
         if svc.job:
             out.append(Finding((*base, "kind"), "`kind: job` is not supported with "
                                                 "--engine swarm yet (run it with the docker "
                                                 "engine)"))
     return out
+
+
+def _is_bind(entry: str) -> bool:
+    try:
+        mount = parse_mount(entry)
+    except ValueError:
+        return False
+    return bool(mount.source) and not mount.named
 
 
 def _port_ok(entry: str) -> bool:
@@ -291,6 +306,7 @@ class TaskState(StrEnum):
 
 
 FAILED_STATES = frozenset({"failed", "rejected"})
+LOST = "lost"  # our name for a task on a node that is down (Swarm still says its last state)
 GONE_STATES = frozenset({"complete", "shutdown", "orphaned", "remove"})
 
 
@@ -459,15 +475,24 @@ def parse(project: str, services: Iterable[Mapping[str, Any]],
     node_list = [parse_node(n) for n in nodes]
     by_id = {s.id: s.service for s in ours}
     hostnames = {n.id: n.hostname for n in node_list}
+    down = {n.id for n in node_list if n.state != "ready"}
     task_list = [parse_task(t, services=by_id, nodes=hostnames) for t in tasks
                  if str(t.get("ServiceID", "")) in by_id]
+    # a node that is down keeps reporting its tasks' last state ("running") until it comes
+    # back: those tasks are lost (Swarm starts replacements elsewhere)
+    task_list = [replace(t, state=LOST, message=f"node {t.node} is down")
+                 if t.node_id in down and t.state not in GONE_STATES | FAILED_STATES else t
+                 for t in task_list]
     return SwarmSnapshot(
         project=project,
         services=tuple(sorted(ours, key=lambda s: (s.service, s.name, s.id))),
         tasks=tuple(sorted(task_list, key=lambda t: (t.service, t.slot or 0, t.node, t.id))),
         nodes=tuple(sorted(node_list, key=lambda n: (n.hostname, n.id))),
+        # a bridge network of the same name (the docker engine's) is no overlay network:
+        # not counted, so creating ours reports the clash instead of services failing
         networks=frozenset(str(n.get("Name")) for n in networks
-                           if (n.get("Labels") or {}).get(labels.PROJECT) == project),
+                           if (n.get("Labels") or {}).get(labels.PROJECT) == project
+                           and n.get("Driver", "overlay") == "overlay"),
     )
 
 
@@ -513,11 +538,15 @@ def compute(desired: Desired, snapshot: SwarmSnapshot, *, mode: EndpointMode,
             if step is not None:
                 tier_steps.append(step)
                 changing.setdefault(tier, set()).add(svc.name)
+    # a tier of fresh creates only (nothing of it serves yet): once its tasks run, the
+    # next tier may start while min_ready is checked in the background
+    cold = {t for t in changing if all(s.action is Action.CREATE
+                                       for s in tier_steps if s.tier == t)}
     for step in tier_steps:  # same-tier depends_on: its tasks run (healthy) first
         deps = desired.services[step.service].service.depends_on
         waits = tuple(Wait(d, Until.HEALTHY) for d in sorted(deps)
                       if d in changing.get(step.tier, set()))
-        steps.append(replace(step, after=waits) if waits else step)
+        steps.append(replace(step, after=waits, window_after=step.tier in cold))
     for s in snapshot.services:
         if s.service not in desired.services:
             steps.append(Step(Action.REMOVE, Reason.ORPHAN if s.service else Reason.UNLABELLED,

@@ -260,8 +260,40 @@ def test_validate_for_swarm_names_the_port_and_how_to_write_it(tmp_path: Path) -
             tier: core
             image: "w:1"
             security_opt: [no-new-privileges]
+            volumes: ["./conf:/etc/conf:ro"]
         """)
     found = {(".".join(map(str, f.path)), f.message) for f in swarm.findings(loaded.spec)}
     (port,) = [m for p, m in found if p == "services.admin.ports.0"]
     assert "127.0.0.1" in port and "'8089:8080'" in port and "host mode" in port
     assert any(p == "services.web.security_opt" for p, _ in found)
+    (bind,) = [f for f in swarm.findings(loaded.spec) if f.path[-2:] == ("volumes", 0)]
+    assert bind.warning and "placement" in bind.message
+
+
+def test_tasks_on_a_node_that_is_down_are_lost_not_running(desired: Desired) -> None:
+    svc = service_json(desired, "api")
+    fp = svc["Spec"]["Labels"][labels.FINGERPRINT]
+
+    def task(tid: str, node: str) -> dict[str, Any]:
+        return {"ID": tid, "ServiceID": "id-api", "Slot": 1, "NodeID": node,
+                "DesiredState": "running",
+                "Spec": {"ContainerSpec": {"Labels": {labels.FINGERPRINT: fp}}},
+                "Status": {"State": "running"}}
+
+    nodes = [{"ID": "up", "Description": {"Hostname": "a"}, "Spec": {"Role": "manager",
+              "Availability": "active"}, "Status": {"State": "ready"}},
+             {"ID": "gone", "Description": {"Hostname": "b"}, "Spec": {"Role": "worker",
+              "Availability": "active"}, "Status": {"State": "down"}}]
+    snap = swarm.parse("sw", [svc], [task("t1", "up"), task("t2", "gone")], nodes)
+    assert [(t.node, t.state) for t in snap.tasks_of("api")] == [("a", "running"),
+                                                                 ("b", "lost")]
+    view = swarm.gate(snap.service("api"), snap.tasks_of("api"), fingerprint=fp, replicas=2)
+    assert view.gate is Gate.WAITING and view.running == 1
+    plan = swarm.compute(desired, snap, mode=DNSRR)
+    assert "node b is down: Swarm reschedules its tasks" in plan.notes
+
+
+def test_a_bridge_network_of_the_same_name_is_not_ours_on_swarm(desired: Desired) -> None:
+    nets = [{"Name": "sw_backend", "Driver": "bridge", "Labels": {labels.PROJECT: "sw"}},
+            {"Name": "sw_edge", "Driver": "overlay", "Labels": {labels.PROJECT: "sw"}}]
+    assert swarm.parse("sw", [], networks=nets).networks == {"sw_edge"}
