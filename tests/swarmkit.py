@@ -95,12 +95,6 @@ class SwarmLab:
             args += ["--filter", "desired-state=running"]
         return self.inspect(*self.docker(*args).split(), kind="task")
 
-    def containers(self, node: str, *filters: str) -> list[dict[str, Any]]:
-        args = ["ps", "-q", "--no-trunc"]
-        for f in filters:
-            args += ["--filter", f]
-        return self.inspect(*self.docker(*args, node=node).split(), node=node)
-
     def node_of(self, project: str, service: str) -> str:
         """The node ("manager"/"worker") where `service`'s first running task runs."""
         svc = self.services(project)[service]
