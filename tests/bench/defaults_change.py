@@ -160,11 +160,17 @@ def run_reconciler(root: Path, *, seconds: float, max_requests: int,
     port = _free_port()
     spec = SPEC.replace("PORT", str(port))
     if edge_only:
+        # only the edge's own value changes (a plain "REV" would also rename DEPLOY_REV and
+        # EDGE_REV, a change of every service)
         spec = spec.replace('DEPLOY_REV: "REV"', 'DEPLOY_REV: "1"').replace(
             "    stop_signal: SIGQUIT\n", "    stop_signal: SIGQUIT\n"
-                                        '    environment: {EDGE_REV: "REV"}\n')
+                                        '    environment: {EDGE_REVISION: "@REV@"}\n')
+
+    def revision(rev: str) -> str:
+        return spec.replace("@REV@", rev) if edge_only else spec.replace("REV", rev)
+
     try:
-        h.write(spec.replace("REV", "1"))
+        h.write(revision("1"))
         shutil.copy(REPO / "nginx" / "nginx.conf", h.spec / "nginx.conf")
         res = h.cli("apply")
         if res.returncode != 0:
@@ -177,7 +183,7 @@ def run_reconciler(root: Path, *, seconds: float, max_requests: int,
                 (h.spec / ".nginx.conf.new").write_text(conf.read_text() + "# changed\n")
                 os.replace(h.spec / ".nginx.conf.new", conf)
             else:
-                h.write(spec.replace("REV", "2"))
+                h.write(revision("2"))
             r = h.cli("apply")
             return f"exit {r.returncode}"
 
