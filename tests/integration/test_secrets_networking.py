@@ -138,6 +138,8 @@ services:
     assert sidecar["HostConfig"]["NetworkMode"] == f"container:{after['web']}"
     code, out = _exec(host, "sidecar", "wget -qO- http://127.0.0.1:8080/health")
     assert code == 0, out
+    res = host.cli("apply")  # the engine's list shows the joined id the planner expects
+    assert res.returncode == 0 and "No changes" in res.stdout, res.stdout + res.stderr
 
 
 def test_static_ipv4_address_is_applied(host: Host) -> None:
