@@ -216,3 +216,29 @@ def test_no_value_is_printed_when_the_blob_exists(tmp_path: Path,
     assert VALUE not in captured.out + captured.err
     assert (secrets_dir / "secrets-api_token").read_text() == "old"
     assert not os.path.exists(project / "spec" / "00-project.yaml")
+
+
+def test_no_key_is_dropped_silently() -> None:
+    text = textwrap.dedent("""\
+        services:
+          app:
+            image: app:1
+            volumes:
+              - type: volume
+                target: /cache
+                volume: {nocopy: true}
+            logging: {driver: json-file, format: x}
+          bad:
+            image: app:1
+            volumes: {data: /data}
+            deploy: only-a-string
+        """)
+    result = import_compose([Source("c.yml", text)], environ={})
+    lines = {str(r) for r in result.remarks}
+    for expected in (
+        "c.yml:7: services.app.volumes[0].volume: not supported (dropped)",
+        "c.yml:8: services.app.logging.format: not supported (dropped)",
+        "c.yml:11: services.bad.volumes: expected a list",
+        "c.yml:12: services.bad.deploy: expected a mapping",
+    ):
+        assert expected in lines, (expected, sorted(lines))
