@@ -12,6 +12,8 @@ from reconciler.importer.model import Kind, Y, as_text
 
 def deploy(svc: Draft, y: Y, items: Mapping[str, Y]) -> None:
     if not isinstance(y.value, dict):
+        if y.value is not None:
+            svc.remark(Kind.ERROR, y, ("deploy",), "expected a mapping")
         return
     for key, value in y.value.items():
         path: tuple[str | int, ...] = ("deploy", key)

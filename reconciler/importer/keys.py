@@ -289,6 +289,9 @@ def cap_add(svc: Draft, y: Y, _: Mapping[str, Y]) -> None:
 def logging(svc: Draft, y: Y, _: Mapping[str, Y]) -> None:
     data = plain(y) or {}
     svc.data["logging"] = {k: v for k, v in data.items() if k in ("driver", "options")}
+    for key, value in (y.value.items() if isinstance(y.value, dict) else ()):
+        if key not in ("driver", "options"):
+            svc.unsupported(value, ("logging", key))
 
 
 

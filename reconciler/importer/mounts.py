@@ -11,7 +11,10 @@ from reconciler.importer.model import Kind, Y, as_text
 
 def volumes(svc: Draft, y: Y, _: Mapping[str, Y]) -> None:
     out: list[str] = []
-    for i, item in enumerate(y.value if isinstance(y.value, list) else []):
+    if not isinstance(y.value, list):
+        svc.remark(Kind.ERROR, y, ("volumes",), "expected a list")
+        return
+    for i, item in enumerate(y.value):
         path: tuple[str | int, ...] = ("volumes", i)
         if isinstance(item.value, dict):
             entry = _long_volume(svc, item, path)
@@ -74,8 +77,6 @@ def _long_volume(svc: Draft, item: Y, path: tuple[str | int, ...]) -> str | None
         svc.remark(Kind.ERROR, item, path, "mount without target")
         return None
     read_only = "read_only" in d and d["read_only"].value is True
-    if not source:
-        return _anonymous(svc, item, path, target, read_only=read_only)
     for key, value in d.items():
         if key in ("type", "source", "target", "read_only"):
             continue
@@ -93,6 +94,8 @@ def _long_volume(svc: Draft, item: Y, path: tuple[str | int, ...]) -> str | None
             svc.remark(Kind.NOTE, value, (*path, key), "dropped (no effect on Linux)")
         else:
             svc.unsupported(value, (*path, key))
+    if not source:
+        return _anonymous(svc, item, path, target, read_only=read_only)
     if kind == "bind" and not source.startswith(("/", "~")):
         source = svc.rebase(source if source.startswith(".") else "./" + source)
     return f"{source}:{target}" + (":ro" if read_only else "")

@@ -14,7 +14,7 @@ import pytest
 
 from reconciler import cli
 from reconciler.core.desired import build
-from reconciler.importer.model import Source
+from reconciler.importer.model import ImportResult, Source
 from reconciler.importer.translate import import_compose
 from reconciler.loading import load
 from tests.specfactory import KEY
@@ -51,6 +51,13 @@ configs:
     content: |
       welcome to ${STACK_NAME}
 """
+
+
+def _listed(result: ImportResult, *expected: str) -> None:
+    """Each expected remark (as a prefix of its printed line) is among the import's."""
+    lines = sorted(str(r) for r in result.remarks)
+    for want in expected:
+        assert any(line.startswith(want) for line in lines), (want, lines)
 
 
 def _project(tmp_path: Path) -> Path:
@@ -117,16 +124,12 @@ def test_unset_environment_source_stays_environment_and_swarm_keys_are_listed() 
         """)
     result = import_compose([Source("c.yml", text)], environ={}, secrets_dir="/tmp/s")
     assert result.ok, [str(r) for r in result.remarks]
-    lines = {str(r) for r in result.remarks}
-    for expected in (
-        "c.yml:4: services.app.secrets[0].driver: not supported (dropped)",
-        "c.yml:6: secrets.s.environment: NOT_SET_ANYWHERE is not set here",
-        "c.yml:7: secrets.ext.external: not supported (dropped): an external secret lives",
-        "c.yml:7: secrets.ext.name: dropped (the name of a swarm object)",
-        "c.yml:8: secrets.drv.driver: not supported (dropped): swarm only",
-        "c.yml:10: configs.c.template_driver: not supported (dropped): swarm only",
-    ):
-        assert any(line.startswith(expected) for line in lines), (expected, sorted(lines))
+    _listed(result, "c.yml:4: services.app.secrets[0].driver: not supported (dropped)",
+            "c.yml:6: secrets.s.environment: NOT_SET_ANYWHERE is not set here",
+            "c.yml:7: secrets.ext.external: not supported (dropped): an external secret lives",
+            "c.yml:7: secrets.ext.name: dropped (the name of a swarm object)",
+            "c.yml:8: secrets.drv.driver: not supported (dropped): swarm only",
+            "c.yml:10: configs.c.template_driver: not supported (dropped): swarm only")
     assert "environment: NOT_SET_ANYWHERE" in result.files["00-project.yaml"]
 
 
@@ -216,3 +219,25 @@ def test_no_value_is_printed_when_the_blob_exists(tmp_path: Path,
     assert VALUE not in captured.out + captured.err
     assert (secrets_dir / "secrets-api_token").read_text() == "old"
     assert not os.path.exists(project / "spec" / "00-project.yaml")
+
+
+def test_no_key_is_dropped_silently() -> None:
+    text = textwrap.dedent("""\
+        services:
+          app:
+            image: app:1
+            volumes:
+              - type: volume
+                target: /cache
+                volume: {nocopy: true}
+            logging: {driver: json-file, format: x}
+          bad:
+            image: app:1
+            volumes: {data: /data}
+            deploy: only-a-string
+        """)
+    result = import_compose([Source("c.yml", text)], environ={})
+    _listed(result, "c.yml:7: services.app.volumes[0].volume: not supported (dropped)",
+            "c.yml:8: services.app.logging.format: not supported (dropped)",
+            "c.yml:11: services.bad.volumes: expected a list",
+            "c.yml:12: services.bad.deploy: expected a mapping")
