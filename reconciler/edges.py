@@ -292,12 +292,16 @@ class Edge(EdgeHook):
             except StateError as exc:
                 raise StepFailed(f"reload {svc.name}", str(exc), kind=EDGE) from None
             try:
-                await self._reload(cid)
+                await self._test(cid)
             except StepFailed:
-                # the step fails either way; a later pass stages again
+                # never loaded: the copies go back to what the edge serves (the step fails
+                # either way; a later pass stages again)
                 with contextlib.suppress(StateError):
                     edgeconf.restore(before)
                 raise
+            # from the signal on, nginx may serve the staged files: they stay (a failure
+            # leaves the old digest recorded, so the next pass, forward or revert, reloads)
+            await self._signal(cid)
             if self.conf_dir is not None:
                 try:
                     edgeconf.record_applied(self.conf_dir, cid, svc.config_digest,
@@ -313,6 +317,11 @@ class Edge(EdgeHook):
         """`nginx -t`, SIGHUP, then wait until the master runs workers with the new config:
         a SIGHUP returns before the new workers exist, and until then the old ones accept
         new requests with the old upstreams."""
+        await self._test(cid)
+        await self._signal(cid)
+
+    async def _test(self, cid: str) -> None:
+        """`nginx -t` in the running edge; a failure is a `StepFailed` with its output."""
         try:
             test = await self.rt.exec_in_container(cid, ["nginx", "-t", "-q"])
         except EngineError as exc:
@@ -321,6 +330,9 @@ class Edge(EdgeHook):
         if test.exit_code != 0:
             raise StepFailed("edge reload", "nginx -t failed; the running config was kept:\n"
                              + test.output.strip()[-800:], kind=EDGE)
+
+    async def _signal(self, cid: str) -> None:
+        """SIGHUP, then wait for workers with the new config (see `_reload`)."""
         before = await self._workers(cid)
         crash_point("edge-reload:before")
         try:

@@ -140,3 +140,19 @@ def test_staging_again_is_a_no_op_and_a_same_size_change_is_written(tmp_path: Pa
     git_style_replace(src, "bbbb\n")  # same size, other bytes
     edgeconf.stage([(str(src), str(dst))])
     assert dst.read_text() == "bbbb\n" and dst.stat().st_ino == inode
+
+
+async def test_a_reload_that_does_not_take_effect_keeps_the_new_copies_unrecorded(
+        tmp_path: Path) -> None:
+    """After the signal nginx may serve the new files: they stay, the old digest stays
+    recorded, so the next pass reloads again (forward) or stages back (revert)."""
+    spec, d, edge, rt = setup(tmp_path)
+    await edge.stage(d, d.services["nginx"])
+    git_style_replace(spec / "nginx.conf", "events {}\nhttp {}\n")
+    new = build(load_text(spec, SPEC), KEY, edge_conf_dir=str(staged(d)["nginx.conf"].parent))
+    rt.reload_after = 100  # new workers never show up
+    with pytest.raises(StepFailed, match="did not start workers"):
+        await edge.reload_config(new, new.services["nginx"], "n1")
+    assert "kill HUP" in rt.calls
+    assert staged(d)["nginx.conf"].read_text() == "events {}\nhttp {}\n"
+    assert edgeconf.read_applied(tmp_path / "edge-conf") == {}
