@@ -52,13 +52,20 @@ def test_lab_nodes_overlay_host_ports_and_vips(swarm_lab: SwarmLab) -> None:
         # a probe on the manager reaches the tasks on both nodes over the overlay network
         probe = lab.docker("run", "-d", "--rm", "--network", f"{PROJECT}_net", "--label", LABEL,
                            IMAGE, "sleep", "60").strip()
-        rr_url, vip_url = (f"http://{PROJECT}-{kind}:8080/v1/x" for kind in ("rr", "vip"))
-        script = (f"for i in 1 2 3 4 5 6; do timeout 3 wget -qO- {rr_url}; echo; done; "
-                  f"echo VIP; timeout 3 wget -qO- {vip_url}; echo rc=$?")
+        # the name resolves to both tasks' addresses (once gossip has told the manager about
+        # the worker's task), and each answers over the overlay
+        script = (
+            "for try in $(seq 40); do "
+            f"  ips=$(nslookup {PROJECT}-rr 2>/dev/null "
+            "        | awk '/^Name:/{n=1} n && /^Address/{print $NF}'); "
+            '  [ "$(echo $ips | wc -w)" -ge 2 ] && break; sleep 0.5; '
+            "done; "
+            "for ip in $ips; do timeout 3 wget -qO- http://$ip:8080/v1/x; echo; done; "
+            f"echo VIP; timeout 3 wget -qO- http://{PROJECT}-vip:8080/v1/x; echo rc=$?")
         out = lab.docker("exec", probe, "sh", "-c", script, timeout=60)
         rr, _, vip = out.partition("VIP")
         hosts = {ln.split('"host":"')[1].split('"')[0] for ln in rr.splitlines() if '"host"' in ln}
-        assert len(hosts) == 2, out  # both replicas (one per node) answered by name
+        assert len(hosts) == 2, out  # both replicas (one per node) answered
         if lab.ipvs:
             assert "rc=0" in vip, out
         else:
