@@ -33,6 +33,7 @@ DEFAULT_TIERS: tuple[str, ...] = ("infrastructure", "core", "business", "externa
 RESULTS: tuple[str, ...] = ("noop", "converged", "rolled_back", "failed", "invalid_spec")
 ACTIONS: tuple[str, ...] = (
     "create", "replace", "recreate", "start", "remove", "create-network", "create-volume",
+    "backup", "reload",
 )
 OUTCOMES: tuple[str, ...] = ("ok", "failed")
 ROLLBACK_REASONS: tuple[str, ...] = (
