@@ -14,19 +14,8 @@ from reconciler.runtimes import ExecResult
 from tests.component.fakes import FakeRuntime
 from tests.component.test_reconcile_fake import Clock
 from tests.specfactory import write_spec
+from tests.unit.test_edge_config_reload import SPEC
 
-SPEC = """
-project: shop
-networks: {edge: {}}
-edge: {service: nginx, upstreams_file: /etc/nginx/conf.d/upstreams.conf}
-services:
-  nginx:
-    tier: external
-    image: "nginx:1"
-    volumes: ["./nginx.conf:/etc/nginx/nginx.conf:ro"]
-    networks: [edge]
-    update: {min_ready: 0s, deadline: 30s}
-"""
 TEST = ("nginx", "-t", "-q")
 
 
@@ -36,6 +25,8 @@ def setup(tmp_path: Path) -> tuple[Reconciler, FakeRuntime, Path]:
     fake.exec_results[("ps", "-o", "pid,args")] = ExecResult(1, "")  # no ps: a short settle
     spec = write_spec(tmp_path / "spec", SPEC)
     (spec / "nginx.conf").write_text("events {}\n")
+    (spec / "include").mkdir()
+    (spec / "include" / "a.conf").write_text("# a\n")
     clock = Clock(fake)
     rec = Reconciler(spec_dir=spec, state=State(tmp_path / "state"), runtime=fake,
                      clock=clock, sleep=clock.sleep, wall=clock, poll_s=0.5)
@@ -63,7 +54,7 @@ async def test_config_change_reloads_the_running_edge(tmp_path: Path) -> None:
     assert res.plan is not None and [s.id for s in res.plan.steps] == ["reload nginx[1]"]
     assert edges(fake) == before  # nothing recreated
     assert (before[0], TEST) in fake.exec_log
-    staged = next((tmp_path / "state" / "edge-conf" / "shop" / "mounts").iterdir())
+    staged = tmp_path / "state" / "edge-conf" / "shop" / "mounts" / "0-nginx.conf"
     assert staged.read_text() == "events {}\nhttp {}\n"
     again = await rec.reconcile()  # the applied digest is recorded: in sync
     assert again.result is PassStatus.NOOP, again.message
@@ -81,5 +72,5 @@ async def test_config_failing_nginx_t_fails_the_pass_without_a_signal(tmp_path: 
     assert "nginx -t failed" in res.message, res.message
     assert fake.calls["kill_container"] == kills  # never signalled
     assert edges(fake) == before
-    staged = next((tmp_path / "state" / "edge-conf" / "shop" / "mounts").iterdir())
+    staged = tmp_path / "state" / "edge-conf" / "shop" / "mounts" / "0-nginx.conf"
     assert staged.read_text() == "events {}\n"
