@@ -33,7 +33,7 @@ DEFAULT_TIERS: tuple[str, ...] = ("infrastructure", "core", "business", "externa
 RESULTS: tuple[str, ...] = ("noop", "converged", "rolled_back", "failed", "invalid_spec")
 ACTIONS: tuple[str, ...] = (
     "create", "replace", "recreate", "start", "remove", "create-network", "create-volume",
-    "backup",
+    "backup", "reload",
     "scale",  # Swarm only: a service's replica count changed
 )
 OUTCOMES: tuple[str, ...] = ("ok", "failed")

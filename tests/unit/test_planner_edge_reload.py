@@ -187,3 +187,11 @@ def test_staged_edge_mounts_copies_and_creates_stage_them(tmp_path: Path) -> Non
     assert preview.services["nginx"].fingerprint == nginx.fingerprint
     assert preview.services["nginx"].config_digest == nginx.config_digest
     assert not preview.services["nginx"].staged
+
+
+def test_every_step_action_is_a_known_metrics_label() -> None:
+    """`reconciler_steps_total{action}` refuses unknown values: a reload (or backup) step
+    must not break the controller's export."""
+    from reconciler.telemetry import ACTIONS
+
+    assert {a.value for a in Action} <= set(ACTIONS)
