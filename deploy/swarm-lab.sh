@@ -6,8 +6,9 @@
 #   deploy/swarm-lab.sh status  nodes and sockets;   deploy/swarm-lab.sh env   the lab's variables
 # Then: export DOCKER_HOST=unix:///run/reconciler-swarm/manager.sock; reconciler apply --engine swarm
 #
-# Layout (NAME=reconciler-swarm, NET=10.213 by default; SWARM_LAB_NAME / SWARM_LAB_NET override,
-# so the tests' lab and an operator's lab can coexist):
+# Layout (NAME=reconciler-swarm, NET=10.213 by default; SWARM_LAB_NAME / SWARM_LAB_NET override.
+# Labs with different names coexist; the addresses exist only inside a lab's own namespaces, so
+# two labs may use the same NET):
 #   network namespaces NAME-manager (NET.0.1) and NAME-worker (NET.0.2), joined by one veth pair
 #     (no bridge in the host namespace: the host dockerd's FORWARD policy never sees the traffic)
 #   dockerd per node: own UTS name (the node's hostname), --data-root /var/lib/NAME/<node>,
@@ -20,11 +21,14 @@
 #
 # What this kernel/engine gives (Debian docker.io 20.10, measured on the CI machine):
 #   - `ip netns exec` remounts /sys, hiding the cgroup mounts: they are mounted again inside the
-#     node's mount namespace before dockerd starts (cgroup v1 and v2 layouts).
+#     node's mount namespace, as pid 1 has them, before dockerd starts (tested with the cgroup v1
+#     + unified layout here).
 #   - VXLAN is built in (overlay networks between the nodes over the veth: 2377/tcp control,
 #     7946/tcp+udp gossip, 4789/udp data) and iptables (nf_tables) works per namespace.
 #   - IPVS is not (/proc/net/ip_vs missing, no modules to load): service VIPs and the ingress
 #     routing mesh do not answer; use endpoint_mode dnsrr and host-mode published ports.
+#   - dockerd logs errors that are harmless here: the missing net.ipv4.vs.* sysctls (IPVS) and
+#     "enabling default vlan on bridge br0 failed ... permission denied" (overlay networks work).
 #   - No default route in the namespaces: an image lookup in a registry fails at once instead of
 #     hanging, and the lab cannot reach anything outside the machine.
 set -euo pipefail

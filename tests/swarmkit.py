@@ -2,8 +2,11 @@
 brings up deploy/swarm-lab.sh (a manager and a worker dockerd, each in its own network
 namespace, images loaded into both) and tears it down after the session.
 
-The tests' lab is named `rswtest` on 10.214.0.0/16 (SWARM_LAB_NAME / SWARM_LAB_NET override),
-so an operator's lab from the README (`reconciler-swarm`, 10.213) can run next to it.
+The tests' lab is named after the checkout (`rsw-` + 6 hex digits of its path: two worktrees on
+one machine never share, nor tear down, each other's lab; a crashed session's lab is cleaned up
+by the next session of the same checkout) on 10.214.0.0/16 inside the lab's own namespaces;
+SWARM_LAB_NAME / SWARM_LAB_NET override. An operator's lab from the README
+(`reconciler-swarm`, 10.213) runs next to it.
 SWARM_LAB_KEEP=1 leaves the lab up after the session (a later session reuses it at once).
 
 Traffic goes only to 127.0.0.1 inside a node's network namespace (where host-mode published
@@ -17,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -34,7 +38,8 @@ from tests.dockerkit import REPO, require_engine
 from tests.loadgen import LoadResult, run_load
 
 SCRIPT = REPO / "deploy" / "swarm-lab.sh"
-LAB_NAME = os.environ.get("SWARM_LAB_NAME", "rswtest")
+LAB_NAME = os.environ.get("SWARM_LAB_NAME") or "rsw-" + hashlib.sha256(
+    str(REPO).encode()).hexdigest()[:6]
 LAB_NET = os.environ.get("SWARM_LAB_NET", "10.214")
 NODES = ("manager", "worker")
 
@@ -72,7 +77,7 @@ class SwarmLab:
         return list(json.loads(out)) if out else []
 
     def node_names(self) -> dict[str, str]:
-        """node id -> hostname (rswtest-manager, rswtest-worker)."""
+        """node id -> hostname (<lab>-manager, <lab>-worker)."""
         out = self.docker("node", "ls", "--format", "{{.ID}} {{.Hostname}}")
         return dict(line.split(" ", 1) for line in out.splitlines() if line.strip())
 
@@ -133,14 +138,20 @@ class SwarmLab:
         (at least min_requests, at most `seconds`/`max_requests`). The result list is filled
         when the block exits."""
         stop_file = Path(f"/run/{self.name}-load-{os.getpid()}-{time.monotonic_ns()}")
+        ready_file = stop_file.with_suffix(".ready")
         cmd = ["ip", "netns", "exec", self.netns[node], sys.executable, "-m", "tests.swarmkit",
                "load", url, "--seconds", str(seconds), "--max-requests", str(max_requests),
                "--concurrency", str(concurrency), "--min-requests", str(min_requests),
-               "--stop-file", str(stop_file)]
+               "--stop-file", str(stop_file), "--ready-file", str(ready_file)]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 cwd=REPO)
         results: list[LoadResult] = []
         try:
+            # the block starts once the load runs (a Python start on a busy machine takes
+            # seconds): bounded, and a load that died is reported below
+            deadline = time.monotonic() + 60
+            while not ready_file.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
             yield results
         finally:
             stop_file.touch()
@@ -150,6 +161,7 @@ class SwarmLab:
                 proc.kill()
                 out, err = proc.communicate()
             stop_file.unlink(missing_ok=True)
+            ready_file.unlink(missing_ok=True)
         if proc.returncode != 0:
             raise AssertionError(f"load in {node}'s namespace failed: {err[-2000:]}")
         results.append(LoadResult(**json.loads(out)))
@@ -273,6 +285,7 @@ async def _load_main(args: argparse.Namespace) -> LoadResult:
             await asyncio.sleep(0.1)
 
     watcher = asyncio.create_task(watch_stop())
+    Path(args.ready_file).touch()
     try:
         return await run_load(args.url, seconds=args.seconds, max_requests=args.max_requests,
                               concurrency=args.concurrency, stop=stop,
@@ -292,6 +305,7 @@ def main(argv: list[str]) -> int:
     load.add_argument("--concurrency", type=int, default=6)
     load.add_argument("--min-requests", type=int, default=0)
     load.add_argument("--stop-file", required=True)
+    load.add_argument("--ready-file", required=True, help="touched when the load starts")
     args = parser.parse_args(argv)
     result = asyncio.run(_load_main(args))
     print(json.dumps(dataclasses.asdict(result)))
