@@ -59,7 +59,7 @@ _CAPABILITIES = frozenset({
     "SYS_TIME", "SYS_TTY_CONFIG", "WAKE_ALARM", "ALL"})
 EXPORT_POLICY = HostPolicy(allow_privileged=True, allow_host_namespaces=True,
                            allow_capabilities=_CAPABILITIES, allow_docker_socket=True,
-                           allow_bind_mounts=("/",))
+                           allow_bind_mounts=("/",), allow_sysctls=("*",))
 
 
 def _namespace(value: str) -> str:
@@ -346,7 +346,8 @@ def _report(result: Export, written: list[str], output: Path, checked: int,
         print(f"validated {checked} manifest(s) against Kubernetes {args.kubernetes_version}: "
               "0 errors (CRDs and kustomization.yaml have no schema here)", file=out)
     if "create-secrets.sh" in result.scripts:
-        print(f"next: run {output}/create-secrets.sh where the env files are, then "
+        print(f"next: run {output}/create-secrets.sh where the env files and secret files "
+              "are, then "
               f"kubectl apply -k {output} (or let Argo CD sync it)", file=out)
     if args.argocd_app:
         print(f"Argo CD: kubectl apply -n argocd -f {output}/argocd/application.yaml", file=out)

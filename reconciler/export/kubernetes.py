@@ -1061,7 +1061,8 @@ class _Builder:
         order = self._order(name)
         if order is not resolved_order(self.spec, svc):
             self.note(("services", name, "update", "order"), "auto: start-first here (the "
-                      "host ports that make it stop-first on Docker are not exported)")
+                      "host ports or fixed address that make it stop-first on Docker are not "
+                      "exported)")
         if order is UpdateOrder.START_FIRST:
             strategy: dict[str, Any] = {"type": "RollingUpdate", "rollingUpdate": {
                 "maxSurge": svc.update.parallelism, "maxUnavailable": 0}}
