@@ -11,7 +11,11 @@ What keeps the spec's meaning:
   `depends_on` inside the tier), so Argo CD applies tier N+1 only when tier N is healthy;
 - the health check becomes readiness, liveness and startup probes with the same timings;
 - `update` becomes the Deployment strategy, `minReadySeconds` and `progressDeadlineSeconds`;
-- env files become Secrets referenced by name (`envFrom.secretRef`), created out of git;
+- env files and top-level secrets become Secrets referenced by name (`envFrom.secretRef`,
+  one-item secret volumes at the spec's paths), created out of git: no value is ever read
+  into the output (of a secret only its name and where its value comes from);
+- top-level configs become ConfigMaps (from the content the loader read), mounted alike;
+- Swarm placement becomes nodeSelector / affinity, `global` a DaemonSet;
 - networks become NetworkPolicies (members reach each other; internal: no route out).
 """
 

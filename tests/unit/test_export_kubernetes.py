@@ -2,7 +2,8 @@
 the Kubernetes API schemas (kubernetes-validate), structural checks of the CRDs it cannot
 check (Argo CD Application, ExternalSecret, SealedSecret), sync waves that follow the tiers,
 and a property test: every service appears, env-file keys only as Secret references, and no
-env-file value anywhere in the output.
+env-file value anywhere in the output. The keys added later (secrets, configs, build,
+placement, dns, sysctls, aliases, ...) are each translated or listed with file:line.
 
 Regenerate the golden directories with UPDATE_GOLDEN=1 after an intended change, and review
 the diff (tests/golden/k8s-demo/, tests/golden/k8s-specs/)."""
@@ -427,6 +428,9 @@ def stacks(draw: st.DrawFn) -> dict[str, Any]:
             svc["environment"] = {k: "plain" for k in plain}
         svc["networks"] = draw(st.lists(st.sampled_from(["backend", "front"]), max_size=2,
                                         unique=True))
+        if draw(st.booleans()):  # a secret file, mounted under /run/secrets
+            svc["secrets"] = [f"{name}-s"]
+            svc["_file"] = f"canary{i}fileZq"
         if draw(st.booleans()):
             svc["volumes"] = [f"{name}-data:/data"]
             svc["update"] = {"order": "stop-first"}
@@ -450,8 +454,15 @@ def test_property_services_appear_and_secrets_stay_references(
         root = Path(tmp)
         lines = ["project: prop", "networks: {backend: {internal: true}, front: {}}",
                  "volumes: {" + ", ".join(f"{n}-data: {{}}" for n in stack
-                                          if "volumes" in stack[n]) + "}", "services:"]
+                                          if "volumes" in stack[n]) + "}",
+                 "secrets: {" + ", ".join(f"{n}-s: {{file: ./{n}-s.txt}}" for n in stack
+                                          if "_file" in stack[n]) + "}",
+                 "services:"]
         for name, svc in stack.items():
+            if "_file" in svc:
+                secret_file = root / f"{name}-s.txt"
+                secret_file.write_text(svc["_file"])
+                secret_file.chmod(0o600)
             values = svc.pop("_secrets", {})
             if values:
                 env = root / f"{name}.env"
@@ -477,6 +488,9 @@ def test_property_services_appear_and_secrets_stay_references(
             for key in svc.get("_keys", []):
                 assert key not in env_names
                 assert container["envFrom"] == [{"secretRef": {"name": f"{name}-env"}}]
+            if "secrets" in svc:
+                assert {"name": "secrets-0", "mountPath": f"/run/secrets/{name}-s",
+                        "subPath": f"{name}-s", "readOnly": True} in container["volumeMounts"]
             if "volumes" in svc:
                 assert workloads[dns_label(name)]["kind"] == "StatefulSet"
         assert schema_errors(result)[1] == []
