@@ -10,6 +10,8 @@ the diff (tests/golden/k8s-demo/, tests/golden/k8s-specs/)."""
 
 from __future__ import annotations
 
+import argparse
+import base64
 import math
 import os
 import shutil
@@ -38,7 +40,14 @@ from reconciler.export.kubernetes import (
     dns_label,
     export,
 )
-from reconciler.exporting import EXPORT_POLICY, dump, read_mounted, spec_locations, write
+from reconciler.exporting import (
+    EXPORT_POLICY,
+    _registry,
+    dump,
+    read_mounted,
+    spec_locations,
+    write,
+)
 from reconciler.loading import load
 
 REPO = Path(__file__).resolve().parents[2]
@@ -842,3 +851,25 @@ def test_global_with_own_volumes_stays_a_statefulset(tmp_path: Path) -> None:
     assert "services.db.placement.global: global: a DaemonSet has no volumeClaimTemplates" in (
         findings_text(result))
     assert schema_errors(result)[1] == []
+
+
+def test_binary_config_goes_to_binary_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = new_keys_spec(tmp_path, monkeypatch)
+    (root / "conf" / "app.ini").write_bytes(b"\x00\xff\xfe binary")
+    result = export_new_keys(root)
+    cm = by_kind(result, "ConfigMap")["file-conf-config"]
+    assert "data" not in cm
+    assert base64.b64decode(cm["binaryData"]["file_conf"]) == b"\x00\xff\xfe binary"
+    assert schema_errors(result)[1] == []
+
+
+@pytest.mark.parametrize(("value", "ok"), [("registry.example.com/team", True),
+                                           ("localhost:5000", True), ("ghcr.io/org/sub/", True),
+                                           ("Registry.example.com", False), ("a b", False),
+                                           ("https://registry.example.com", False)])
+def test_registry_option_is_checked(value: str, ok: bool) -> None:
+    if ok:
+        assert _registry(value) == value.rstrip("/")
+    else:
+        with pytest.raises(argparse.ArgumentTypeError):
+            _registry(value)
