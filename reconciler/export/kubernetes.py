@@ -11,12 +11,17 @@ What keeps the spec's meaning:
   `depends_on` inside the tier), so Argo CD applies tier N+1 only when tier N is healthy;
 - the health check becomes readiness, liveness and startup probes with the same timings;
 - `update` becomes the Deployment strategy, `minReadySeconds` and `progressDeadlineSeconds`;
-- env files become Secrets referenced by name (`envFrom.secretRef`), created out of git;
+- env files and top-level secrets become Secrets referenced by name (`envFrom.secretRef`,
+  one-item secret volumes at the spec's paths), created out of git: no value is ever read
+  into the output (of a secret only its name and where its value comes from);
+- top-level configs become ConfigMaps (from the content the loader read), mounted alike;
+- Swarm placement becomes nodeSelector / affinity, `global` a DaemonSet;
 - networks become NetworkPolicies (members reach each other; internal: no route out).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
 import posixpath
@@ -29,12 +34,15 @@ from typing import Any
 
 from reconciler.core.model import KeyPath, LoadedSpec, Location, format_path, lookup
 from reconciler.core.specs import (
+    FileRef,
     Healthcheck,
     Restart,
     Service,
     Spec,
+    Update,
     UpdateOrder,
     active_services,
+    joined_service,
     parse_mount,
     parse_port,
     parse_size,
@@ -51,6 +59,23 @@ CONFIG_HASH = "reconciler.config-sha256"
 MAX_CONFIGMAP_BYTES = 1_000_000
 _PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 _STARTUP_PERIOD_MAX_S = 10
+_CONTROL_PLANE = "node-role.kubernetes.io/control-plane"
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = re.compile(rf"([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_LABEL_NAME}")
+_LABEL_VALUE = re.compile(_LABEL_NAME)
+_NODE_LABELS = {"node.hostname": "kubernetes.io/hostname", "node.platform.os": "kubernetes.io/os",
+                "node.platform.arch": "kubernetes.io/arch"}
+# sysctls Kubernetes calls safe (and the baseline Pod Security Standard allows), by the
+# version that added them; any other needs the kubelet's --allowed-unsafe-sysctls
+_SAFE_SYSCTLS = {"kernel.shm_rmid_forced": (1, 0), "net.ipv4.ip_local_port_range": (1, 0),
+                 "net.ipv4.tcp_syncookies": (1, 0), "net.ipv4.ping_group_range": (1, 18),
+                 "net.ipv4.ip_unprivileged_port_start": (1, 22),
+                 "net.ipv4.ip_local_reserved_ports": (1, 27),
+                 "net.ipv4.tcp_keepalive_time": (1, 29), "net.ipv4.tcp_fin_timeout": (1, 29),
+                 "net.ipv4.tcp_keepalive_intvl": (1, 29),
+                 "net.ipv4.tcp_keepalive_probes": (1, 29)}
+_SWARM_UPDATE_KEYS = ("delay", "failure_action", "monitor", "max_failure_ratio")
+_MAX_EXTRA_NAMESERVERS = 2  # the kubelet keeps 3 in all, the cluster DNS first
 
 
 class SecretsMode(StrEnum):
@@ -66,6 +91,7 @@ class EdgeMode(StrEnum):
 
 class Kind(StrEnum):
     UNMAPPED = "no equivalent"
+    WARNING = "warning"  # exported, but it works only after the user acts
     NOTE = "note"
 
 
@@ -80,6 +106,7 @@ class Options:
     path: str | None = None
     revision: str = "HEAD"
     storage: str = "10Gi"  # size of a volume claim (the spec has no size)
+    registry: str | None = None  # prefix for images built on the host (kustomize `images:`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +116,17 @@ class Mounted:
     files: Mapping[str, str]  # relative path (a/b.yml in a tree) -> text
     directory: bool
     problem: str | None = None  # why it cannot become a ConfigMap (binary, too large, ...)
+
+
+@dataclass(frozen=True, slots=True)
+class _SecretSource:
+    """Where one Kubernetes Secret's values come from (never the values): an env file, a
+    secret file or a variable of the environment `create-secrets.sh` runs in."""
+
+    keys: list[str] | None  # None: an env file that was not readable here
+    env_file: str | None = None  # as declared (kubectl --from-env-file)
+    file: str | None = None  # a top-level secret's `file`, as declared (--from-file)
+    variable: str | None = None  # a top-level secret's `environment` (--from-file=/dev/stdin)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +231,7 @@ class _Builder:
         self.tier_index = {t: i for i, t in enumerate(self.spec.tiers)}
         self.waves = self._waves()
         self.secrets = self._secret_names()
+        self.configs = self._config_docs()
         self.volume_users: dict[str, list[str]] = {}
         for name in self.exported:
             for entry in self.active[name].volumes:
@@ -204,6 +243,7 @@ class _Builder:
                      if cond.condition == "service_completed_successfully"}
         self.gating_jobs = {n for n in self.exported if n in completed}
         self.jobs = self.gating_jobs | {n for n in self.exported if self._one_shot(n)}
+        self.aliases = self._alias_names()
 
     # -- findings --
 
@@ -223,6 +263,9 @@ class _Builder:
                     str(path[1]))
                 return
         self.findings.append(Finding(where, path, message, kind))
+
+    def add(self, path: KeyPath, message: str, kind: Kind) -> None:
+        self._add(path, message, kind)
 
     def unmapped(self, path: KeyPath, message: str) -> None:
         self._add(path, message, Kind.UNMAPPED)
@@ -266,16 +309,79 @@ class _Builder:
         return out
 
     def _secret_names(self) -> dict[str, str]:
+        """env file path -> Secret name, and NUL + top-level secret name -> Secret name."""
         paths = sorted({env.path for name in self.exported
                         for env in self.loaded.env_files.get(name, ())})
-        return _unique(paths, lambda p: dns_label(
-            posixpath.basename(p).removesuffix(".env").removeprefix(".") + "-env"))
+        files = sorted({"\0" + ref.source for name in self.exported
+                        for ref in self.active[name].secrets})
+        return _unique([*paths, *files], lambda p: dns_label(
+            p[1:] + "-secret" if p.startswith("\0")
+            else posixpath.basename(p).removesuffix(".env").removeprefix(".") + "-env"))
+
+    def _config_docs(self) -> dict[str, dict[str, Any]]:
+        """A ConfigMap per top-level config the exported services use (its one key is the
+        config's name), from the content the loader read; unreadable ones are findings."""
+        used = sorted({ref.source for name in self.exported
+                       for ref in self.active[name].configs})
+        names = _unique(used, lambda c: dns_label(c + "-config"))
+        out: dict[str, dict[str, Any]] = {}
+        for config in used:
+            source = self.spec.configs.get(config)
+            content = self.loaded.contents.get(("configs", config))
+            if source is None or content is None or content.data is None:
+                self.unmapped(("configs", config), f"config {config} was not readable at "
+                              "export: no ConfigMap, and services do not mount it")
+                continue
+            try:
+                data: dict[str, Any] = {"data": {config: content.data.decode("utf-8")}}
+            except UnicodeDecodeError:
+                data = {"binaryData": {config: base64.b64encode(content.data).decode()}}
+            if source.environment is not None:
+                self.note(("configs", config, "environment"), f"the ConfigMap holds the value "
+                          f"of ${source.environment} in the environment of the export (a "
+                          "config is not a secret: it is written into the manifests)")
+            out[config] = {"apiVersion": "v1", "kind": "ConfigMap",
+                           "metadata": self.meta(names[config], wave=-1), **data}
+        return out
+
+    def _alias_names(self) -> dict[str, list[str]]:
+        """service -> the extra headless Services its `network_aliases` become (aliases that
+        are not DNS-1123 labels, or taken, are findings)."""
+        taken = set(self.names.values())
+        out: dict[str, list[str]] = {}
+        for name in self.exported:
+            svc = self.active[name]
+            for net, aliases in sorted(svc.network_aliases.items()):
+                path: KeyPath = ("services", name, "network_aliases", net)
+                for alias in aliases:
+                    if name in self.jobs:
+                        self.unmapped(path, f"alias {alias!r}: a Job has no Service")
+                    elif alias in out.get(name, []):
+                        continue
+                    elif dns_label(alias) != alias:
+                        self.unmapped(path, f"alias {alias!r} is not a DNS-1123 label (a "
+                                      "Service name): add it to the cluster DNS by hand, or "
+                                      "use a name without dots, capitals or '_'")
+                    elif alias in taken:
+                        self.unmapped(path, f"alias {alias!r} is already the name of another "
+                                      "Service")
+                    else:
+                        taken.add(alias)
+                        out.setdefault(name, []).append(alias)
+                        self.note(path, f"alias {alias!r}: a headless Service of that name "
+                                  f"(it resolves in the whole namespace, not only on {net})")
+        return out
+
+    def _global(self, name: str) -> bool:
+        placement = self.active[name].placement
+        return placement is not None and placement.global_
 
     def _one_shot(self, name: str) -> bool:
         svc = self.active[name]
         hc = svc.healthcheck
-        return (svc.restart in (Restart.NO, Restart.ON_FAILURE)
-                and not (hc is not None and hc.active) and svc.expose is None and not svc.ports)
+        return svc.job or (svc.restart in (Restart.NO, Restart.ON_FAILURE)
+                           and not (hc is not None and hc.active) and svc.expose is None
+                           and not svc.ports)
 
     def labels(self, name: str) -> dict[str, str]:
         svc = self.active[name]
@@ -327,11 +433,19 @@ class _Builder:
             self.note(("services", name, "profiles"),
                       f"profile {', '.join(svc.profiles)} is not enabled: {name} is not "
                       f"exported (pass --profile {svc.profiles[0]})")
+        if self.spec.engine is not None:
+            self.note(("engine",), f"engine {self.spec.engine}: the host engine `apply` uses; "
+                      "the export targets Kubernetes whatever it says")
+        for tier in self.spec.tier_parallelism:
+            self.unmapped(("tier_parallelism", tier), "tier_parallelism: Argo CD applies a "
+                          "wave's objects together (each Deployment rolls on its own)")
         manifests["namespace.yaml"] = (self._namespace(),)
         secret_docs, secret_scripts = self._secrets()
         if secret_docs:
             manifests["secrets.yaml"] = secret_docs
         scripts.update(secret_scripts)
+        if self.configs:
+            manifests["configs.yaml"] = tuple(self.configs[c] for c in sorted(self.configs))
         shared = self._shared_volumes()
         if shared:
             manifests["volumes.yaml"] = shared
@@ -360,8 +474,15 @@ class _Builder:
             "annotations": {WAVE: "-2"}}}
 
     def _kustomization(self, files: list[str]) -> dict[str, Any]:
-        return {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-                "resources": [f for f in files if f != APPLICATION]}
+        out: dict[str, Any] = {"apiVersion": "kustomize.config.k8s.io/v1beta1",
+                               "kind": "Kustomization",
+                               "resources": [f for f in files if f != APPLICATION]}
+        built = sorted({self.active[n].image.rsplit(":", 1)[0] for n in self.exported
+                        if self.active[n].build is not None})
+        if built and self.options.registry:
+            out["images"] = [{"name": repo, "newName": self._registry_name(repo)}
+                             for repo in built]
+        return out
 
     def _application(self) -> dict[str, Any]:
         o = self.options
@@ -400,12 +521,21 @@ class _Builder:
         aliases = self._host_aliases(name)
         if aliases:
             pod["hostAliases"] = aliases
+        pod.update(self._placement(name))
+        dns = self._dns(name)
+        if dns:
+            pod["dnsConfig"] = dns
+        sysctls = self._sysctls(name)
+        if sysctls:
+            pod["securityContext"] = {"sysctls": sysctls}
         template: dict[str, Any] = {"metadata": {"labels": self.labels(name)}, "spec": pod}
         annotations = {k: v for k, v in sorted(svc.labels.items())}
-        if configmaps:
+        used = [self.configs[ref.source] for ref in svc.configs if ref.source in self.configs]
+        if configmaps or used:
             h = hashlib.sha256()
-            for cm in configmaps:
-                for key, text in sorted(cm["data"].items()):
+            for cm in [*configmaps, *used]:
+                for key, text in sorted({**cm.get("data", {}),
+                                         **cm.get("binaryData", {})}.items()):
                     h.update(f"{cm['metadata']['name']}/{key}\0{text}\0".encode())
             annotations[CONFIG_HASH] = h.hexdigest()[:16]
         if annotations:
@@ -413,10 +543,20 @@ class _Builder:
         wave = self.waves[name]
         k8s = self.names[name]
         meta = self.meta(k8s, wave=wave, labels=self.labels(name))
+        glob: KeyPath = ("services", name, "placement", "global")
         if name in self.jobs:
+            if self._global(name):
+                self.unmapped(glob, "global: a Job runs once, not on every node")
             workload = self._job(name, meta, template)
         elif claims:
+            if self._global(name):
+                self.unmapped(glob, "global: a DaemonSet has no volumeClaimTemplates: "
+                              "exported as a StatefulSet of `replicas` pods")
             workload = self._statefulset(name, meta, template, claims)
+        elif self._global(name):
+            self.note(glob, "global: a DaemonSet (one pod on every node that matches the "
+                      "constraints; `replicas` does not apply)")
+            workload = self._daemonset(name, meta, template)
         else:
             workload = self._deployment(name, meta, template)
         docs = [dict(cm, metadata={**cm["metadata"], "annotations": {WAVE: str(wave)}})
@@ -425,7 +565,110 @@ class _Builder:
         service = self._k8s_service(name)
         if service is not None:
             docs.append(service)
+        for alias in self.aliases.get(name, []):
+            docs.append(self._alias_service(name, alias))
         return tuple(docs)
+
+    def _alias_service(self, name: str, alias: str) -> dict[str, Any]:
+        """A network alias: one more name for the pods (headless, as the service's own)."""
+        spec: dict[str, Any] = {"selector": self.selector(name), "clusterIP": "None",
+                                "publishNotReadyAddresses": True}
+        ports = self._container_ports(name)
+        if ports:
+            spec["ports"] = [{"name": p["name"], "port": p["port"], "targetPort": p["port"],
+                              "protocol": p["protocol"]} for p in ports]
+        return {"apiVersion": "v1", "kind": "Service",
+                "metadata": self.meta(alias, wave=self.waves[name], labels=self.labels(name)),
+                "spec": spec}
+
+    def _placement(self, name: str) -> dict[str, Any]:
+        """Swarm placement -> nodeSelector (== on a node label), node affinity (!=, the
+        role), pod anti-affinity (one replica per node); the rest is listed."""
+        placement = self.active[name].placement
+        if placement is None:
+            return {}
+        base: KeyPath = ("services", name, "placement")
+        selector: dict[str, str] = {}
+        exprs: list[dict[str, Any]] = []
+        for i, constraint in enumerate(placement.constraints):
+            match = re.fullmatch(r"\s*([A-Za-z0-9_.\-]+)\s*(==|!=)\s*(\S+)\s*", constraint)
+            assert match is not None  # the spec model checks the grammar
+            key, op, value = match.groups()
+            if key == "node.role" and value in ("manager", "worker"):
+                manager = (value == "manager") == (op == "==")
+                exprs.append({"key": _CONTROL_PLANE,
+                              "operator": "Exists" if manager else "DoesNotExist"})
+                if manager:
+                    self.note((*base, "constraints", i), f"{constraint}: control-plane nodes "
+                              "(usually tainted: add a toleration for "
+                              f"{_CONTROL_PLANE}:NoSchedule)")
+                continue
+            label = _NODE_LABELS.get(key) or (key.removeprefix("node.labels.")
+                                              if key.startswith("node.labels.") else None)
+            if label is None or not _LABEL_KEY.fullmatch(label) or not _LABEL_VALUE.fullmatch(
+                    value):
+                self.unmapped((*base, "constraints", i), f"constraint {constraint!r}: no node "
+                              "label to select on (node.id, engine.labels and values that "
+                              "are not label values have no equivalent)")
+                continue
+            if op == "==" and label not in selector:
+                selector[label] = value
+            else:
+                exprs.append({"key": label, "operator": "In" if op == "==" else "NotIn",
+                              "values": [value]})
+        pod: dict[str, Any] = {}
+        if selector:
+            pod["nodeSelector"] = selector
+        affinity: dict[str, Any] = {}
+        if exprs:
+            affinity["nodeAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": exprs}]}}
+        most = placement.max_replicas_per_node
+        if most is not None and not placement.global_:
+            if most == 1:
+                affinity["podAntiAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": [
+                    {"labelSelector": {"matchLabels": self.selector(name)},
+                     "topologyKey": "kubernetes.io/hostname"}]}
+            else:
+                self.unmapped((*base, "max_replicas_per_node"), f"max_replicas_per_node "
+                              f"{most}: no exact equivalent (a topologySpreadConstraint on "
+                              "kubernetes.io/hostname spreads the pods evenly instead)")
+        if affinity:
+            pod["affinity"] = affinity
+        return pod
+
+    def _dns(self, name: str) -> dict[str, Any]:
+        svc = self.active[name]
+        base: KeyPath = ("services", name)
+        out: dict[str, Any] = {}
+        if svc.dns:
+            servers = list(svc.dns)
+            if len(servers) > _MAX_EXTRA_NAMESERVERS:
+                self.unmapped((*base, "dns"), f"nameservers {', '.join(servers[2:])}: the "
+                              f"kubelet keeps 3 in all, the cluster DNS first")
+            out["nameservers"] = servers[:_MAX_EXTRA_NAMESERVERS]
+        if svc.dns_search:
+            out["searches"] = list(svc.dns_search)
+        if out:
+            self.note((*base, "dns" if svc.dns else "dns_search"), "dnsConfig: the cluster "
+                      "DNS stays first (dnsPolicy ClusterFirst, so Service names resolve); "
+                      "these nameservers and search domains come after it")
+        return out
+
+    def _sysctls(self, name: str) -> list[dict[str, str]]:
+        svc = self.active[name]
+        out = []
+        for key, value in sorted(svc.sysctls.items()):
+            since = _SAFE_SYSCTLS.get(key)
+            if since is not None and _version_at_least(self.options.kubernetes_version,
+                                                       *since):
+                out.append({"name": key, "value": value})
+            else:
+                self.unmapped(("services", name, "sysctls", key), f"sysctl {key} is not a "
+                              f"safe sysctl in Kubernetes {self.options.kubernetes_version}: "
+                              "the namespace's baseline Pod Security Standard refuses it (it "
+                              "also needs the kubelet's --allowed-unsafe-sysctls)")
+        return out
 
     def _container(self, name: str, mounts: list[dict[str, Any]]) -> dict[str, Any]:
         svc = self.active[name]
@@ -470,12 +713,22 @@ class _Builder:
         return {"exec": {"command": ["sleep", str(_seconds(seconds))]}}
 
     def _resources(self, svc: Service) -> dict[str, Any]:
+        """requests = limits (what the host gives), except `memory_reservation`: the memory
+        request (the scheduler reserves it; the limit stays `memory`)."""
         amounts: dict[str, str] = {}
         if svc.resources.memory is not None:
             amounts["memory"] = _memory(svc.resources.memory)
         if svc.resources.cpus is not None:
             amounts["cpu"] = _cpu(svc.resources.cpus)
-        return {"requests": dict(amounts), "limits": dict(amounts)} if amounts else {}
+        requests = dict(amounts)
+        if svc.resources.memory_reservation is not None:
+            requests["memory"] = _memory(svc.resources.memory_reservation)
+        out: dict[str, Any] = {}
+        if requests:
+            out["requests"] = requests
+        if amounts:
+            out["limits"] = dict(amounts)
+        return out
 
     def _probes(self, name: str, hc: Healthcheck | None) -> dict[str, Any]:
         if hc is None or not hc.active or hc.test is None:
@@ -492,10 +745,20 @@ class _Builder:
                  "timeoutSeconds": timeout, "failureThreshold": hc.retries}
         out: dict[str, Any] = {"readinessProbe": dict(probe, successThreshold=1),
                                "livenessProbe": dict(probe)}
+        if hc.start_interval is not None and hc.start_period <= 0:
+            self.note(("services", name, "healthcheck", "start_interval"), "start_interval "
+                      "without start_period has no effect (no startup probe)")
         if hc.start_period > 0:
             # Docker's budget before "unhealthy": start_period, then `retries` failures an
-            # interval apart; probed more often, so a fast start is seen quickly
+            # interval apart; probed more often (start_interval when given), so a fast start
+            # is seen quickly
             startup_period = min(period, _STARTUP_PERIOD_MAX_S)
+            if hc.start_interval is not None:
+                startup_period = _seconds(hc.start_interval)
+                if hc.start_interval != int(hc.start_interval):
+                    self.note(("services", name, "healthcheck", "start_interval"),
+                              f"{hc.start_interval}s rounded up to whole seconds (the "
+                              "startup probe's period)")
             budget = hc.start_period + hc.retries * period
             out["startupProbe"] = dict(probe, periodSeconds=startup_period,
                                        failureThreshold=math.ceil(budget / startup_period))
@@ -552,9 +815,33 @@ class _Builder:
         if svc.privileged:
             self.unmapped((*base, "privileged"), "privileged: not exported (the namespace "
                           "enforces the baseline Pod Security Standard)")
-        if svc.network_mode:
+        joined = joined_service(svc)
+        if joined is not None:
+            self.unmapped((*base, "network_mode"), f"network_mode service:{joined}: in "
+                          f"Kubernetes that is one more container in {joined}'s pod, which "
+                          f"the export does not do: {name} is a pod of its own (it reaches "
+                          f"{joined} by its Service name, not localhost; with no network of "
+                          "its own the default-deny NetworkPolicy isolates it)")
+        elif svc.network_mode:
             self.unmapped((*base, "network_mode"), f"network_mode {svc.network_mode!r}: no "
                           "equivalent (hostNetwork / a shared pod are not exported)")
+        if svc.pids_limit is not None:
+            self.unmapped((*base, "pids_limit"), f"pids_limit {svc.pids_limit}: no per-pod "
+                          "setting (the kubelet's podPidsLimit caps every pod of a node)")
+        for net, address in sorted(svc.ipv4_address.items()):
+            self.unmapped((*base, "ipv4_address", net), f"fixed address {address} on {net}: "
+                          "pods get their addresses from the cluster's network plugin; reach "
+                          "it by its Service name")
+        if svc.backup is not None:
+            self.unmapped((*base, "backup"), "backup: the reconciler's backup before each "
+                          "update has no equivalent (use Velero, or a CronJob that runs the "
+                          "backup command)")
+        for key in _SWARM_UPDATE_KEYS:
+            if getattr(svc.update, key) != getattr(Update(), key):
+                self.unmapped((*base, "update", key), f"update.{key} (Swarm's update "
+                              "config): no Deployment equivalent")
+        if svc.build is not None:
+            self._built_image(name)
         for key in ("pid", "ipc"):
             if getattr(svc, key):
                 self.unmapped((*base, key), f"{key} {getattr(svc, key)!r}: host or shared "
@@ -573,7 +860,7 @@ class _Builder:
             self.unmapped((*base, "stop_signal"), f"stop_signal {svc.stop_signal}: Kubernetes "
                           "sends SIGTERM (use a preStop hook for a graceful stop)")
         if name in self.jobs:
-            if name not in self.gating_jobs:
+            if name not in self.gating_jobs and not svc.job:
                 self.note((*base, "restart"), f"restart {svc.restart.value!r} and no health "
                           "check: exported as a Job (one-shot)")
         elif svc.restart in (Restart.NO, Restart.ON_FAILURE):
@@ -602,6 +889,23 @@ class _Builder:
         if name not in self.jobs and self._has_claims(name):
             self.note((*base, "update", "deadline"), "a StatefulSet has no "
                       "progressDeadlineSeconds: Argo CD's sync waits until it is healthy")
+
+    def _built_image(self, name: str) -> None:
+        svc = self.active[name]
+        path: KeyPath = ("services", name, "build")
+        repo = svc.image.rsplit(":", 1)[0]
+        if self.options.registry:
+            self.add(path, f"image {svc.image} is built on the host: push it as "
+                     f"{self._registry_name(repo)}:{svc.image.rsplit(':', 1)[-1]} (docker tag, "
+                     "docker push); kustomization.yaml `images:` renames it", Kind.WARNING)
+        else:
+            self.add(path, f"image {svc.image} is built on the host and exists only there: "
+                     "push it to a registry the cluster pulls from and export with "
+                     f"--registry PREFIX (kustomization.yaml `images:` renames it), or run "
+                     f"`kustomize edit set image {repo}=REGISTRY/{repo}`", Kind.WARNING)
+
+    def _registry_name(self, repo: str) -> str:
+        return f"{(self.options.registry or '').rstrip('/')}/{repo}"
 
     def _has_claims(self, name: str) -> bool:
         for entry in self.active[name].volumes:
@@ -695,7 +999,39 @@ class _Builder:
             volumes.append({"name": "shm", "emptyDir": {"medium": "Memory",
                                                         "sizeLimit": _memory(svc.shm_size)}})
             mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+        for kind in ("secrets", "configs"):
+            for i, ref in enumerate(getattr(svc, kind)):
+                self._file_ref(name, kind, i, ref, volumes, mounts)
         return volumes, mounts, claims
+
+    def _file_ref(self, name: str, kind: str, i: int, ref: FileRef,
+                  volumes: list[dict[str, Any]], mounts: list[dict[str, Any]]) -> None:
+        """A top-level secret or config, mounted read-only at the same path with the same
+        mode: a one-item Secret/ConfigMap volume, the file bind-mounted by subPath."""
+        path: KeyPath = ("services", name, kind, i)
+        vol = f"{kind}-{i}"
+        item = {"key": ref.source, "path": ref.source}
+        if kind == "secrets":
+            volumes.append({"name": vol, "secret": {
+                "secretName": self.secrets["\0" + ref.source], "items": [item],
+                "defaultMode": ref.file_mode}})
+        elif ref.source in self.configs:
+            volumes.append({"name": vol, "configMap": {
+                "name": self.configs[ref.source]["metadata"]["name"], "items": [item],
+                "defaultMode": ref.file_mode}})
+        else:
+            self.unmapped(path, f"config {ref.source} is not mounted: its content was not "
+                          "readable at export")
+            return
+        mounts.append({"name": vol, "mountPath": ref.mount_path(kind), "subPath": ref.source,
+                       "readOnly": True})
+        for key in ("uid", "gid"):
+            if getattr(ref, key) is not None:
+                self.unmapped((*path, key), f"{key} {getattr(ref, key)}: the files of a "
+                              f"{'Secret' if kind == 'secrets' else 'ConfigMap'} volume are "
+                              "owned by root (group: the pod's fsGroup); set "
+                              "securityContext.fsGroup, or a mode the container's user can "
+                              "read")
 
     def _shared_volumes(self) -> tuple[dict[str, Any], ...]:
         out = []
@@ -729,7 +1065,8 @@ class _Builder:
         order = self._order(name)
         if order is not resolved_order(self.spec, svc):
             self.note(("services", name, "update", "order"), "auto: start-first here (the "
-                      "host ports that make it stop-first on Docker are not exported)")
+                      "host ports or fixed address that make it stop-first on Docker are not "
+                      "exported)")
         if order is UpdateOrder.START_FIRST:
             strategy: dict[str, Any] = {"type": "RollingUpdate", "rollingUpdate": {
                 "maxSurge": svc.update.parallelism, "maxUnavailable": 0}}
@@ -745,6 +1082,21 @@ class _Builder:
             "strategy": strategy,
             "minReadySeconds": min_ready,
             "progressDeadlineSeconds": max(_seconds(svc.update.deadline), min_ready + 1),
+            "revisionHistoryLimit": 10,
+            "template": template}}
+
+    def _daemonset(self, name: str, meta: dict[str, Any],
+                   template: dict[str, Any]) -> dict[str, Any]:
+        svc = self.active[name]
+        if self._order(name) is UpdateOrder.START_FIRST:
+            rolling = {"maxSurge": svc.update.parallelism, "maxUnavailable": 0}
+        else:
+            rolling = {"maxSurge": 0, "maxUnavailable": svc.update.parallelism}
+        return {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": meta, "spec": {
+            "selector": {"matchLabels": self.selector(name)},
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": rolling},
+            "minReadySeconds": (_seconds(svc.update.min_ready)
+                                if svc.update.min_ready > 0 else 0),
             "revisionHistoryLimit": 10,
             "template": template}}
 
@@ -899,16 +1251,30 @@ class _Builder:
 
     # -- secrets --
 
-    def _secret_keys(self) -> dict[str, tuple[str, list[str] | None]]:
-        """secret name -> (env file path as declared, sorted keys or None when unreadable)."""
-        out: dict[str, tuple[str, list[str] | None]] = {}
+    def _secret_keys(self) -> dict[str, _SecretSource]:
+        """secret name -> where its values come from (keys sorted, None when unreadable)."""
+        out: dict[str, _SecretSource] = {}
         for name in self.exported:
             for env in self.loaded.env_files.get(name, ()):
                 keys = sorted(env.values) if env.readable else None
-                out[self.secrets[env.path]] = (env.declared, keys)
+                out[self.secrets[env.path]] = _SecretSource(keys, env_file=env.declared)
                 if not env.readable:
                     self.note(("services", name, "env_file"), f"{env.declared} is not readable "
                               "here: its keys are not listed")
+        for secret in sorted({ref.source for name in self.exported
+                              for ref in self.active[name].secrets}):
+            source = self.spec.secrets.get(secret)
+            if source is None:
+                continue  # `validate` refuses an undefined secret
+            k8s = self.secrets["\0" + secret]
+            if source.environment is not None and not re.fullmatch(
+                    r"[A-Za-z_][A-Za-z0-9_]*", source.environment):
+                self.unmapped(("secrets", secret, "environment"), f"{source.environment!r} "
+                              f"is not a shell variable name: create the Secret {k8s} (key "
+                              f"{secret}) by hand")
+                out[k8s] = _SecretSource([secret])
+                continue
+            out[k8s] = _SecretSource([secret], file=source.file, variable=source.environment)
         return dict(sorted(out.items()))
 
     def _secrets(self) -> tuple[tuple[dict[str, Any], ...], dict[str, str]]:
@@ -920,7 +1286,8 @@ class _Builder:
             return (), {"create-secrets.sh": self._script(secrets, seal=False)}
         docs = []
         store = f"{self.spec.project}-secrets"
-        for secret, (_declared, keys) in secrets.items():
+        for secret, src in secrets.items():
+            keys = src.keys
             meta = self.meta(secret, wave=-1)
             if mode is SecretsMode.EXTERNAL_SECRET:
                 remote = f"{self.spec.project}/{secret}"
@@ -944,19 +1311,21 @@ class _Builder:
                                               "type": "Opaque"}}})
         if mode is SecretsMode.EXTERNAL_SECRET:
             self.note((), f"ExternalSecrets read the ClusterSecretStore {store!r}: "
-                      f"create it and store each env file under {self.spec.project}/<secret>")
+                      f"create it and store each env file and secret under "
+                      f"{self.spec.project}/<secret>")
             return tuple(docs), {}
         self.note((), "SealedSecret stubs: run seal-secrets.sh where the env "
-                  "files are to replace secrets.yaml with the sealed values")
+                  "files and secret files are to replace secrets.yaml with the sealed values")
         return tuple(docs), {"seal-secrets.sh": self._script(secrets, seal=True)}
 
-    def _script(self, secrets: Mapping[str, tuple[str, list[str] | None]], *,
-                seal: bool) -> str:
-        relative = any(not d.startswith("/") for d, _ in secrets.values())
+    def _script(self, secrets: Mapping[str, _SecretSource], *, seal: bool) -> str:
+        declared = [p for src in secrets.values() for p in (src.env_file, src.file) if p]
+        relative = any(not d.startswith("/") for d in declared)
         lines = [
             "#!/bin/sh",
             "# Generated by `reconciler export kubernetes`. Run it on the host that has the env",
-            "# files: values go from those files to the cluster and never into git.",
+            "# files and secret files (and the secrets' variables in its environment): values",
+            "# go from there to the cluster and never into git.",
             "# kubectl reads env files literally: quotes around a value stay part of the value,",
             "# `export KEY=...` is not understood.",
             "set -eu",
@@ -965,15 +1334,16 @@ class _Builder:
         if seal:
             lines.append("OUT=\"${OUT:-$(cd \"$(dirname \"$0\")\" && pwd)/secrets.yaml}\"")
         if relative:
-            lines.append("# relative env files are relative to the spec directory (as given to "
+            lines.append("# relative files are relative to the spec directory (as given to "
                          "the export: run from the same directory, or set SPEC_DIR)")
             lines.append(f"cd \"${{SPEC_DIR:-{self.loaded.directory}}}\"")
         if seal:
             lines += [
                 ": > \"$OUT.tmp\"",
-                "seal() { # name env-file",
-                "    kubectl -n \"$NAMESPACE\" create secret generic \"$1\" "
-                "--from-env-file=\"$2\" --dry-run=client -o yaml \\",
+                "seal() { # name --from-env-file=FILE | --from-file=KEY=FILE",
+                "    name=\"$1\"; shift",
+                "    kubectl -n \"$NAMESPACE\" create secret generic \"$name\" \"$@\" "
+                "--dry-run=client -o yaml \\",
                 "        | kubeseal --format yaml >> \"$OUT.tmp\"",
                 "    echo --- >> \"$OUT.tmp\"",
                 "}",
@@ -982,15 +1352,30 @@ class _Builder:
             lines += [
                 "kubectl get namespace \"$NAMESPACE\" >/dev/null 2>&1 || "
                 "kubectl create namespace \"$NAMESPACE\"",
-                "apply() { # name env-file",
-                "    kubectl -n \"$NAMESPACE\" create secret generic \"$1\" "
-                "--from-env-file=\"$2\" --dry-run=client -o yaml | kubectl apply -f -",
+                "apply() { # name --from-env-file=FILE | --from-file=KEY=FILE",
+                "    name=\"$1\"; shift",
+                "    kubectl -n \"$NAMESPACE\" create secret generic \"$name\" \"$@\" "
+                "--dry-run=client -o yaml | kubectl apply -f -",
                 "}",
             ]
         verb = "seal" if seal else "apply"
-        for secret, (declared, keys) in secrets.items():
-            shown = ", ".join(keys) if keys is not None else "(not readable at export)"
-            lines.append(f"{verb} {secret} {shlex.quote(declared)}  # keys: {shown}")
+        for secret, src in secrets.items():
+            if src.env_file is not None:
+                shown = ", ".join(src.keys) if src.keys is not None else (
+                    "(not readable at export)")
+                lines.append(f"{verb} {secret} {shlex.quote('--from-env-file=' + src.env_file)}"
+                             f"  # keys: {shown}")
+            elif src.file is not None:
+                key = (src.keys or [""])[0]
+                lines.append(f"{verb} {secret} "
+                             f"{shlex.quote(f'--from-file={key}={src.file}')}  # key: {key}")
+            elif src.variable is not None:
+                key = (src.keys or [""])[0]
+                lines.append(f": \"${{{src.variable}?is not set (the value of secret {key})}}\"")
+                lines.append(f"printf '%s' \"${src.variable}\" | {verb} {secret} "
+                             f"{shlex.quote(f'--from-file={key}=/dev/stdin')}  # key: {key}")
+            else:
+                lines.append(f"# {secret}: create it by hand (key: {', '.join(src.keys or [])})")
         if seal:
             lines.append("mv \"$OUT.tmp\" \"$OUT\"")
         return "\n".join(lines) + "\n"
@@ -1030,6 +1415,9 @@ class _Builder:
             if definition.external:
                 self.note(("networks", net), "external network: only its members in this "
                           "namespace are modelled")
+            if definition.ipam is not None:
+                self.unmapped(("networks", net, "ipam"), "ipam: pod addresses come from the "
+                              "cluster's network plugin (no subnets per network)")
             if definition.driver not in ("bridge", "overlay"):
                 self.unmapped(("networks", net, "driver"), f"network driver "
                               f"{definition.driver!r}: no equivalent")

@@ -2,13 +2,16 @@
 the Kubernetes API schemas (kubernetes-validate), structural checks of the CRDs it cannot
 check (Argo CD Application, ExternalSecret, SealedSecret), sync waves that follow the tiers,
 and a property test: every service appears, env-file keys only as Secret references, and no
-env-file value anywhere in the output.
+env-file value anywhere in the output. The keys added later (secrets, configs, build,
+placement, dns, sysctls, aliases, ...) are each translated or listed with file:line.
 
 Regenerate the golden directories with UPDATE_GOLDEN=1 after an intended change, and review
 the diff (tests/golden/k8s-demo/, tests/golden/k8s-specs/)."""
 
 from __future__ import annotations
 
+import argparse
+import base64
 import math
 import os
 import shutil
@@ -37,13 +40,20 @@ from reconciler.export.kubernetes import (
     dns_label,
     export,
 )
-from reconciler.exporting import EXPORT_POLICY, dump, read_mounted, spec_locations, write
+from reconciler.exporting import (
+    EXPORT_POLICY,
+    _registry,
+    dump,
+    read_mounted,
+    spec_locations,
+    write,
+)
 from reconciler.loading import load
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden"
 VERSION = "1.33"
-WORKLOADS = ("Deployment", "StatefulSet", "Job")
+WORKLOADS = ("Deployment", "StatefulSet", "Job", "DaemonSet")
 
 
 def load_rel(spec: str, monkeypatch: pytest.MonkeyPatch, **kw: Any) -> LoadedSpec:
@@ -427,6 +437,9 @@ def stacks(draw: st.DrawFn) -> dict[str, Any]:
             svc["environment"] = {k: "plain" for k in plain}
         svc["networks"] = draw(st.lists(st.sampled_from(["backend", "front"]), max_size=2,
                                         unique=True))
+        if draw(st.booleans()):  # a secret file, mounted under /run/secrets
+            svc["secrets"] = [f"{name}-s"]
+            svc["_file"] = f"canary{i}fileZq"
         if draw(st.booleans()):
             svc["volumes"] = [f"{name}-data:/data"]
             svc["update"] = {"order": "stop-first"}
@@ -450,8 +463,15 @@ def test_property_services_appear_and_secrets_stay_references(
         root = Path(tmp)
         lines = ["project: prop", "networks: {backend: {internal: true}, front: {}}",
                  "volumes: {" + ", ".join(f"{n}-data: {{}}" for n in stack
-                                          if "volumes" in stack[n]) + "}", "services:"]
+                                          if "volumes" in stack[n]) + "}",
+                 "secrets: {" + ", ".join(f"{n}-s: {{file: ./{n}-s.txt}}" for n in stack
+                                          if "_file" in stack[n]) + "}",
+                 "services:"]
         for name, svc in stack.items():
+            if "_file" in svc:
+                secret_file = root / f"{name}-s.txt"
+                secret_file.write_text(svc["_file"])
+                secret_file.chmod(0o600)
             values = svc.pop("_secrets", {})
             if values:
                 env = root / f"{name}.env"
@@ -477,6 +497,9 @@ def test_property_services_appear_and_secrets_stay_references(
             for key in svc.get("_keys", []):
                 assert key not in env_names
                 assert container["envFrom"] == [{"secretRef": {"name": f"{name}-env"}}]
+            if "secrets" in svc:
+                assert {"name": "secrets-0", "mountPath": f"/run/secrets/{name}-s",
+                        "subPath": f"{name}-s", "readOnly": True} in container["volumeMounts"]
             if "volumes" in svc:
                 assert workloads[dns_label(name)]["kind"] == "StatefulSet"
         assert schema_errors(result)[1] == []
@@ -502,3 +525,351 @@ def test_application_and_kustomization(monkeypatch: pytest.MonkeyPatch) -> None:
     app = result.manifests[APPLICATION][0]
     assert app["spec"]["source"]["path"] == "deploy/k8s"
     assert app["spec"]["destination"]["namespace"] == "demo"
+
+
+# --- the keys added since the first export: secrets, configs, build, Swarm placement, ... -----
+
+NEW_KEYS = """\
+project: newkeys
+engine: swarm
+tier_parallelism: {core: 2}
+networks:
+  n: {}
+  fixed: {ipam: {config: [{subnet: 10.77.0.0/24}]}}
+secrets:
+  db_password: {file: ./secrets/db.txt}
+  api_token: {environment: K8SX_TOKEN}
+configs:
+  app_conf: {content: "listen 8080\\n"}
+  file_conf: {file: ./conf/app.ini}
+  env_conf: {environment: K8SX_CONF}
+services:
+  app:
+    tier: core
+    build: ./app
+    networks: [n, fixed]
+    ipv4_address: {fixed: 10.77.0.10}
+    secrets:
+      - db_password
+      - {source: api_token, target: token, mode: "0400", uid: "1000", gid: "1000"}
+    configs:
+      - app_conf
+      - {source: file_conf, target: /etc/app/app.ini, mode: "0440"}
+      - env_conf
+    healthcheck: {test: ["CMD", "true"], interval: 30s, start_period: 60s, start_interval: 2s}
+    pids_limit: 200
+    dns: [1.1.1.1, 8.8.8.8, 9.9.9.9]
+    dns_search: [example.internal]
+    sysctls: {net.ipv4.tcp_syncookies: 1, net.core.somaxconn: 1024}
+    network_aliases: {n: [app-alias, app.legacy]}
+    resources: {memory: 512m, memory_reservation: 256m}
+    update: {delay: 5s, failure_action: rollback, monitor: 10s, max_failure_ratio: 0.5}
+    placement:
+      constraints: [node.labels.zone==eu-1, node.hostname!=web-2, node.role==manager,
+                    node.id==abc, engine.labels.x==y]
+      max_replicas_per_node: 1
+    backup: {volumes: true}
+  edge:
+    tier: external
+    image: nginx:1
+    networks: [n]
+    replicas: 2
+    placement: {global: true, constraints: [node.role!=manager]}
+  spread:
+    tier: external
+    image: nginx:1
+    replicas: 4
+    networks: [n]
+    placement: {max_replicas_per_node: 2}
+  sidecar:
+    tier: external
+    image: busybox:1
+    network_mode: service:app
+  once:
+    tier: core
+    kind: job
+    image: busybox:1
+    healthcheck: {test: ["CMD", "true"]}
+"""
+SECRET_FILE_CANARY = "canary-secret-file-Zq7"
+SECRET_ENV_CANARY = "canary-secret-env-Zq7"
+
+
+def new_keys_spec(root: Path, monkeypatch: pytest.MonkeyPatch, text: str = NEW_KEYS) -> Path:
+    (root / "spec.yaml").write_text(text)
+    (root / "app").mkdir()
+    (root / "app" / "Dockerfile").write_text("FROM busybox:1\n")
+    (root / "secrets").mkdir()
+    secret = root / "secrets" / "db.txt"
+    secret.write_text(SECRET_FILE_CANARY)
+    secret.chmod(0o600)
+    (root / "conf").mkdir()
+    (root / "conf" / "app.ini").write_text("a=1\n")
+    monkeypatch.setenv("K8SX_TOKEN", SECRET_ENV_CANARY)
+    monkeypatch.setenv("K8SX_CONF", "from-the-environment")
+    return root
+
+
+def export_new_keys(root: Path, **kw: Any) -> Export:
+    loaded = load(root, strict=False, policy=EXPORT_POLICY)
+    return export(loaded, options=Options(**kw), locations=spec_locations(loaded),
+                  contents=read_mounted(loaded))
+
+
+def workload(result: Export, name: str) -> dict[str, Any]:
+    return next(d for _n, d in result.documents()
+                if d["kind"] in (*WORKLOADS, "DaemonSet") and d["metadata"]["name"] == name)
+
+
+# (line, key path, kind, text): every new key is either translated (then a note says how
+# where it is looser) or listed, with its file:line
+NEW_KEY_FINDINGS = [
+    (2, "engine", Kind.NOTE, "the export targets Kubernetes"),
+    (3, "tier_parallelism.core", Kind.UNMAPPED, "Argo CD applies a wave's objects together"),
+    (6, "networks.fixed.ipam", Kind.UNMAPPED, "pod addresses come from"),
+    (13, "configs.env_conf.environment", Kind.NOTE, "the value of $K8SX_CONF"),
+    (17, "services.app.build", Kind.WARNING, "built on the host and exists only there"),
+    (19, "services.app.ipv4_address.fixed", Kind.UNMAPPED, "fixed address 10.77.0.10"),
+    (22, "services.app.secrets[1].uid", Kind.UNMAPPED, "owned by root"),
+    (22, "services.app.secrets[1].gid", Kind.UNMAPPED, "fsGroup"),
+    (28, "services.app.pids_limit", Kind.UNMAPPED, "podPidsLimit"),
+    (29, "services.app.dns", Kind.UNMAPPED, "nameservers 9.9.9.9"),
+    (29, "services.app.dns", Kind.NOTE, "dnsConfig: the cluster DNS stays first"),
+    (31, "services.app.sysctls.net.core.somaxconn", Kind.UNMAPPED, "not a safe sysctl"),
+    (32, "services.app.network_aliases.n", Kind.UNMAPPED, "'app.legacy' is not a DNS-1123"),
+    (32, "services.app.network_aliases.n", Kind.NOTE, "'app-alias': a headless Service"),
+    (34, "services.app.update.delay", Kind.UNMAPPED, "Swarm's update config"),
+    (34, "services.app.update.failure_action", Kind.UNMAPPED, "Swarm's update config"),
+    (34, "services.app.update.monitor", Kind.UNMAPPED, "Swarm's update config"),
+    (34, "services.app.update.max_failure_ratio", Kind.UNMAPPED, "Swarm's update config"),
+    (36, "services.app.placement.constraints[2]", Kind.NOTE, "add a toleration"),
+    (37, "services.app.placement.constraints[3]", Kind.UNMAPPED, "'node.id==abc'"),
+    (37, "services.app.placement.constraints[4]", Kind.UNMAPPED, "'engine.labels.x==y'"),
+    (39, "services.app.backup", Kind.UNMAPPED, "Velero"),
+    (45, "services.edge.placement.global", Kind.NOTE, "a DaemonSet"),
+    (51, "services.spread.placement.max_replicas_per_node", Kind.UNMAPPED,
+     "topologySpreadConstraint"),
+    (55, "services.sidecar.network_mode", Kind.UNMAPPED, "one more container in app's pod"),
+]
+
+
+@pytest.mark.parametrize(("line", "key", "kind", "text"), NEW_KEY_FINDINGS,
+                         ids=[f"{k}-{kind.name}" for _l, k, kind, _t in NEW_KEY_FINDINGS])
+def test_new_keys_are_translated_or_listed_with_file_and_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, line: int, key: str, kind: Kind,
+        text: str) -> None:
+    result = export_new_keys(new_keys_spec(tmp_path, monkeypatch))
+    prefix = f"{tmp_path / 'spec.yaml'}:{line}: {key}: "
+    mine = [str(f) for f in result.findings if f.kind is kind]
+    assert any(f.startswith(prefix) and text in f for f in mine), (prefix, text, mine)
+
+
+def test_new_keys_manifests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = export_new_keys(new_keys_spec(tmp_path, monkeypatch))
+    assert schema_errors(result)[1] == []
+    app = workload(result, "app")
+    pod = app["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    # secrets and configs: one-item volumes, mounted by subPath where the spec mounts them
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert set(mounts) == {"/run/secrets/db_password", "/run/secrets/token", "/app_conf",
+                           "/etc/app/app.ini", "/env_conf"}
+    assert all(m["readOnly"] for m in mounts.values())
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    token = volumes[mounts["/run/secrets/token"]["name"]]["secret"]
+    assert token == {"secretName": "api-token-secret", "defaultMode": 0o400,
+                     "items": [{"key": "api_token", "path": "api_token"}]}
+    assert mounts["/run/secrets/token"]["subPath"] == "api_token"
+    assert volumes[mounts["/run/secrets/db_password"]["name"]]["secret"]["defaultMode"] == 0o444
+    ini = volumes[mounts["/etc/app/app.ini"]["name"]]["configMap"]
+    assert (ini["name"], ini["defaultMode"]) == ("file-conf-config", 0o440)
+    configs = by_kind(result, "ConfigMap")
+    assert configs["app-conf-config"]["data"] == {"app_conf": "listen 8080\n"}
+    assert configs["file-conf-config"]["data"] == {"file_conf": "a=1\n"}
+    assert configs["env-conf-config"]["data"] == {"env_conf": "from-the-environment"}
+    assert "configs.yaml" in result.manifests[KUSTOMIZATION][0]["resources"]
+    # the rest of the pod
+    assert c["image"].startswith("newkeys-app:")
+    assert c["resources"] == {"requests": {"memory": "256Mi"}, "limits": {"memory": "512Mi"}}
+    startup = c["startupProbe"]
+    assert startup["periodSeconds"] == 2  # start_interval
+    assert startup["failureThreshold"] == math.ceil((60 + 3 * 30) / 2)
+    assert pod["dnsConfig"] == {"nameservers": ["1.1.1.1", "8.8.8.8"],
+                                "searches": ["example.internal"]}
+    assert pod["securityContext"] == {"sysctls": [{"name": "net.ipv4.tcp_syncookies",
+                                                   "value": "1"}]}
+    assert pod["nodeSelector"] == {"zone": "eu-1"}
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"][0]["matchExpressions"] == [
+        {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["web-2"]},
+        {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]
+    anti = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["topologyKey"] == "kubernetes.io/hostname"
+    services = by_kind(result, "Service")
+    assert services["app-alias"]["spec"]["selector"] == services["app"]["spec"]["selector"]
+    assert "app.legacy" not in services
+    edge = workload(result, "edge")
+    assert edge["kind"] == "DaemonSet" and "replicas" not in edge["spec"]
+    assert edge["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0][
+        "matchExpressions"] == [{"key": "node-role.kubernetes.io/control-plane",
+                                 "operator": "DoesNotExist"}]
+    assert workload(result, "once")["kind"] == "Job"  # kind: job, even with a health check
+    assert workload(result, "spread")["kind"] == "Deployment"
+    assert "affinity" not in workload(result, "spread")["spec"]["template"]["spec"]
+    assert "images" not in result.manifests[KUSTOMIZATION][0]  # no --registry
+
+
+@pytest.mark.parametrize("secrets", list(SecretsMode))
+def test_secret_files_and_variables_never_reach_the_output(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, secrets: SecretsMode) -> None:
+    root = new_keys_spec(tmp_path, monkeypatch)
+    loaded = load(root, strict=False, policy=EXPORT_POLICY)
+    # the loader did read them (a canary that is absent proves nothing)
+    assert loaded.contents[("secrets", "db_password")].data == SECRET_FILE_CANARY.encode()
+    assert loaded.contents[("secrets", "api_token")].data == SECRET_ENV_CANARY.encode()
+    result = export(loaded, options=Options(secrets=secrets), locations=spec_locations(loaded))
+    out = tmp_path / "out"
+    write(result, out)
+    everything = "".join(p.read_text() for p in out.rglob("*") if p.is_file())
+    everything += findings_text(result)
+    assert "canary" not in everything
+    assert schema_errors(result)[1] == []
+    if secrets is SecretsMode.SCRIPT:
+        script = result.scripts["create-secrets.sh"]
+        assert ("apply db-password-secret --from-file=db_password=./secrets/db.txt"
+                in script)
+        assert ': "${K8SX_TOKEN?' in script
+        assert ("printf '%s' \"$K8SX_TOKEN\" | apply api-token-secret "
+                "--from-file=api_token=/dev/stdin") in script
+    elif secrets is SecretsMode.SEALED_SECRET:
+        sealed = by_kind(result, "SealedSecret")
+        assert sealed["db-password-secret"]["spec"]["encryptedData"] == {
+            "db_password": "SEAL-ME"}
+        assert "seal db-password-secret --from-file=db_password=" in (
+            result.scripts["seal-secrets.sh"])
+        for doc in sealed.values():
+            check_crd(doc)
+    else:
+        external = by_kind(result, "ExternalSecret")
+        assert external["api-token-secret"]["spec"]["data"] == [
+            {"secretKey": "api_token",
+             "remoteRef": {"key": "newkeys/api-token-secret", "property": "api_token"}}]
+        for doc in external.values():
+            check_crd(doc)
+
+
+def test_script_creates_secrets_from_files_and_variables(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run create-secrets.sh against a fake kubectl: the Secret gets the exact bytes."""
+    root = new_keys_spec(tmp_path, monkeypatch)
+    result = export_new_keys(root)
+    out = tmp_path / "out"
+    write(result, out)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    log = tmp_path / "kubectl.log"
+    (fake / "kubectl").write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        case "$*" in *"create secret"*)
+            for a in "$@"; do case "$a" in --from-file=*)
+                f="${{a#--from-file=*=}}"; printf '%s=' "$a" >> {log}
+                cat "$f" >> {log}; echo >> {log};; esac; done;;
+        esac
+        """))
+    (fake / "kubectl").chmod(0o755)
+    import subprocess
+    env = {"PATH": f"{fake}:/usr/bin:/bin", "K8SX_TOKEN": "tok en\n", "SPEC_DIR": str(root)}
+    done = subprocess.run(["sh", str(out / "create-secrets.sh")], env=env, timeout=30,
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().splitlines() == [
+        "--from-file=api_token=/dev/stdin=tok en", "",
+        f"--from-file=db_password=./secrets/db.txt={SECRET_FILE_CANARY}"]
+    unset = {k: v for k, v in env.items() if k != "K8SX_TOKEN"}
+    done = subprocess.run(["sh", str(out / "create-secrets.sh")], env=unset, timeout=30,
+                          capture_output=True, text=True, check=False)
+    assert done.returncode != 0 and "K8SX_TOKEN" in done.stderr
+
+
+def test_registry_renames_built_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = export_new_keys(new_keys_spec(tmp_path, monkeypatch),
+                             registry="registry.example.com/team")
+    image = workload(result, "app")["spec"]["template"]["spec"]["containers"][0]["image"]
+    repo, tag = image.rsplit(":", 1)
+    assert result.manifests[KUSTOMIZATION][0]["images"] == [
+        {"name": repo, "newName": f"registry.example.com/team/{repo}"}]
+    warning = [str(f) for f in result.findings if f.kind is Kind.WARNING]
+    assert len(warning) == 1 and f"registry.example.com/team/{repo}:{tag}" in warning[0]
+
+
+def test_unreadable_config_is_listed_not_mounted(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    root = new_keys_spec(tmp_path, monkeypatch)
+    monkeypatch.delenv("K8SX_CONF")
+    result = export_new_keys(root)
+    text = findings_text(result)
+    assert "configs.env_conf: config env_conf was not readable at export" in text
+    assert "services.app.configs[2]: config env_conf is not mounted" in text
+    assert "env-conf-config" not in by_kind(result, "ConfigMap")
+    mounts = workload(result, "app")["spec"]["template"]["spec"]["containers"][0][
+        "volumeMounts"]
+    assert "/env_conf" not in {m["mountPath"] for m in mounts}
+    assert schema_errors(result)[1] == []
+
+
+@pytest.mark.parametrize(("version", "mapped"), [("1.25", ["net.ipv4.tcp_syncookies"]),
+                                                 ("1.33", ["net.ipv4.tcp_fin_timeout",
+                                                           "net.ipv4.tcp_syncookies"])])
+def test_sysctls_follow_the_safe_set_of_the_version(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str,
+        mapped: list[str]) -> None:
+    text = NEW_KEYS.replace("{net.ipv4.tcp_syncookies: 1, net.core.somaxconn: 1024}",
+                            "{net.ipv4.tcp_syncookies: 1, net.ipv4.tcp_fin_timeout: 30}")
+    result = export_new_keys(new_keys_spec(tmp_path, monkeypatch, text),
+                             kubernetes_version=version)
+    pod = workload(result, "app")["spec"]["template"]["spec"]
+    assert [s["name"] for s in pod["securityContext"]["sysctls"]] == mapped
+    listed = "services.app.sysctls.net.ipv4.tcp_fin_timeout: sysctl" in findings_text(result)
+    assert listed == (version == "1.25")
+    assert schema_errors(result, version)[1] == []
+
+
+def test_global_with_own_volumes_stays_a_statefulset(tmp_path: Path) -> None:
+    (tmp_path / "spec.yaml").write_text(textwrap.dedent("""\
+        project: g
+        volumes: {data: {}}
+        services:
+          db:
+            tier: core
+            image: x:1
+            volumes: ["data:/data"]
+            placement: {global: true}
+        """))
+    result = export_new_keys(tmp_path)
+    assert workload(result, "db")["kind"] == "StatefulSet"
+    assert "services.db.placement.global: global: a DaemonSet has no volumeClaimTemplates" in (
+        findings_text(result))
+    assert schema_errors(result)[1] == []
+
+
+def test_binary_config_goes_to_binary_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = new_keys_spec(tmp_path, monkeypatch)
+    (root / "conf" / "app.ini").write_bytes(b"\x00\xff\xfe binary")
+    result = export_new_keys(root)
+    cm = by_kind(result, "ConfigMap")["file-conf-config"]
+    assert "data" not in cm
+    assert base64.b64decode(cm["binaryData"]["file_conf"]) == b"\x00\xff\xfe binary"
+    assert schema_errors(result)[1] == []
+
+
+@pytest.mark.parametrize(("value", "ok"), [("registry.example.com/team", True),
+                                           ("localhost:5000", True), ("ghcr.io/org/sub/", True),
+                                           ("Registry.example.com", False), ("a b", False),
+                                           ("https://registry.example.com", False)])
+def test_registry_option_is_checked(value: str, ok: bool) -> None:
+    if ok:
+        assert _registry(value) == value.rstrip("/")
+    else:
+        with pytest.raises(argparse.ArgumentTypeError):
+            _registry(value)
