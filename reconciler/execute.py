@@ -54,7 +54,8 @@ EXEC_FIRST_S = 0.25  # exec probes until the first success: this cadence (start 
 EXEC_FAST_S = 4.0  # ...for this long after the gate began, then backing off by 1.25x...
 EXEC_MAX_S = 1.0  # ...to at most this
 EVENTS_CONNECT_S = 5.0  # the run's event subscription; without it, gates only poll
-EXEC_CONCURRENCY = 4  # exec probes in flight at once (each is a runc exec: host CPU)
+EXEC_CONCURRENCY = 4  # exec probes starting at once (each is a runc exec: host CPU)...
+EXEC_SLOT_S = 1.0  # ...a probe holds its slot at most this long
 
 
 class FailureKind(StrEnum):
@@ -668,12 +669,28 @@ class Executor:
 
     async def _exec_probe(self, cid: str, cmd: list[str], timeout_s: float) -> bool:
         """One run of the container's own health check by exec: exit 0 within its timeout."""
+        # the slots bound how many probes start at once (a runc exec costs its start); a probe
+        # still running after EXEC_SLOT_S (an app holding the connection until the check's
+        # timeout) frees its slot, so it never starves the other services' probes
         async with self._exec_slots:
+            task = asyncio.ensure_future(self._exec_once(cid, cmd, timeout_s))
             try:
-                async with asyncio.timeout(timeout_s):
-                    return (await self.rt.exec_in_container(cid, cmd)).exit_code == 0
-            except (TimeoutError, EngineError):
-                return False
+                await asyncio.wait({task}, timeout=EXEC_SLOT_S)
+            except BaseException:
+                task.cancel()
+                raise
+        try:
+            return await task
+        except BaseException:
+            task.cancel()
+            raise
+
+    async def _exec_once(self, cid: str, cmd: list[str], timeout_s: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout_s):
+                return (await self.rt.exec_in_container(cid, cmd)).exit_code == 0
+        except (TimeoutError, EngineError):
+            return False
 
     async def _completed(self, step: Step, svc: DesiredService, cid: str,
                          outcome: ExecutionReport) -> None:

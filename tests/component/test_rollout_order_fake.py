@@ -160,7 +160,7 @@ async def test_exec_probe_cadence_is_start_to_start_then_backs_off(
         if c.labels.get("reconciler.service") == "db":
             at.append(fake.now)
 
-    fake.exec_handler = stamp  # type: ignore[assignment]
+    fake.exec_handler = stamp
     rec, _ = make(tmp_path, fake, TIERS)
     res = await rec.reconcile()
     assert res.result is PassStatus.CONVERGED, res.message
@@ -264,3 +264,33 @@ async def test_old_replicas_stop_in_the_background_with_at_most_one_surplus_copy
     assert peak == {"a": 3, "b": 2}
     # the pass ended with every old container gone
     assert all(c.config["Image"] == "app:2" for c in fake.containers.values())
+
+
+async def test_a_hanging_exec_probe_frees_its_slot_for_other_services(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probes that hang until their check's timeout (an app holding the connection) must not
+    starve the other services' probes: a slot is held at most EXEC_SLOT_S."""
+    import reconciler.execute as execute
+    from reconciler.runtimes import ExecResult
+
+    monkeypatch.setattr(execute, "EXEC_SLOT_S", 0.05)
+    release = asyncio.Event()
+
+    class Hanging:
+        start_interval = False
+
+        async def exec_in_container(self, cid: str, cmd: list[str]) -> ExecResult:
+            if cid.startswith("hang"):
+                await release.wait()
+            return ExecResult(exit_code=0, output="")
+
+    ex = execute.Executor(Hanging())  # type: ignore[arg-type]
+    hung = [asyncio.ensure_future(ex._exec_probe(f"hang{i}", ["true"], 30.0))
+            for i in range(execute.EXEC_CONCURRENCY + 2)]
+    await asyncio.sleep(0)
+    # every slot is taken by a hanging probe, yet a quick one gets through in a few slot times
+    quick = await asyncio.wait_for(ex._exec_probe("quick", ["true"], 30.0), timeout=2.0)
+    assert quick is True
+    assert not any(t.done() for t in hung)  # still waiting for their own timeout
+    release.set()
+    assert all(await asyncio.gather(*hung))
