@@ -261,19 +261,23 @@ def engine_of(args: argparse.Namespace) -> str:
     invalid value is reported by the load itself), else docker."""
     import re
 
+    from reconciler import hostfiles, yamlread
+
     if getattr(args, "engine", None):
         return str(args.engine)
     try:
-        for path in sorted(spec_dir(args).glob("*.y*ml")):
-            with open(path, encoding="utf-8", errors="replace") as f:
-                match = re.search(r"^engine:\s*['\"]?(swarm|docker)\b", f.read(1 << 20),
-                                  re.MULTILINE)
-            if match:
-                return match.group(1)
+        paths = sorted(spec_dir(args).glob("*.y*ml"))
     except OSError:
-        pass
+        return "docker"
+    for path in paths:
+        try:  # a regular file only, bounded: a FIFO, device or symlink is the load's to refuse
+            text = hostfiles.read_regular_file(path, yamlread.MAX_FILE_BYTES)
+        except OSError:
+            continue
+        match = re.search(rb"^engine:\s*['\"]?(swarm|docker)\b", text, re.MULTILINE)
+        if match:
+            return match.group(1).decode()
     return "docker"
-
 
 
 def _run(coro: Coroutine[Any, Any, _T]) -> _T:

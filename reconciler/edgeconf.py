@@ -25,10 +25,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler import hostfiles
 from reconciler.persistence import StateError, atomic_write, read_state_file
 
 APPLIED = "applied.json"
 MOUNTS = "mounts"
+MAX_FILE_BYTES = 64 << 20  # one staged file (the load's digest budget bounds the total)
 
 
 def conf_dir(state_dir: Path, project: str) -> Path:
@@ -61,7 +63,8 @@ def _tree(root: Path) -> dict[str, Entry]:
             if stat.S_ISLNK(st.st_mode):
                 out[rel] = ("link", 0, os.fsencode(os.readlink(full)))
             elif stat.S_ISREG(st.st_mode):
-                out[rel] = ("file", st.st_mode & 0o777, full.read_bytes())
+                out[rel] = ("file", st.st_mode & 0o777,
+                            hostfiles.read_regular(full, limit=MAX_FILE_BYTES))
     return out
 
 
@@ -72,7 +75,8 @@ def _read(path: Path) -> Former:
         return None
     if stat.S_ISDIR(st.st_mode):
         return _tree(path)
-    return ("file", st.st_mode & 0o777, path.read_bytes())
+    # a regular file only (never a FIFO, device or symlink, even one swapped in since the load)
+    return ("file", st.st_mode & 0o777, hostfiles.read_regular(path, limit=MAX_FILE_BYTES))
 
 
 def _overwrite(path: Path, data: bytes, mode: int) -> None:
@@ -142,7 +146,9 @@ def stage(pairs: Iterable[tuple[str, str]], *, fresh: bool = False) -> Staged:
         for _, target in pairs:
             former.append((target, _read(Path(target))))
         for source, target in pairs:
-            content = _read(Path(source))
+            # the source's real path was confined to the checkout by the load: a symlink
+            # inside it (nginx.conf -> conf/prod.conf) stages the file it names
+            content = _read(Path(os.path.realpath(source)))
             if content is None:
                 raise StateError(f"{source}: the mounted spec file is gone")
             _put(Path(target), content, fresh=fresh)

@@ -54,12 +54,19 @@ def panels(dash: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from panel.get("panels", [])  # collapsed rows
 
 
-def dashboard_queries(dash: dict[str, Any]) -> list[tuple[str, str]]:
+SWARM_ONLY = "reconciler_swarm_"  # series a one-host reconciler never exports
+
+
+def dashboard_queries(dash: dict[str, Any], *, engine: str = "docker",
+                      ) -> list[tuple[str, str]]:
     """(where, expr) for every target of every panel and every query variable
-    (`label_values(expr, label)` -> expr)."""
+    (`label_values(expr, label)` -> expr). `engine="docker"` leaves out the Swarm panels
+    (their series exist only under `--engine swarm`); `engine="swarm"`: every panel."""
     out: list[tuple[str, str]] = []
     for panel in panels(dash):
         for target in panel.get("targets", []):
+            if SWARM_ONLY in target["expr"] and engine != "swarm":
+                continue
             out.append((f"panel {panel['title']!r} {target['refId']}", target["expr"]))
     for var in dash["templating"]["list"]:
         if var["type"] != "query":
