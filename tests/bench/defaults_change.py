@@ -28,6 +28,7 @@ from typing import Any
 
 from tests.bench import engine
 from tests.bench.edge_compare import _compose, _figures, _free_port, _under_load, _wait_serving
+from tests.bench.generate import static_upstreams
 from tests.dockerkit import APP, NGINX, REPO, Host
 
 STATEFUL = ("db", "cache")
@@ -89,11 +90,7 @@ _APP_SVC = """  {name}:
     networks: [edge]
 """
 
-STATIC_UPSTREAMS = """upstream api-gateway {
-    server api-gateway:8080;
-    keepalive 16;
-}
-"""
+STATIC_UPSTREAMS = static_upstreams([("api-gateway", 8080)])
 
 
 def compose_file() -> str:

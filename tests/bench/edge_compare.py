@@ -31,6 +31,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from tests.bench.generate import static_upstreams
 from tests.dockerkit import APP, NGINX, REPO, Host
 from tests.loadgen import LoadResult, run_load
 
@@ -90,12 +91,7 @@ networks:
   edge: {{}}
 """
 
-STATIC_UPSTREAMS = """# what operators have today: the service name, resolved once when nginx starts
-upstream api-gateway {
-    server api-gateway:8080;
-    keepalive 16;
-}
-"""
+STATIC_UPSTREAMS = static_upstreams([("api-gateway", 8080)])
 
 
 def _free_port() -> int:

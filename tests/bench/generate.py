@@ -269,14 +269,20 @@ def compose_file(stack: Stack, *, upstreams_dir: str = "./conf.d") -> dict[str, 
     return doc
 
 
-def compose_upstreams(stack: Stack) -> str:
-    """Compose has no upstream management: a static file naming the service (Docker DNS)."""
-    out = []
-    for s in stack.services:
-        if s.expose_port:
-            out.append(f"upstream {s.name} {{\n    server {s.name}:{s.expose_port};\n"
-                       "    keepalive 16;\n}\n")
+def static_upstreams(served: Sequence[tuple[str, int]]) -> str:
+    """What operators have under compose: each upstream names the service (Docker DNS,
+    resolved once when nginx starts), plus the enabled-services map nginx/nginx.conf reads
+    (the reconciler renders both)."""
+    out = [f"upstream {name} {{\n    server {name}:{port};\n    keepalive 16;\n}}\n"
+           for name, port in served]
+    out.append("map $edge_service $edge_service_enabled {\n    default 0;\n"
+               + "".join(f"    {name} 1;\n" for name, _ in served) + "}\n")
     return "".join(out)
+
+
+def compose_upstreams(stack: Stack) -> str:
+    """Compose has no upstream management: a static file naming the services."""
+    return static_upstreams([(s.name, s.expose_port) for s in stack.services if s.expose_port])
 
 
 def dump_yaml(doc: Mapping[str, Any]) -> str:

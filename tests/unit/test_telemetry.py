@@ -238,7 +238,8 @@ def test_promtool_check_metrics_has_no_findings() -> None:
 def test_every_metric_in_the_dashboard_and_the_rules_is_exported() -> None:
     reg, _ = exercised()
     exported = sample_names(reg)
-    exprs = [e for _, e in dashboard_queries(dashboard(), engine="swarm")] + [r["expr"] for r in alert_rules()]
+    exprs = ([e for _, e in dashboard_queries(dashboard(), engine="swarm")]
+             + [r["expr"] for r in alert_rules()])
     used: set[str] = set()
     for expr in exprs:
         used |= metric_names(expr)
