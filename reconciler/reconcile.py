@@ -124,6 +124,10 @@ def _revert_plan(desired: Desired, snapshot: Snapshot) -> Plan:
 
 
 class Reconciler:
+    # the edge mounts staged copies of its config (reloaded in place); an engine whose
+    # executor never stages them (Swarm) mounts the checkout
+    stage_edge_config = True
+
     def __init__(
         self, *, spec_dir: Path, state: State, runtime: Runtime, profiles: tuple[str, ...] = (),
         policy: HostPolicy | None = None, report: Reporter = ignore_progress,
@@ -180,7 +184,8 @@ class Reconciler:
                 logs_dir.mkdir(parents=True, exist_ok=True)
             desired = build(loaded, key, edge_dir=str(directory) if spec.edge else None,
                             edge_log_dir=str(logs_dir) if logs_dir else None,
-                            edge_conf_dir=str(conf / edgeconf.MOUNTS) if spec.edge else None,
+                            edge_conf_dir=(str(conf / edgeconf.MOUNTS)
+                                           if spec.edge and self.stage_edge_config else None),
                             files_dir=str(self.files.root))
             self._built = (loaded, desired)
         self.last_desired = desired

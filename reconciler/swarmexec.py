@@ -321,6 +321,8 @@ class SwarmReconciler(Reconciler):
     """The `Reconciler` on a Swarm cluster: the same pass (candidate or last-good,
     quarantine, revert, history); observing, planning and executing are Swarm's."""
 
+    stage_edge_config = False  # a changed nginx.conf rolls the edge service (swarm_fingerprint)
+
     def __init__(self, *, api: SwarmApi, runtime: Runtime, mode: EndpointMode,
                  **kwargs: Any) -> None:
         super().__init__(runtime=runtime, **kwargs)

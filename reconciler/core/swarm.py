@@ -161,8 +161,10 @@ def _monitor(svc: DesiredService) -> float:
 
 def swarm_fingerprint(svc: DesiredService, *, mode: EndpointMode) -> str:
     """The generation of a Swarm service: the (keyed) container fingerprint combined with
-    the Swarm-only config; nothing secret enters the part that is not keyed."""
-    raw = svc.fingerprint + labels.canonical(swarm_config(svc, mode=mode))
+    the Swarm-only config; nothing secret enters the part that is not keyed. The edge's
+    mounted-config digest (keyed) is part of it: a Swarm edge mounts the checkout, so a
+    changed nginx.conf is a rolling update of the edge service, not a graceful reload."""
+    raw = svc.fingerprint + svc.config_digest + labels.canonical(swarm_config(svc, mode=mode))
     return hashlib.sha256(raw.encode()).hexdigest()[:labels.FINGERPRINT_LENGTH]
 
 
