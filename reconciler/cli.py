@@ -405,6 +405,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         plan = dataclasses.replace(plan, notes=(*plan.notes, (
             degraded_line(degraded["failed"], degraded.get("waiting") or {})
             + " (first deploy: the failed services are retried)")))
+    return print_plan(args, loaded, plan, where="host")
+
+
+def print_plan(args: argparse.Namespace, loaded: LoadedSpec, plan: Plan, *, where: str) -> int:
+    """Print a preview (text or `--json`), noting a quarantined spec; the preview's exit
+    code. `where`: what apply keeps on last-good ("host", "cluster")."""
     try:
         held = State(state_dir(args)).quarantined().get(loaded.fingerprint)
     except StateError:
@@ -412,7 +418,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if held:
         plan = dataclasses.replace(plan, notes=(*plan.notes, (
             f"this spec ({loaded.fingerprint}) is quarantined ({held.get('reason', '')}); "
-            "apply and run keep the host on last-good until the spec changes")))
+            f"apply and run keep the {where} on last-good until the spec changes")))
     if args.json:
         sys.stdout.write(render.as_json(plan, revision=loaded.revision))
     else:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import os
 import sys
@@ -17,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import cli
-from reconciler.core import render, swarm
+from reconciler.core import swarm
 from reconciler.core.desired import build
 from reconciler.core.model import LoadedSpec, Location, Problem, SpecError, lookup
 from reconciler.core.swarm import EndpointMode, SwarmSnapshot
 from reconciler.loading import load_policy, read_yaml
-from reconciler.persistence import State, StateError
+from reconciler.persistence import State
 from reconciler.runtimes import EngineError
 from reconciler.swarmd import SwarmRuntime, ipvs_available
 
@@ -98,20 +97,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     snapshot = asyncio.run(_observe_or_empty(desired.project))
     mode, _ = endpoint_mode()
     plan = swarm.compute(desired, snapshot, mode=mode)
-    try:
-        held = State(cli.state_dir(args)).quarantined().get(loaded.fingerprint)
-    except StateError:
-        held = None
-    if held:
-        plan = dataclasses.replace(plan, notes=(*plan.notes, (
-            f"this spec ({loaded.fingerprint}) is quarantined ({held.get('reason', '')}); "
-            "apply and run keep the cluster on last-good until the spec changes")))
-    if args.json:
-        sys.stdout.write(render.as_json(plan, revision=loaded.revision))
-    else:
-        sys.stdout.write(render.text(plan, color=cli.color_enabled(sys.stdout),
-                                     revision=loaded.revision))
-    return cli.EXIT_OK if plan.empty else cli.EXIT_CHANGES
+    return cli.print_plan(args, loaded, plan, where="cluster")
 
 
 def reconciler_for(args: argparse.Namespace, state: State, rt: SwarmRuntime, *,
