@@ -221,7 +221,7 @@ _HANDLED = {
     "privileged", "network_mode", "pid", "ipc", "cap_add", "shm_size", "deploy",
     "container_name", "mem_limit", "cpus", "scale", "pull_policy", "extends",
     "logging", "ulimits", "init", "read_only", "tmpfs", "security_opt", "cap_drop",
-    "extra_hosts", "links", "pids_limit", "dns", "dns_search", "sysctls",
+    "extra_hosts", "links", "pids_limit", "dns", "dns_search", "sysctls", "secrets", "configs",
 }
 
 
