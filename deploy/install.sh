@@ -131,7 +131,7 @@ step "Edge secrets: basic-auth user '$EDGE_USER' for the monitoring and admin pa
 # nginx reads /etc/nginx/secrets/monitoring.htpasswd (the $EDGE_VOLUME volume). The password
 # is generated once and kept in $ENV_DIR/edge-monitoring.password (0600); add users with
 # `openssl passwd -6` lines of your own. TLS: put fullchain.pem, privkey.pem and a tls.conf
-# (`listen 443 ssl; ssl_certificate /etc/nginx/secrets/fullchain.pem; ...`) into the volume.
+# (`listen 443 ssl reuseport; ssl_certificate /etc/nginx/secrets/fullchain.pem; ...`) into the volume.
 if [ "$DRY_RUN" = 1 ]; then
     echo "[dry-run] docker volume create $EDGE_VOLUME; write monitoring.htpasswd into it"
 elif docker volume inspect "$EDGE_VOLUME" >/dev/null 2>&1 && [ -s "$(docker volume inspect \

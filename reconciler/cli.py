@@ -390,7 +390,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     key = preview_key(args)
     loaded = load_spec(args, strict=False, key=key)
     print_warnings(loaded)
-    desired = build(loaded, key)
+    desired = build(loaded, key, edge_holder=True)
     try:
         degraded = State(state_dir(args)).degraded()
     except StateError:
@@ -592,7 +592,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     state = State(state_dir(args))
     key = preview_key(args)
     loaded = load_spec(args, strict=False, key=key)
-    desired = build(loaded, key)
+    desired = build(loaded, key, edge_holder=True)
     try:
         runtime = await _runtime()
     except EngineUnavailable:

@@ -73,7 +73,7 @@ async def cmd_restore(args: argparse.Namespace, *, state: State, loaded: Any,
 
     key = state.key(create=True)
     assert key is not None
-    desired = build(loaded, key)
+    desired = build(loaded, key, edge_holder=True)
     svc = desired.services.get(args.service)
     if svc is None or svc.service.backup is None:
         print(f"reconciler: service {args.service!r} is not in the spec or has no `backup`",

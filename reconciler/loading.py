@@ -8,8 +8,10 @@ appears in an error.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import posixpath
 import re
 import secrets
 import stat
@@ -22,6 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from reconciler import buildctx, filesources, hostfiles, yamlread
+from reconciler.core import nginxconf
 from reconciler.core.builds import BuildContext
 from reconciler.core.envfiles import EnvFile, EnvFinding, check_env_files, parse_dotenv
 from reconciler.core.model import (
@@ -33,6 +36,7 @@ from reconciler.core.model import (
     SpecError,
     lookup,
 )
+from reconciler.core.nginxconf import Reuse
 from reconciler.core.specs import (
     Finding,
     HostPolicy,
@@ -303,6 +307,8 @@ def _load(
     warnings += _policy_notices(host_policy)
     if errors:
         raise SpecError(errors + warnings)
+    edge_reuse = _edge_reuse(spec, bind_sources, set(digested) - {
+        bind_sources[k] for k in refused if k in bind_sources})
     if builds:  # containers run the built image, by its content-addressed name
         spec = spec.model_copy(update={"services": {
             name: svc.model_copy(update={"image": builds[name].ref}) if name in builds else svc
@@ -313,7 +319,8 @@ def _load(
         bind_sources=bind_sources, warnings=tuple(warnings),
         revision=None if bind_root is not None else _git_revision(spec_dir),
         locations=locations, root=str(repo), builds=builds,
-        contents=file_contents,
+        contents=file_contents, edge_reuse=edge_reuse,
+        tcp_migrate_req=os.path.exists("/proc/sys/net/ipv4/tcp_migrate_req"),
     )
 
 
@@ -500,6 +507,50 @@ def _digest_tree(path: Path, budget: list[int]) -> tuple[str, str | None]:
                     if "fingerprint" in exc.reason else f"bind source {path}: {exc.reason}")
     except OSError as exc:
         return "", f"bind source {path}: {exc.strerror or 'unreadable'}"
+
+
+MAX_EDGE_CONF_FILES = 200
+MAX_EDGE_CONF_BYTES = 1024 * 1024  # per file
+
+
+def _edge_reuse(spec: Spec, bind_sources: Mapping[tuple[str, int], str],
+                readable: set[str]) -> Reuse | None:
+    """Whether the edge's nginx configuration, as mounted from the spec, opens every
+    listening socket with `reuseport` (see `core.nginxconf`). Reads only bind sources that
+    were digested (inside the spec tree, not refused), as bounded regular files, never
+    following a link."""
+    if spec.edge is None or spec.edge.service not in spec.services:
+        return None
+    name = spec.edge.service
+    svc = spec.services[name]
+    files: dict[str, str] = {}
+    dirs: list[str] = []
+    for i, entry in enumerate(svc.volumes):
+        mount = parse_mount(entry)
+        host = bind_sources.get((name, i))
+        if mount.named or host is None or host not in readable:
+            continue
+        target = posixpath.normpath(mount.target)
+        try:
+            if os.path.isdir(host) and not os.path.islink(host):
+                dirs.append(target)
+                for dirpath, dirnames, filenames in os.walk(host):
+                    dirnames[:] = sorted(d for d in dirnames if d != ".git")
+                    for fname in sorted(filenames):
+                        if len(files) >= MAX_EDGE_CONF_FILES:
+                            return Reuse(False, "too many mounted files to read")
+                        full = os.path.join(dirpath, fname)
+                        rel = os.path.relpath(full, host)
+                        with contextlib.suppress(OSError, hostfiles.Refused):
+                            files[posixpath.join(target, rel)] = hostfiles.read_regular(
+                                full, limit=MAX_EDGE_CONF_BYTES).decode("utf-8", "replace")
+            else:
+                files[target] = hostfiles.read_regular(
+                    host, limit=MAX_EDGE_CONF_BYTES).decode("utf-8", "replace")
+        except (OSError, hostfiles.Refused):
+            continue
+    own = (posixpath.dirname(spec.edge.upstreams_file),)
+    return nginxconf.reuseport(files, tuple(dirs), own)
 
 
 def _git_root(start: Path) -> Path | None:

@@ -319,7 +319,7 @@ async def cmd_migrate(args: argparse.Namespace, *, state: State, runtime: Runtim
     key = state.key(create=True)
     assert key is not None
     desired = build(loaded, key, edge_dir=str(edge_dir(state.root, name))
-                    if loaded.spec.edge else None)
+                    if loaded.spec.edge else None, edge_holder=True)
     todo = backup_plan(desired, found)
     shown = [f"{svc.name}: {'hook ' + ' '.join(spec.command) if spec.command else 'volume copy'}"
              + (f" in {src.name}" if src and spec.command else "") for svc, spec, src in todo]

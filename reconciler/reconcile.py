@@ -127,6 +127,7 @@ class Reconciler:
     # the edge mounts staged copies of its config (reloaded in place); an engine whose
     # executor never stages them (Swarm) mounts the checkout
     stage_edge_config = True
+    edge_holder = True  # the edge runs in a holder's network namespace (desired.build)
 
     def __init__(
         self, *, spec_dir: Path, state: State, runtime: Runtime, profiles: tuple[str, ...] = (),
@@ -186,7 +187,8 @@ class Reconciler:
                             edge_log_dir=str(logs_dir) if logs_dir else None,
                             edge_conf_dir=(str(conf / edgeconf.MOUNTS)
                                            if spec.edge and self.stage_edge_config else None),
-                            files_dir=str(self.files.root))
+                            files_dir=str(self.files.root),
+                            edge_holder=self.edge_holder)
             self._built = (loaded, desired)
         self.last_desired = desired
         return desired

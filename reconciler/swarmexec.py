@@ -322,6 +322,7 @@ class SwarmReconciler(Reconciler):
     quarantine, revert, history); observing, planning and executing are Swarm's."""
 
     stage_edge_config = False  # a changed nginx.conf rolls the edge service (swarm_fingerprint)
+    edge_holder = False  # Swarm publishes the edge's ports itself
 
     def __init__(self, *, api: SwarmApi, runtime: Runtime, mode: EndpointMode,
                  **kwargs: Any) -> None:

@@ -18,13 +18,18 @@ from reconciler.core.envfiles import SECRET_KEY, Secret
 from reconciler.core.fields import public_fields
 from reconciler.core.model import LoadedSpec
 from reconciler.core.specs import (
+    Healthcheck,
     Network,
+    Restart,
     Service,
+    Spec,
+    Update,
     UpdateOrder,
     Volume,
     active_services,
     joined_service,
     parse_mount,
+    parse_port,
     resolved_order,
 )
 
@@ -96,6 +101,7 @@ class Desired:
     revision: str | None
     spec_fingerprint: str
     tier_parallelism: Mapping[str, int] = field(default_factory=dict)
+    edge_holder: str | None = None  # the service holding the edge's network namespace
 
     def in_tier(self, tier: str) -> list[DesiredService]:
         """The services of one tier, by name."""
@@ -181,9 +187,81 @@ def _file_mounts(loaded: LoadedSpec, svc: Service, key: bytes,
     return mounts, public
 
 
+HOLDER_SUFFIX = ".net"
+# the holder's own keys: what Docker keeps on the container that owns a network namespace
+_HOLDER_KEYS = ("ports", "networks", "network_aliases", "hostname", "dns", "dns_search",
+                "extra_hosts", "ipv4_address")
+MIGRATE_REQ = "net.ipv4.tcp_migrate_req"
+
+
+def holder_name(edge: str, taken: Mapping[str, object]) -> str:
+    """The edge's network holder service: `<edge>.net` (one more `.net` while a service of
+    the spec already has the name)."""
+    name = edge + HOLDER_SUFFIX
+    while name in taken:
+        name += HOLDER_SUFFIX
+    return name
+
+
+def _holds(spec: Spec, svc: Service) -> bool:
+    """The edge gets a network holder when it publishes a fixed host port and owns its
+    network namespace (no `network_mode`, nothing exposed, one replica)."""
+    try:
+        fixed = any(parse_port(p).host_port for p in svc.ports)
+    except ValueError:
+        return False
+    return (fixed and not svc.network_mode and svc.expose is None and svc.replicas <= 1
+            and not svc.job)
+
+
+def _split_edge(spec: Spec, loaded: LoadedSpec, services: dict[str, Service]
+                ) -> tuple[dict[str, Service], str | None, UpdateOrder | None]:
+    """One host: the edge's network namespace (its networks, aliases and published ports) is
+    held by a container of its own, `<edge>.net`, running `sleep infinity` from the edge's
+    image; nginx runs in it (`network_mode: service:<edge>.net`). A new nginx container then
+    starts next to the old one in the same namespace, on the same ports, without Docker
+    releasing and re-binding them: when the configuration opens every listening socket with
+    `reuseport` (`LoadedSpec.edge_reuse`), the edge is replaced start-first with no moment
+    when nothing listens, and the old nginx quits gracefully (with `tcp_migrate_req`, its
+    queued connections move to the new one). Returns the services, the holder's name and the
+    edge's update order (`auto`: start-first when reuseport is proven and no named volume is
+    mounted writable, else stop-first)."""
+    edge = spec.edge.service if spec.edge is not None else None
+    if edge is None or edge not in services or not _holds(spec, services[edge]):
+        return services, None, None
+    svc = services[edge]
+    name = holder_name(edge, spec.services)
+    sysctls = {k: v for k, v in svc.sysctls.items() if k.startswith("net.")}
+    if loaded.tcp_migrate_req:
+        sysctls.setdefault(MIGRATE_REQ, "1")
+    holder = Service(
+        tier=svc.tier, image=svc.image, pull_policy=svc.pull_policy,
+        entrypoint=("sleep",), command=("infinity",),
+        healthcheck=Healthcheck(disable=True), restart=Restart.UNLESS_STOPPED,
+        update=Update(order=UpdateOrder.STOP_FIRST, min_ready=0.0, drain=0.0,
+                      deadline=svc.update.deadline),
+        stop_signal="SIGKILL", stop_grace_period=1.0, sysctls=sysctls,
+        network_aliases={net: (edge, *svc.network_aliases.get(net, ()))
+                         for net in svc.networks},
+        **{k: getattr(svc, k) for k in _HOLDER_KEYS if k != "network_aliases"},
+    )
+    joined = svc.model_copy(update={
+        "network_mode": f"service:{name}", "ports": (), "networks": (), "network_aliases": {},
+        "hostname": None, "dns": (), "dns_search": (), "extra_hosts": (), "ipv4_address": {},
+        "sysctls": {k: v for k, v in svc.sysctls.items() if not k.startswith("net.")}})
+    order = svc.update.order
+    if order is UpdateOrder.AUTO:
+        writable = any(parse_mount(v).named and parse_mount(v).source
+                       and not parse_mount(v).read_only for v in svc.volumes)
+        reuse = loaded.edge_reuse is not None and loaded.edge_reuse.ok
+        order = (UpdateOrder.START_FIRST if reuse and not writable
+                 else UpdateOrder.STOP_FIRST)
+    return {**services, edge: joined, name: holder}, name, order
+
+
 def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None,
           edge_log_dir: str | None = None, edge_conf_dir: str | None = None,
-          files_dir: str | None = None) -> Desired:
+          files_dir: str | None = None, edge_holder: bool = False) -> Desired:
     """The edge's mounted spec files are digested apart from its fingerprint (a changed
     nginx.conf is reloaded, not a new container). `edge_conf_dir`: host directory of staged
     copies of them, which the edge mounts instead of the checkout (the reconciler rewrites a
@@ -197,10 +275,17 @@ def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None,
     directory per service generation, see `files_host_dir`).
 
     A service with `network_mode: service:X` carries X's fingerprint in its own: when X gets
-    a new container, the service (whose network namespace was X's old container's) too."""
+    a new container, the service (whose network namespace was X's old container's) too.
+
+    `edge_holder` (one host; Swarm publishes ports its own way): the edge runs in the
+    network namespace of a holder container (see `_split_edge`)."""
     spec = loaded.spec
     services: dict[str, DesiredService] = {}
-    for name, svc in sorted(active_services(spec, loaded.profiles).items()):
+    active = active_services(spec, loaded.profiles)
+    holder, edge_order = None, None
+    if edge_holder:
+        active, holder, edge_order = _split_edge(spec, loaded, active)
+    for name, svc in sorted(active.items()):
         envs = loaded.env_files.get(name, ())
         env: dict[str, Secret | str] = {}
         env_digests: dict[str, str] = {}
@@ -242,6 +327,10 @@ def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None,
             "networks": list(networks),
             "labels": dict(sorted(svc.labels.items())),
         }
+        if name == holder:
+            # the holder never follows the edge's image: a new nginx image is a new nginx
+            # container in the same namespace, not new ports
+            public.pop("image", None)
         files, public_files = _file_mounts(loaded, svc, key)
         public.update(public_files)
         public = {k: v for k, v in public.items() if v not in (None, [], {}, False)}
@@ -252,7 +341,8 @@ def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None,
             binds.append(f"{edge_log_dir}:{EDGE_LOG_TARGET}")
         services[name] = DesiredService(
             project=spec.project, name=name, tier=svc.tier, service=svc,
-            order=resolved_order(spec, svc),
+            order=(edge_order if is_edge and edge_order is not None
+                   else resolved_order(spec, svc)),
             fingerprint=labels.fingerprint(key, public), public_config=public,
             env=tuple(env.items()), networks=networks, binds=tuple(binds),
             edge=is_edge,
@@ -274,4 +364,5 @@ def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None,
         revision=loaded.revision,
         spec_fingerprint=loaded.fingerprint,
         tier_parallelism=dict(spec.tier_parallelism),
+        edge_holder=holder,
     )

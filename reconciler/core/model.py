@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from reconciler.core.builds import BuildContext
 from reconciler.core.envfiles import EnvFile
 from reconciler.core.labels import keyed_digest
+from reconciler.core.nginxconf import Reuse
 from reconciler.core.specs import Spec
 
 KeyPath = tuple[str | int, ...]
@@ -99,6 +100,12 @@ class LoadedSpec:
     builds: Mapping[str, BuildContext] = field(default_factory=dict)  # service -> its build
     # ("secrets" | "configs", name) -> content, for the ones enabled services use
     contents: Mapping[tuple[str, str], FileContent] = field(default_factory=dict)
+    # the edge's mounted nginx config: does every listening socket carry `reuseport` (then
+    # the edge can be replaced start-first next to the old one)? None: no edge
+    edge_reuse: Reuse | None = None
+    # the host's kernel has net.ipv4.tcp_migrate_req (a closing listener's queued
+    # connections move to another listener of the same reuseport group)
+    tcp_migrate_req: bool = False
 
     @property
     def digest(self) -> str:

@@ -528,7 +528,8 @@ def compute(desired: Desired, snapshot: Snapshot, *, hold: Iterable[str] = (),
                           replica=c.replica, old=(ContainerRef.of(c),), phase=Phase.LAST))
 
     steps += _rejoin(desired, by_service, steps, held)
-    steps = _order([_how(s, desired) for s in steps], desired)
+    steps = _hand_ports([_how(s, desired) for s in steps], desired, by_service)
+    steps = _order(steps, desired)
     steps = _backups(steps, desired) + steps
     needs: dict[str, PullPolicy] = {}
     builds: dict[str, BuildNeed] = {}
@@ -576,6 +577,43 @@ def _rejoin(desired: Desired, by_service: Mapping[str, list[Observed]], steps: l
                 out.append(Step(Action.RECREATE, Reason.JOINED_REPLACED, tier=svc.tier,
                                 service=name, replica=c.replica, new_name=c.name,
                                 old=(ContainerRef.of(c),)))
+    return out
+
+
+_PORTLESS = (ContainerState.CREATED, ContainerState.EXITED, ContainerState.DEAD)
+
+
+def _hand_ports(steps: list[Step], desired: Desired,
+                by_service: Mapping[str, list[Observed]]) -> list[Step]:
+    """An edge container that owns its network namespace (created before the edge had a
+    holder) holds the published ports the new holder needs: the holder's create stops it
+    first (with the edge's grace), and the edge's own step becomes a plain create in the
+    holder's namespace. A one-time, stop-first hand-over when upgrading."""
+    holder, edge = desired.edge_holder, desired.edge_service
+    if holder is None or edge is None or edge not in desired.services:
+        return steps
+    owning = {c.id for c in by_service.get(edge, ())
+              if not c.joined and c.state not in _PORTLESS}
+    creates = [i for i, s in enumerate(steps)
+               if s.service == holder and s.action in _NEW_CONTAINER]
+    if not owning or not creates:
+        return steps
+    moved: list[ContainerRef] = []
+    out: list[Step] = []
+    for s in steps:
+        if s.service == edge and s.phase is Phase.TIER and any(o.id in owning for o in s.old):
+            keep = tuple(o for o in s.old if o.id not in owning)
+            moved += [o for o in s.old if o.id in owning]
+            if not keep and s.action in _NEW_CONTAINER:
+                s = replace(s, action=Action.CREATE, old=(), order=None, stop_first=False,
+                            retire_later=False, lane=Lane.FREE)
+            else:
+                s = replace(s, old=keep)
+        out.append(s)
+    first = out[creates[0]]
+    grace = max(first.stop_grace_s, desired.services[edge].service.stop_grace_period)
+    out[creates[0]] = replace(first, old=(*first.old, *moved), stop_first=True,
+                              lane=Lane.THROTTLED, stop_grace_s=grace)
     return out
 
 

@@ -813,7 +813,17 @@ def validate(
         if svc.expose is not None and spec.edge is None:
             findings.append(Finding((*base, "expose"), "expose needs a top-level `edge`"))
         order = resolved_order(spec, svc)
-        if order is UpdateOrder.START_FIRST:
+        # one host: the edge's ports are held by its holder container and a new nginx binds
+        # next to the old one (`reuseport`), so an explicit start-first edge is allowed (Swarm
+        # validation refuses it)
+        held_edge = (spec.edge is not None and spec.edge.service == name
+                     and not svc.network_mode and svc.replicas <= 1)
+        if order is UpdateOrder.START_FIRST and held_edge:
+            if any(parse_mount(v).named and parse_mount(v).source
+                   and not parse_mount(v).read_only for v in svc.volumes):
+                findings.append(Finding((*base, "update", "order"), "start-first cannot mount a "
+                                        "named volume writable (two writers on one volume)"))
+        elif order is UpdateOrder.START_FIRST:
             if any(_port_ok(p) and parse_port(p).host_port for p in svc.ports):
                 findings.append(Finding((*base, "update", "order"), "start-first cannot publish a "
                                         "fixed host port (two containers would need it)"))

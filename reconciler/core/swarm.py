@@ -42,7 +42,14 @@ from reconciler.core.plans import (
     held_services,
 )
 from reconciler.core.snapshots import ContainerState
-from reconciler.core.specs import Finding, Spec, active_services, parse_mount, parse_port
+from reconciler.core.specs import (
+    Finding,
+    Spec,
+    UpdateOrder,
+    active_services,
+    parse_mount,
+    parse_port,
+)
 
 NANO = 1_000_000_000
 JSON = dict[str, Any]
@@ -72,6 +79,13 @@ def endpoint_mode_for(*, ipvs: bool) -> EndpointMode:
 # --- the spec: rules that hold only on Swarm ---------------------------------------------------
 
 
+def _fixed_port(entry: str) -> bool:
+    try:
+        return bool(parse_port(entry).host_port)
+    except ValueError:
+        return False
+
+
 def findings(spec: Spec, profiles: Iterable[str] = ()) -> list[Finding]:
     """What a spec asks for that Swarm cannot do (errors), and what works differently there
     (warnings). Each names the key and says how to write it for Swarm."""
@@ -96,6 +110,11 @@ def findings(spec: Spec, profiles: Iterable[str] = ()) -> list[Finding]:
                 out.append(Finding((*base, "ports", i), (
                     f"{entry!r} publishes a random host port: Swarm in host mode needs the "
                     f"port written out (e.g. '8080:{port.container_port}')")))
+        if svc.update.order is UpdateOrder.START_FIRST and any(
+                _fixed_port(p) for p in svc.ports):
+            out.append(Finding((*base, "update", "order"), (
+                "start-first cannot publish a fixed host port on Swarm (the new task would "
+                "need the port the old one holds on its node)")))
         if svc.privileged:
             out.append(Finding((*base, "privileged"), "Swarm services cannot be privileged"))
         for key in ("network_mode", "pid", "ipc"):
