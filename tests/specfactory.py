@@ -32,7 +32,7 @@ def container_json(
     desired: Desired, service: str, replica: int, *, state: str = "running",
     status: str = "Up 1 minute (healthy)", fingerprint: str | None = None,
     cid: str | None = None, config: dict[str, Any] | None = None, created: int = 1,
-    config_digest: str | None = None,
+    config_digest: str | None = None, joined: str | None = None,
 ) -> dict[str, Any]:
     """The engine's list JSON for one of our containers, as `GET /containers/json` gives it.
     An edge's `reconciler.config-digest` label is its desired one (a staged edge created
@@ -46,8 +46,11 @@ def container_json(
                                   replica=replica, fp=fp, public_config=public, user_labels={},
                                   config_digest=digest)
     name = labels.container_name(desired.project, service, replica, fp)
-    return {"Id": cid or f"id-{name}", "Names": [f"/{name}"], "Image": "img",
-            "Labels": lbl, "State": state, "Status": status, "Created": created}
+    out = {"Id": cid or f"id-{name}", "Names": [f"/{name}"], "Image": "img",
+           "Labels": lbl, "State": state, "Status": status, "Created": created}
+    if joined is not None:  # `network_mode: service:X`: the container it joined
+        out["HostConfig"] = {"NetworkMode": f"container:{joined}"}
+    return out
 
 
 def foreign_json(name: str = "someone-elses") -> dict[str, Any]:
