@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import posixpath
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -94,11 +95,15 @@ class _Unknown(Exception):
 
 
 def reuseport(files: Mapping[str, str], mounted_dirs: tuple[str, ...] = (),
-              own_dirs: tuple[str, ...] = ()) -> Reuse:
+              own_dirs: tuple[str, ...] = (), *, complete: bool = False) -> Reuse:
     """`files`: container path -> text of each mounted configuration file (the main one at
     /etc/nginx/nginx.conf). `mounted_dirs`: container directories mounted from the spec (an
     include pattern inside one that matches no file matches nothing for sure). `own_dirs`:
-    directories the reconciler writes (the upstreams file's), which hold no `server`."""
+    directories the reconciler writes (the upstreams file's), which hold no `server`.
+    `complete`: `files` is everything nginx read (`nginx -T`), so an include that matches
+    none of them matched nothing."""
+    if complete:
+        mounted_dirs = ("/",)
     if MAIN_CONF not in files:
         return Reuse(False, f"{MAIN_CONF} is not mounted from the spec (the image's own "
                             "configuration cannot be read)")
@@ -168,7 +173,8 @@ def _directive(words: list[str], path: str, files: Mapping[str, str],
         where = posixpath.dirname(pattern)
         if any(where == d or where.startswith(d.rstrip("/") + "/") for d in own_dirs):
             return  # the reconciler's upstreams: upstream blocks only
-        if any(where == d or where.startswith(d.rstrip("/") + "/") for d in mounted_dirs):
+        if any(d == "/" or where == d or where.startswith(d.rstrip("/") + "/")
+               for d in mounted_dirs):
             return  # a mounted directory with no such file: matches nothing
         if any(where == d or where.startswith(d + "/") for d in IMAGE_SERVER_DIRS):
             raise _Unknown(f"include {args[0]}: the image's own server blocks there are not "
@@ -176,3 +182,18 @@ def _directive(words: list[str], path: str, files: Mapping[str, str],
         # anything else that is not mounted (a named volume's snippets, a path the image
         # does not have): assumed to add no listening socket without reuseport; a new nginx
         # that cannot bind fails its gate and the old one keeps serving
+
+
+DUMP_HEADER = re.compile(r"^# configuration file (/[^\n]*):\n", re.MULTILINE)
+
+
+def dumped_files(dump: str) -> dict[str, str]:
+    """`nginx -T`'s output split into path -> text (each file follows a `# configuration
+    file PATH:` line)."""
+    out: dict[str, str] = {}
+    dump = "\n".join(ln for ln in dump.splitlines() if not ln.startswith("nginx: ")) + "\n"
+    marks = list(DUMP_HEADER.finditer(dump))
+    for i, m in enumerate(marks):
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(dump)
+        out[m.group(1)] = dump[m.end():end]
+    return out

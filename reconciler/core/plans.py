@@ -183,6 +183,10 @@ class Step:
     # BACKUP: a failure is noted and the run goes on (a revert to last-good: restoring the
     # known-good generation matters more than a copy of the failed one, `rollback.for_revert`)
     best_effort: bool = False
+    # the edge replaced start-first in its holder's namespace: the executor first reads the
+    # running nginx's whole config (`nginx -T`); a socket without `reuseport` there (a file
+    # the spec does not mount) makes the step stop-first, since the new nginx could not bind
+    bind_check: bool = False
 
     @property
     def id(self) -> str:
@@ -686,9 +690,12 @@ def _how(step: Step, desired: Desired) -> Step:
                     and not svc.service.job)
     stage_config = bool(svc.staged) and step.action in (
         Action.CREATE, Action.REPLACE, Action.RECREATE, Action.START)
+    bind_check = (svc.edge and svc.joins is not None and svc.joins == desired.edge_holder
+                  and step.action is Action.REPLACE and not stop_first)
     return replace(step, lane=lane, parallelism=svc.service.update.parallelism,
                    stop_first=stop_first, stop_grace_s=grace, upstream=upstream, claim=claim,
-                   job=svc.service.job, retire_later=retire_later, stage_config=stage_config)
+                   job=svc.service.job, retire_later=retire_later, stage_config=stage_config,
+                   bind_check=bind_check)
 
 
 _CONDITION = {"service_started": Until.STARTED, "service_healthy": Until.HEALTHY,

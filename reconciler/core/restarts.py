@@ -6,7 +6,9 @@ fingerprint), so the executor carries it out exactly like an update: in the serv
 order, `parallelism` at a time, health-gated, with the edge cutover of a start-first update.
 The new container needs a name the old one does not hold: the generation's name and the same
 name with `-r` alternate. It refuses (`RestartRefused`) a service that is not in the spec or
-not in sync with it: a restart never applies a spec change behind the operator's back.
+not in sync with it: a restart never applies a spec change behind the operator's back. A
+service joining the restarted one's network namespace (`network_mode: service:X`, the edge in
+its holder) is recreated after it, in the new namespace.
 """
 
 from __future__ import annotations
@@ -54,6 +56,11 @@ def restart_plan(desired: Desired, snapshot: Snapshot, service: str) -> Plan:
     names = {c.replica: c.name for c in mine}
     steps: list[Step] = []
     for step in compute(desired, replace(snapshot, containers=stale)).steps:
+        joined = desired.services.get(step.service)
+        if step.reason is Reason.JOINED_REPLACED and joined is not None \
+                and joined.joins == service:
+            steps.append(step)  # it lives in the old container's namespace: recreated after
+            continue
         if step.service != service or step.action is not Action.REPLACE:
             continue
         name = svc.container_name(step.replica or 1)

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from tests.dockerkit import REPO, Host, docker, wait_until
+from tests.dockerkit import NGINX, REPO, Host, docker, wait_until
 from tests.e2e.test_edge import (
     STACK,
     assert_zero_failures,
@@ -93,3 +93,36 @@ def test_an_edge_without_a_holder_hands_its_port_over_once(host: Host) -> None:
     wait_until(lambda: get(base + "/v1/x")[0] == 200, timeout=15, what="the edge serves")
     again = host.cli("apply")
     assert again.returncode == 0 and "in sync" in again.stdout + again.stderr, again.stdout
+
+
+SNIPPET_VOLUME = ('    volumes: ["./nginx.conf:/etc/nginx/nginx.conf:ro"]\n',
+                  '    volumes: ["./nginx.conf:/etc/nginx/nginx.conf:ro", '
+                  '"edge-secrets:/etc/nginx/secrets:ro"]\n')
+
+
+def test_a_listen_without_reuseport_in_a_volume_falls_back_to_stop_first(host: Host) -> None:
+    """The spec's nginx.conf has reuseport, but it includes /etc/nginx/secrets/*.conf from a
+    volume whose snippet listens on another port without it: the plan says start-first (it
+    cannot read the volume), the executor reads the running nginx's `nginx -T`, goes
+    stop-first, and the change lands."""
+    volume = f"{host.project}_edge-secrets"
+    docker("volume", "create", "--label", f"reconciler.project={host.project}", volume)
+    try:
+        docker("run", "--rm", "-v", f"{volume}:/s", "--entrypoint", "sh", NGINX, "-c",
+               "echo 'listen 8443;' > /s/extra.conf")
+        text, port = edge_stack(host, **{
+            EDGE_ENV[0]: EDGE_ENV[1], SNIPPET_VOLUME[0]: SNIPPET_VOLUME[1],
+            "networks: {edge: {}}\n": "networks: {edge: {}}\nvolumes: {edge-secrets: {}}\n"})
+        (edge,) = host.by_service()["nginx"]
+        host.write(text.replace('EDGE_REVISION: "1"', 'EDGE_REVISION: "2"'))
+        res = host.cli("apply")
+        out = res.stdout + res.stderr
+        assert res.returncode == 0, out
+        assert "stop-first after all" in out and "*:8443" in out, out
+        (after,) = host.by_service()["nginx"]
+        assert after["Id"] != edge["Id"] and "EDGE_REVISION=2" in after["Config"]["Env"]
+        wait_until(lambda: get(f"http://127.0.0.1:{port}/v1/x")[0] == 200, timeout=15,
+                   what="the edge serves")
+    finally:
+        host.cleanup()
+        docker("volume", "rm", "-f", volume, check=False)

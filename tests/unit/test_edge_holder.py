@@ -280,3 +280,44 @@ def test_validate_allows_a_start_first_edge_but_not_a_writable_volume(tmp_path: 
     desired(tmp_path, forced)  # fixed port and a read-only named volume: fine
     with pytest.raises(SpecError, match="writable"):
         desired(tmp_path, forced.replace("certs:/etc/nginx/certs:ro", "certs:/etc/nginx/certs"))
+
+
+def test_restarting_the_holder_recreates_nginx_in_the_new_namespace(tmp_path: Path) -> None:
+    from reconciler.core.restarts import restart_plan
+    d = desired(tmp_path)
+    plan = restart_plan(d, host(d), "nginx.net")
+    assert [f"{s.id} ({s.reason})" for s in plan.steps] == [
+        "replace nginx.net[1] stop-first (restart requested)",
+        "recreate nginx[1] (the container whose network it joins was replaced)"]
+    assert "nginx.net" in {w.service for w in plan.steps[1].after}
+    # restarting nginx alone: start-first next to the old one, the holder untouched
+    assert [s.id for s in restart_plan(d, host(d), "nginx").steps] == [
+        "replace nginx[1] start-first"]
+
+
+def test_nginx_dump_is_split_into_files_and_read_completely() -> None:
+    from reconciler.core.nginxconf import dumped_files
+    dump = ("# configuration file /etc/nginx/nginx.conf:\n"
+            "http { include /etc/nginx/secrets/*.conf; include /etc/nginx/sites-enabled/*;\n"
+            "server { listen 80 reuseport; } }\n\n"
+            "# configuration file /etc/nginx/secrets/tls.conf:\n"
+            "server { listen 443 ssl; }\n"
+            "nginx: the configuration file /etc/nginx/nginx.conf syntax is ok\n")
+    files = dumped_files(dump)
+    assert sorted(files) == ["/etc/nginx/nginx.conf", "/etc/nginx/secrets/tls.conf"]
+    found = reuseport(files, complete=True)
+    assert not found.ok and "*:443" in found.reason  # the snippet nginx read
+    files["/etc/nginx/secrets/tls.conf"] = "server { listen 443 ssl reuseport; }\n"
+    # complete: sites-enabled/ matched nothing nginx read, so it holds nothing
+    assert reuseport(files, complete=True).ok
+
+
+def test_only_a_start_first_held_edge_is_bind_checked(tmp_path: Path) -> None:
+    old = desired(tmp_path)
+    new = desired(tmp_path, SPEC.replace('REV: "1"', 'REV: "2"'))
+    plan = compute(new, host(new, edge_fp=old.services["nginx"].fingerprint))
+    assert [s.bind_check for s in plan.steps if s.service == "nginx"] == [True]
+    plain_old = desired(tmp_path, conf=PLAIN_CONF)
+    plain = desired(tmp_path, SPEC.replace('REV: "1"', 'REV: "2"'), PLAIN_CONF)
+    plan = compute(plain, host(plain, edge_fp=plain_old.services["nginx"].fingerprint))
+    assert [s.bind_check for s in plan.steps if s.service == "nginx"] == [False]
