@@ -59,6 +59,8 @@ def render_upstreams(
     that was never served (a new generation that never got healthy) is never listed this way.
     """
     edge = desired.services.get(desired.edge_service or "")
+    if edge is not None and edge.joins is not None:  # its holder's networks are its own
+        edge = desired.services.get(edge.joins, edge)
     edge_nets = edge.networks if edge else ()
     by_service: dict[str, list[str]] = {}
     kept: dict[str, list[str]] = {}

@@ -321,3 +321,19 @@ def test_only_a_start_first_held_edge_is_bind_checked(tmp_path: Path) -> None:
     plain = desired(tmp_path, SPEC.replace('REV: "1"', 'REV: "2"'), PLAIN_CONF)
     plan = compute(plain, host(plain, edge_fp=plain_old.services["nginx"].fingerprint))
     assert [s.bind_check for s in plan.steps if s.service == "nginx"] == [False]
+
+
+def test_upstreams_use_the_address_on_a_network_the_holder_shares(tmp_path: Path) -> None:
+    """nginx in its holder's namespace has no networks of its own: an exposed service on two
+    networks is reached by its address on the one the holder (the edge's namespace) is on."""
+    from reconciler.edges import render_upstreams
+    spec = SPEC.replace("    networks: [edge]\n    expose:", "    networks: [other, edge]\n"
+                        "    expose:").replace("networks: {edge: {}, back: {}}",
+                                              "networks: {edge: {}, back: {}, other: {}}")
+    d = desired(tmp_path, spec)
+    item = container_json(d, "api", 1, cid="a1")
+    item["NetworkSettings"] = {"Networks": {"shop_other": {"IPAddress": "10.0.9.9"},
+                                            "shop_edge": {"IPAddress": "10.0.1.5"}}}
+    snap = snapshots.parse(d.project, [item])
+    text = render_upstreams(d, snap.containers)
+    assert "server 10.0.1.5:8080" in text and "10.0.9.9" not in text
