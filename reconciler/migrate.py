@@ -38,7 +38,7 @@ from reconciler.core.desired import Desired, DesiredService, build
 from reconciler.core.plans import Action, Step
 from reconciler.core.specs import Backup, UpdateOrder, parse_port
 from reconciler.edges import edge_dir
-from reconciler.execute import ExecutionReport, Executor
+from reconciler.execute import ExecutionReport, Executor, StepFailed
 from reconciler.persistence import State, atomic_write
 from reconciler.runtimes import JSON, EngineError, Runtime
 
@@ -81,14 +81,29 @@ class Move:
 
 
 def moves(desired: Desired, found: list[ComposeContainer]) -> list[Move]:
-    """Per service in tier order: stop compose's first or start ours first. Pure."""
+    """Per service in tier order: stop compose's first or start ours first. Pure.
+
+    With an edge holder (`Desired.edge_holder`, see `core.desired._split_edge`) the holder
+    owns the published ports, so it takes over from compose's edge containers (stop-first);
+    the edge itself runs in the holder's network namespace and starts right after it."""
+    holder = desired.edge_holder
+    edge = desired.edge_service if holder is not None else None
     out = []
     for tier in desired.tiers:
-        for svc in desired.in_tier(tier):
-            theirs = tuple(c for c in found if c.service == svc.name and c.running)
+        # a service joining another's network namespace comes right after it
+        for svc in sorted(desired.in_tier(tier), key=lambda s: (s.joins is not None, s.name)):
+            own = edge if svc.name == holder and edge is not None else svc.name
+            theirs = () if svc.name == edge else tuple(
+                c for c in found if c.service == own and c.running)
             stop_first = svc.order is UpdateOrder.STOP_FIRST
             why = ("stop-first: a fixed host port or a named volume cannot be shared"
                    if stop_first else "start-first: ours is healthy before compose's stops")
+            if svc.name == holder:
+                stop_first = True
+                why = f"holds {edge}'s networks and published ports: {edge}'s hand-over"
+            elif svc.name == edge:
+                stop_first = True
+                why = f"runs in {holder}'s network namespace: started right after it"
             out.append(Move(svc.name, tier, stop_first, theirs, why))
     return out
 
@@ -136,6 +151,9 @@ def sequence_text(desired: Desired, found: list[ComposeContainer], *,
             if desired.services[m.service].service.job and not m.compose:
                 lines.append(f"   {m.service}: run once to completion (job; what waits on it "
                              "starts after exit 0)")
+            elif m.stop_first and not m.compose and desired.services[m.service].joins:
+                lines.append(f"   {m.service}: start ours right after "
+                             f"{desired.services[m.service].joins}, health-gated ({m.why})")
             elif m.stop_first:
                 lines.append(f"   {m.service}: stop {names}, then start ours, health-gated "
                              f"({m.why})")
@@ -232,17 +250,21 @@ class _Migrating(Executor):
         tier = steps[0].tier
         first = {m.service for m in self.tier_moves if m.tier == tier and m.stop_first}
         created: dict[str, list[str]] = {}
-        # create ours before compose's stops (creating binds no port and runs nothing)
-        for step in steps:
+        # create ours before compose's stops (creating binds no port and runs nothing); a
+        # service joining another's network namespace (the edge in its holder's) is created
+        # in the namespace of that one's new container, so both start right after the stop
+        for step in sorted(steps, key=lambda s: s.service in desired.services
+                           and desired.services[s.service].joins is not None):
             svc = desired.services.get(step.service)
-            if step.service in first and step.action is Action.CREATE and step.new_name \
-                    and svc is not None and svc.joins is None:
-                with contextlib.suppress(EngineError, OSError, ValueError):
-                    if svc.files and self.files is not None:
-                        self.files.materialise(svc)  # its read-only binds must exist
-                    cid = await self.rt.create_container(step.new_name, container_config(
-                        svc, step.replica or 1))
-                    created.setdefault(step.service, []).append(cid)
+            if svc is None or step.service not in first or step.action is not Action.CREATE \
+                    or not step.new_name:
+                continue
+            joins = created.get(svc.joins, [None])[0] if svc.joins is not None else None
+            if svc.joins is not None and joins is None:
+                continue  # the one it joins was not created here: the executor does both
+            cid = await self._precreate(step, svc, desired, joins=joins)
+            if cid is not None:
+                created.setdefault(step.service, []).append(cid)
         for m in self.tier_moves:
             if m.service not in first:
                 continue
@@ -253,12 +275,33 @@ class _Migrating(Executor):
             for c in m.compose:
                 await self.stop_compose(c, grace)
             stopped = time.monotonic()
-            for cid in created.get(m.service, []):
-                with contextlib.suppress(EngineError):  # the executor's start reports it
-                    await self.rt.start_container(cid)
+            joining = [s.name for s in desired.in_tier(tier) if s.joins == m.service]
+            for name in (m.service, *joining):
+                for cid in created.pop(name, []):
+                    with contextlib.suppress(EngineError):  # the executor's start reports it
+                        await self.rt.start_container(cid)
             if ports and m.compose:
-                await self._port_back(m.service, ports, stopped, time.monotonic() - stopped)
+                await self._port_back(m.compose[0].service, ports, stopped,
+                                      time.monotonic() - stopped)
         await super()._tier(steps, desired, outcome)
+
+    async def _precreate(self, step: Step, svc: DesiredService, desired: Desired, *,
+                         joins: str | None) -> str | None:
+        """Create the step's container (config staged, files written) as the executor would;
+        the executor adopts it by its labels. None when anything fails: the executor's own
+        step then does it and reports why."""
+        assert step.new_name is not None
+        try:
+            if svc.staged and self.edge is not None:
+                await self.edge.stage(desired, svc)
+            if svc.files and self.files is not None:
+                self.files.materialise(svc)  # its read-only binds must exist
+            body = container_config(svc, step.replica or 1)
+            if joins is not None:
+                body["HostConfig"] = {**body["HostConfig"], "NetworkMode": f"container:{joins}"}
+            return await self.rt.create_container(step.new_name, body)
+        except (EngineError, OSError, ValueError, StepFailed):
+            return None
 
     async def _port_back(self, service: str, ports: list[tuple[str, int]],
                          stopped: float, start_s: float) -> None:

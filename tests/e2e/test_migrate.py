@@ -157,7 +157,11 @@ def test_migrate_from_compose_keeps_data_and_rolls_back(compose_stack: tuple[Hos
     dry = h.cli("migrate", "--compose-project", h.project, "--dry-run")
     assert dry.returncode == 0, dry.stdout + dry.stderr
     assert "Backups" in dry.stdout and "db: volume copy" in dry.stdout
-    assert "nginx: stop" in dry.stdout and "api-gateway: start ours" in dry.stdout
+    # the edge's holder takes compose's edge's ports over, the edge starts in its namespace
+    assert f"nginx.net: stop {h.project}_nginx_1, then start ours" in dry.stdout, dry.stdout
+    assert "nginx: start ours right after nginx.net" in dry.stdout, dry.stdout
+    assert dry.stdout.index("nginx.net: stop") < dry.stdout.index("nginx: start ours")
+    assert "api-gateway: start ours" in dry.stdout
     assert sorted(compose_running(h)) == before and h.containers() == []  # nothing changed
 
     load, res, took = under_load(port, lambda: h.cli(
@@ -177,8 +181,11 @@ def test_migrate_from_compose_keeps_data_and_rolls_back(compose_stack: tuple[Hos
                      f"label=com.docker.compose.project={h.project}").split()
     assert sorted(stopped) == before
     svc = ours(h)
-    assert sorted(svc) == ["api-gateway", "db", "nginx"]
+    assert sorted(svc) == ["api-gateway", "db", "nginx", "nginx.net"]
     assert all(c["State"]["Running"] for cs in svc.values() for c in cs)  # type: ignore[index]
+    # the pre-created containers were adopted: one each, nginx in the holder's namespace
+    (holder,), (edge,) = svc["nginx.net"], svc["nginx"]
+    assert edge["HostConfig"]["NetworkMode"] == f"container:{holder['Id']}"  # type: ignore[index]
     (our_db,) = svc["db"]
     assert docker("exec", str(our_db["Id"]), "cat", "/data/sentinel").strip() == \
         "precious-compose"
