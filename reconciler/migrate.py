@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from reconciler.backupstore import BackupError, BackupStore
 from reconciler.core import backups, labels
@@ -224,16 +224,43 @@ async def answers(host: str, port: int, *, timeout_s: float = 0.5) -> bool:
             await writer.wait_closed()
 
 
+@runtime_checkable
+class _Rewiring(Protocol):
+    """A runtime that can detach a container from a network (Docker's)."""
+
+    async def disconnect_network(self, container_id: str, network: str) -> None: ...
+
+
+@dataclass
+class _Held:
+    """A port-owning container of ours (the edge's holder), started with no network: Docker
+    binds its published ports when it is connected to its first network. Started before
+    compose's container stops, so the hand-over is one network connect, not a start."""
+
+    cid: str
+    endpoints: list[tuple[str, list[str]]]  # (network, aliases) in connect order
+    connected: int = 0  # how many of them are connected
+
+
 class _Migrating(Executor):
     """The executor with compose's containers stopped around each tier (see module doc).
 
-    A stop-first service (a database on its volume, the edge on its fixed port) has ours
-    created (image present, config and upstreams rendered) before compose's stops; right after
-    the stop ours starts, here, without the executor's steps in between, and a service that
-    publishes a host port (the edge) is polled until the port answers HTTP again: that gap is
-    the hand-over, printed. The executor then adopts the running container by its labels and
-    gates it on health as usual. Compose's edge gets `EDGE_STOP_S` to finish in-flight
-    requests; a service with a volume gets its full stop grace period.
+    A stop-first service (a database on its volume, the edge's holder on its fixed ports) has
+    ours created (image present, config staged) before compose's stops; right after the stop
+    ours starts, here, without the executor's steps in between, and a service that publishes
+    a host port is polled until the port answers HTTP again: that gap is the hand-over,
+    printed with its timeline. The executor then adopts the containers by their labels and
+    gates them on health as usual.
+
+    The edge's hand-over (`_hand_over`): its holder is created, detached from its networks
+    and started before compose's edge stops (running, but no port bound: Docker binds
+    published ports when a container joins its first network); the edge is created in its
+    namespace. Compose's edge gets SIGQUIT (its stop signal, `EDGE_STOP_S` to finish
+    in-flight requests); the moment it exits (its `die` event: Docker has released the port
+    by then) the holder is connected to its networks, which binds the ports, and the edge
+    starts. Starting the holder only after the stop instead costs a container start in the
+    gap, and Docker's proxy listens on the port before the new namespace is wired: a client
+    connecting in between waits for an ARP retry (1 s) before the first answer.
     """
 
     def __init__(self, *args: Any, tier_moves: list[Move], stop: Callable[[ComposeContainer,
@@ -249,7 +276,11 @@ class _Migrating(Executor):
                     outcome: ExecutionReport) -> None:
         tier = steps[0].tier
         first = {m.service for m in self.tier_moves if m.tier == tier and m.stop_first}
+        handing = {m.service for m in self.tier_moves
+                   if m.service in first and m.compose
+                   and published(desired.services[m.service])}
         created: dict[str, list[str]] = {}
+        held: dict[str, _Held] = {}
         # create ours before compose's stops (creating binds no port and runs nothing); a
         # service joining another's network namespace (the edge in its holder's) is created
         # in the namespace of that one's new container, so both start right after the stop
@@ -262,9 +293,16 @@ class _Migrating(Executor):
             joins = created.get(svc.joins, [None])[0] if svc.joins is not None else None
             if svc.joins is not None and joins is None:
                 continue  # the one it joins was not created here: the executor does both
-            cid = await self._precreate(step, svc, desired, joins=joins)
-            if cid is not None:
-                created.setdefault(step.service, []).append(cid)
+            made = await self._precreate(step, svc, desired, joins=joins)
+            if made is None:
+                continue
+            cid, body = made
+            if step.service in handing and svc.joins is None and step.service not in held:
+                holding = await self._hold(cid, body)
+                if holding is None:
+                    continue  # removed again: the executor creates it after the stop
+                held[step.service] = holding
+            created.setdefault(step.service, []).append(cid)
         for m in self.tier_moves:
             if m.service not in first:
                 continue
@@ -272,21 +310,35 @@ class _Migrating(Executor):
             ports = published(svc)
             grace = (EDGE_STOP_S if ports and not backups.named_volumes(svc)
                      else svc.service.stop_grace_period)
-            for c in m.compose:
-                await self.stop_compose(c, grace)
-            stopped = time.monotonic()
             joining = [s.name for s in desired.in_tier(tier) if s.joins == m.service]
+            began = time.monotonic()
+            marks: list[tuple[str, float]] = []
+            stops: asyncio.Task[None] | None = None
+            if m.service in held:
+                stops = await self._hand_over(m, held[m.service], grace, desired.project,
+                                              marks)
+                if stops is None:  # could not connect it: ours is created by the executor
+                    for name in (m.service, *joining):
+                        created.pop(name, None)
+                    continue
+                created.pop(m.service, None)
+            else:
+                for c in m.compose:
+                    await self.stop_compose(c, grace)
+                marks.append(("compose's stopped", time.monotonic()))
             for name in (m.service, *joining):
                 for cid in created.pop(name, []):
                     with contextlib.suppress(EngineError):  # the executor's start reports it
                         await self.rt.start_container(cid)
+                    marks.append((f"{name} started", time.monotonic()))
+            if stops is not None:
+                await stops
             if ports and m.compose:
-                await self._port_back(m.compose[0].service, ports, stopped,
-                                      time.monotonic() - stopped)
+                await self._port_back(m.compose[0].service, ports, began, marks)
         await super()._tier(steps, desired, outcome)
 
     async def _precreate(self, step: Step, svc: DesiredService, desired: Desired, *,
-                         joins: str | None) -> str | None:
+                         joins: str | None) -> tuple[str, JSON] | None:
         """Create the step's container (config staged, files written) as the executor would;
         the executor adopts it by its labels. None when anything fails: the executor's own
         step then does it and reports why."""
@@ -299,23 +351,116 @@ class _Migrating(Executor):
             body = container_config(svc, step.replica or 1)
             if joins is not None:
                 body["HostConfig"] = {**body["HostConfig"], "NetworkMode": f"container:{joins}"}
-            return await self.rt.create_container(step.new_name, body)
+            return await self.rt.create_container(step.new_name, body), body
         except (EngineError, OSError, ValueError, StepFailed):
             return None
 
+    async def _hold(self, cid: str, body: JSON) -> _Held | None:
+        """Detach the new port owner from its networks and start it (no port bound yet).
+        None (the container removed again) when the runtime cannot, or an endpoint needs
+        more than aliases (a fixed address)."""
+        endpoints = ((body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {})
+        plain = endpoints and all(set(e or {}) <= {"Aliases"} for e in endpoints.values())
+        if plain and isinstance(self.rt, _Rewiring):
+            try:
+                for net in endpoints:
+                    await self.rt.disconnect_network(cid, net)
+                await self.rt.start_container(cid)
+                return _Held(cid, [(net, list((e or {}).get("Aliases") or ()))
+                                   for net, e in endpoints.items()])
+            except EngineError:
+                pass
+        with contextlib.suppress(EngineError):
+            await self.rt.remove_container(cid)
+        return None
+
+    async def _connect(self, held: _Held) -> bool:
+        """Connect the held container to the networks it is not on yet; False on a refusal
+        (the port still bound by compose's container)."""
+        try:
+            for net, aliases in held.endpoints[held.connected:]:
+                await self.rt.connect_network(held.cid, net, aliases=aliases)
+                held.connected += 1
+        except EngineError:
+            return False
+        return True
+
+    async def _hand_over(self, m: Move, held: _Held, grace: float, project: str,
+                         marks: list[tuple[str, float]]) -> asyncio.Task[None] | None:
+        """Stop compose's containers of the move and connect the held one the moment they
+        exited (their `die` events; the stop calls' return, without an event stream).
+        Returns the task of the stops (still finishing), None when the held container could
+        not be connected (then removed: the executor creates it)."""
+        ids = {c.id for c in m.compose}
+        exited: set[str] = set()
+        gone = asyncio.Event()
+        stream = self.rt.events(label=f"{COMPOSE_PROJECT}={project}")
+        try:
+            await stream.connect()
+        except EngineError:
+            gone.set()  # no events: the stops' return says it
+
+        async def watch() -> bool:
+            with contextlib.suppress(EngineError):
+                async for ev in stream:
+                    if ev.action == "die" and ev.container_id in ids:
+                        exited.add(ev.container_id)
+                        if exited >= ids:
+                            return True
+            return False  # the stream ended: the stops' return says it
+
+        async def stop_all() -> None:
+            for c in m.compose:
+                await self.stop_compose(c, grace)
+
+        marks.append(("stop sent", time.monotonic()))
+        stops = asyncio.create_task(stop_all())
+        watcher = asyncio.create_task(watch()) if not gone.is_set() else None
+        try:
+            await asyncio.wait([t for t in (stops, watcher) if t is not None],
+                               return_when=asyncio.FIRST_COMPLETED)
+            if watcher is not None and watcher.done() and not watcher.result():
+                await stops
+            if stops.done():
+                stops.result()  # a failed stop fails the migration, as before
+            marks.append(("compose's exited", time.monotonic()))
+            if not await self._connect(held):
+                # refused (the port not yet released): the engine leaves that network's
+                # interface in the namespace, so restart the holder (a fresh namespace with
+                # the networks connected so far) once the stops returned, and connect again
+                await stops
+                with contextlib.suppress(EngineError):
+                    await self.rt.stop_container(held.cid, timeout_s=0)
+                    await self.rt.start_container(held.cid)
+                if not await self._connect(held):
+                    with contextlib.suppress(EngineError):
+                        await self.rt.remove_container(held.cid)
+                    self.say(f"hand-over {m.service}: could not connect it to its networks; "
+                             "the executor creates it")
+                    return None
+            marks.append((f"{m.service} connected (ports bound)", time.monotonic()))
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+        return stops
+
     async def _port_back(self, service: str, ports: list[tuple[str, int]],
-                         stopped: float, start_s: float) -> None:
+                         began: float, marks: list[tuple[str, float]]) -> None:
         """Poll the service's published ports (every PORT_POLL_S, at most PORT_WAIT_S) until
-        each answers; record and print the gap since compose's container stopped."""
-        deadline = stopped + PORT_WAIT_S
+        each answers; record and print the gap since compose's container was told to stop,
+        with the timeline."""
+        deadline = began + PORT_WAIT_S
         for host, port in ports:
             while not await answers(host, port) and time.monotonic() < deadline:
                 await asyncio.sleep(PORT_POLL_S)
-        gap = time.monotonic() - stopped
+        gap = time.monotonic() - began
         self.handovers[service] = gap
         where = ", ".join(f"{h}:{p}" for h, p in ports)
+        steps = ", ".join(f"{what} +{(t - began) * 1000:.0f}" for what, t in marks)
         self.say(f"hand-over {service}: {where} answered {gap * 1000:.0f} ms after compose's "
-                 f"container stopped (start {start_s * 1000:.0f} ms)"
+                 f"container was told to stop ({steps} ms)"
                  + ("" if time.monotonic() < deadline else
                     " (gave up polling: the health gate decides)"))
 
