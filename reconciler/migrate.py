@@ -35,6 +35,7 @@ from reconciler.backupstore import BackupError, BackupStore
 from reconciler.core import backups, labels
 from reconciler.core.blueprint import container_config
 from reconciler.core.desired import Desired, DesiredService, build
+from reconciler.core.health import health_command
 from reconciler.core.plans import Action, Step
 from reconciler.core.specs import Backup, UpdateOrder, parse_port
 from reconciler.edges import edge_dir
@@ -186,6 +187,8 @@ def backup_plan(desired: Desired, found: list[ComposeContainer]) -> list[
 EDGE_STOP_S = 1.0  # compose's edge: SIGQUIT lets in-flight requests finish, for this long
 PORT_POLL_S = 0.01  # how often the hand-over polls the published port
 PORT_WAIT_S = 15.0  # ... and for how long at most
+WARM_POLL_S = 0.1  # how often the edge, started before the hand-over, is health-checked
+WARM_SETTLE_S = 0.5  # an edge without a health check: still running after this long
 
 
 def published(svc: DesiredService) -> list[tuple[str, int]]:
@@ -303,6 +306,15 @@ class _Migrating(Executor):
                     continue  # removed again: the executor creates it after the stop
                 held[step.service] = holding
             created.setdefault(step.service, []).append(cid)
+        # what joins a held container starts now, in its namespace without a network, and is
+        # health-checked by exec: at the hand-over it already listens (an edge whose config
+        # needs DNS to start exits here and starts after the hand-over instead)
+        warm: set[str] = set()
+        for name, cids in created.items():
+            joined = desired.services[name].joins
+            if joined in held and len(cids) == 1 and await self._warm(
+                    cids[0], desired.services[name].service.update.deadline):
+                warm.add(name)
         for m in self.tier_moves:
             if m.service not in first:
                 continue
@@ -315,19 +327,28 @@ class _Migrating(Executor):
             marks: list[tuple[str, float]] = []
             stops: asyncio.Task[None] | None = None
             if m.service in held:
-                stops = await self._hand_over(m, held[m.service], grace, desired.project,
-                                              marks)
-                if stops is None:  # could not connect it: ours is created by the executor
-                    for name in (m.service, *joining):
-                        created.pop(name, None)
+                stops, restarted = await self._hand_over(m, held[m.service], grace,
+                                                         desired.project, marks)
+                if stops is None:  # could not connect it: the executor creates them all
+                    for cid in [c for name in joining for c in created.pop(name, [])]:
+                        with contextlib.suppress(EngineError):
+                            await self.rt.remove_container(cid)
                     continue
                 created.pop(m.service, None)
+                if restarted:  # a new namespace: what joined the old one joins it again
+                    for name in joining:
+                        warm.discard(name)
+                        for cid in created.get(name, []):
+                            with contextlib.suppress(EngineError):
+                                await self.rt.stop_container(cid, timeout_s=0)
             else:
                 for c in m.compose:
                     await self.stop_compose(c, grace)
                 marks.append(("compose's stopped", time.monotonic()))
             for name in (m.service, *joining):
                 for cid in created.pop(name, []):
+                    if name in warm:
+                        continue  # already serving in the namespace
                     with contextlib.suppress(EngineError):  # the executor's start reports it
                         await self.rt.start_container(cid)
                     marks.append((f"{name} started", time.monotonic()))
@@ -336,6 +357,34 @@ class _Migrating(Executor):
             if ports and m.compose:
                 await self._port_back(m.compose[0].service, ports, began, marks)
         await super()._tier(steps, desired, outcome)
+
+    async def _warm(self, cid: str, limit_s: float) -> bool:
+        """Start a container in a held namespace; True once it runs and its own health check
+        passes by exec (without one: still running after WARM_SETTLE_S). False (stopped
+        again) when it exits or does not pass within `limit_s`."""
+        end = time.monotonic() + limit_s
+        try:
+            await self.rt.start_container(cid)
+            while time.monotonic() < end:
+                info = await self.rt.inspect_container(cid)
+                state = info.get("State") or {}
+                if not state.get("Running") or state.get("Restarting"):
+                    break
+                command = health_command(info)
+                if command is None:
+                    await asyncio.sleep(WARM_SETTLE_S)
+                    info = await self.rt.inspect_container(cid)
+                    if (info.get("State") or {}).get("Running"):
+                        return True
+                    break
+                if await self._exec_probe(cid, *command):
+                    return True
+                await asyncio.sleep(WARM_POLL_S)
+        except EngineError:
+            pass
+        with contextlib.suppress(EngineError):
+            await self.rt.stop_container(cid, timeout_s=0)
+        return False
 
     async def _precreate(self, step: Step, svc: DesiredService, desired: Desired, *,
                          joins: str | None) -> tuple[str, JSON] | None:
@@ -386,11 +435,13 @@ class _Migrating(Executor):
         return True
 
     async def _hand_over(self, m: Move, held: _Held, grace: float, project: str,
-                         marks: list[tuple[str, float]]) -> asyncio.Task[None] | None:
+                         marks: list[tuple[str, float]]
+                         ) -> tuple[asyncio.Task[None] | None, bool]:
         """Stop compose's containers of the move and connect the held one the moment they
         exited (their `die` events; the stop calls' return, without an event stream).
-        Returns the task of the stops (still finishing), None when the held container could
-        not be connected (then removed: the executor creates it)."""
+        Returns the task of the stops (still finishing; None when the held container could
+        not be connected: then removed, the executor creates it) and whether the held
+        container was restarted (a new network namespace)."""
         ids = {c.id for c in m.compose}
         exited: set[str] = set()
         gone = asyncio.Event()
@@ -424,7 +475,9 @@ class _Migrating(Executor):
             if stops.done():
                 stops.result()  # a failed stop fails the migration, as before
             marks.append(("compose's exited", time.monotonic()))
+            restarted = False
             if not await self._connect(held):
+                restarted = True
                 # refused (the port not yet released): the engine leaves that network's
                 # interface in the namespace, so restart the holder (a fresh namespace with
                 # the networks connected so far) once the stops returned, and connect again
@@ -437,14 +490,14 @@ class _Migrating(Executor):
                         await self.rt.remove_container(held.cid)
                     self.say(f"hand-over {m.service}: could not connect it to its networks; "
                              "the executor creates it")
-                    return None
+                    return None, True
             marks.append((f"{m.service} connected (ports bound)", time.monotonic()))
         finally:
             if watcher is not None:
                 watcher.cancel()
             with contextlib.suppress(Exception):
                 await stream.aclose()
-        return stops
+        return stops, restarted
 
     async def _port_back(self, service: str, ports: list[tuple[str, int]],
                          began: float, marks: list[tuple[str, float]]) -> None:

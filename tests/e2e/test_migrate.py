@@ -142,6 +142,14 @@ def compose_stack(host: Host) -> Iterator[tuple[Host, int]]:
                        capture_output=True, timeout=180, check=False)
 
 
+def figures(load: LoadResult) -> str:
+    start, end = load.gap_window
+    when = sorted({f"{(t - start) * 1000:+.0f}" if t < start else f"end{(t - end) * 1000:+.0f}"
+                   for t in load.outside_gap_at})[:10]
+    return (f"{load.failed_outside_gap} failed outside the longest gap (ms from it: "
+            f"{', '.join(when) or '-'}), slowest request {load.slowest_request_s * 1000:.0f} ms")
+
+
 def ours(h: Host) -> dict[str, list[dict[str, object]]]:
     return h.by_service()
 
@@ -166,7 +174,7 @@ def test_migrate_from_compose_keeps_data_and_rolls_back(compose_stack: tuple[Hos
 
     load, res, took = under_load(port, lambda: h.cli(
         "migrate", "--compose-project", h.project, timeout=300))
-    print(f"\n[migrate] {load.summary()}; migrate took {took:.1f}s")
+    print(f"\n[migrate] {load.summary()}; migrate took {took:.1f}s; {figures(load)}")
     print(res.stdout[-3000:])
     assert res.returncode == 0, res.stdout + res.stderr
     # the edge's hand-over: ours was started right after compose's stopped and the port
@@ -216,5 +224,5 @@ def test_migrate_from_compose_keeps_data_and_rolls_back(compose_stack: tuple[Hos
     h.write(SPEC.replace("PORT", str(port)))
     shutil.copy(REPO / "nginx" / "nginx.conf", h.spec / "nginx.conf")
     load2, res2, took2 = under_load(port, down_up)
-    print(f"[down+up] {load2.summary()}; down + apply took {took2:.1f}s")
+    print(f"[down+up] {load2.summary()}; down + apply took {took2:.1f}s; {figures(load2)}")
     assert res2.returncode == 0, res2.stdout + res2.stderr
