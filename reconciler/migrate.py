@@ -6,8 +6,10 @@ Instead of `docker compose down` + install (the whole site down for a cold start
 and compose's containers stop around each tier: a service that can run twice (no fixed host
 port, no named volume: start-first) starts ours first and stops compose's once ours is
 healthy; the others (databases on a volume, the edge on its port) stop compose's first. The
-edge is in the last tier, so it moves last, with the gap of one stop + start. Everything is
-backed up first (the service's `backup` hook, else a copy of its named volumes).
+edge is in the last tier, so it moves last; its hand-over is compose's edge exiting and our
+edge's holder joining its networks (our edge already runs in the holder's namespace, see
+`_Migrating`). Everything is backed up first (the service's `backup` hook, else a copy of
+its named volumes).
 
 Compose's containers are foreign to the reconciler: this module is the ONLY place that
 stops them, and only those labelled `com.docker.compose.project=<NAME>`. It never removes
@@ -101,10 +103,12 @@ def moves(desired: Desired, found: list[ComposeContainer]) -> list[Move]:
                    if stop_first else "start-first: ours is healthy before compose's stops")
             if svc.name == holder:
                 stop_first = True
-                why = f"holds {edge}'s networks and published ports: {edge}'s hand-over"
+                why = (f"holds {edge}'s networks and published ports; started beforehand "
+                       f"without its networks, connected the moment compose's {edge} exits")
             elif svc.name == edge:
                 stop_first = True
-                why = f"runs in {holder}'s network namespace: started right after it"
+                why = (f"runs in {holder}'s network namespace, started and health-checked "
+                       "there before the hand-over")
             out.append(Move(svc.name, tier, stop_first, theirs, why))
     return out
 
@@ -153,7 +157,7 @@ def sequence_text(desired: Desired, found: list[ComposeContainer], *,
                 lines.append(f"   {m.service}: run once to completion (job; what waits on it "
                              "starts after exit 0)")
             elif m.stop_first and not m.compose and desired.services[m.service].joins:
-                lines.append(f"   {m.service}: start ours right after "
+                lines.append(f"   {m.service}: start ours in "
                              f"{desired.services[m.service].joins}, health-gated ({m.why})")
             elif m.stop_first:
                 lines.append(f"   {m.service}: stop {names}, then start ours, health-gated "
@@ -256,14 +260,20 @@ class _Migrating(Executor):
     gates them on health as usual.
 
     The edge's hand-over (`_hand_over`): its holder is created, detached from its networks
-    and started before compose's edge stops (running, but no port bound: Docker binds
-    published ports when a container joins its first network); the edge is created in its
-    namespace. Compose's edge gets SIGQUIT (its stop signal, `EDGE_STOP_S` to finish
-    in-flight requests); the moment it exits (its `die` event: Docker has released the port
-    by then) the holder is connected to its networks, which binds the ports, and the edge
-    starts. Starting the holder only after the stop instead costs a container start in the
-    gap, and Docker's proxy listens on the port before the new namespace is wired: a client
-    connecting in between waits for an ARP retry (1 s) before the first answer.
+    that are not internal and started before compose's edge stops (running, but no port
+    bound: Docker binds published ports when a container joins its first such network); our
+    edge is created and started in the holder's namespace and passes its own health check
+    by exec there (`_warm`). Compose's edge gets its stop signal (SIGQUIT for nginx;
+    `EDGE_STOP_S` to finish in-flight requests); the moment it exits (its `die` event:
+    Docker has released the port by then) the holder is connected to its networks, which
+    binds the ports to an edge that already listens. The gap is compose's edge exiting plus
+    one network connect. Starting the holder and the edge only after the stop costs two
+    container starts in the gap, and Docker's proxy listens on the port before the new
+    namespace is wired: a client connecting in between waits for an ARP retry (1 s).
+    Fallbacks: an edge that does not come up before the hand-over (a config that needs DNS
+    at start) starts right after the connect; a refused connect (the port not yet released)
+    restarts the holder once the stop returned and connects again; a runtime that cannot
+    detach networks gets the plain order (stop, start holder, start edge).
     """
 
     def __init__(self, *args: Any, tier_moves: list[Move], stop: Callable[[ComposeContainer,
@@ -301,7 +311,7 @@ class _Migrating(Executor):
                 continue
             cid, body = made
             if step.service in handing and svc.joins is None and step.service not in held:
-                holding = await self._hold(cid, body)
+                holding = await self._hold(cid, body, desired)
                 if holding is None:
                     continue  # removed again: the executor creates it after the stop
                 held[step.service] = holding
@@ -404,19 +414,22 @@ class _Migrating(Executor):
         except (EngineError, OSError, ValueError, StepFailed):
             return None
 
-    async def _hold(self, cid: str, body: JSON) -> _Held | None:
-        """Detach the new port owner from its networks and start it (no port bound yet).
-        None (the container removed again) when the runtime cannot, or an endpoint needs
-        more than aliases (a fixed address)."""
+    async def _hold(self, cid: str, body: JSON, desired: Desired) -> _Held | None:
+        """Detach the new port owner from its networks that are not internal (an internal
+        network binds no published port) and start it: no port bound yet. None (the
+        container removed again) when the runtime cannot, or an endpoint needs more than
+        aliases (a fixed address)."""
         endpoints = ((body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {})
         plain = endpoints and all(set(e or {}) <= {"Aliases"} for e in endpoints.values())
-        if plain and isinstance(self.rt, _Rewiring):
+        outside = [net for net in endpoints
+                   if net not in desired.networks or not desired.networks[net].internal]
+        if plain and outside and isinstance(self.rt, _Rewiring):
             try:
-                for net in endpoints:
+                for net in outside:
                     await self.rt.disconnect_network(cid, net)
                 await self.rt.start_container(cid)
-                return _Held(cid, [(net, list((e or {}).get("Aliases") or ()))
-                                   for net, e in endpoints.items()])
+                return _Held(cid, [(net, list((endpoints[net] or {}).get("Aliases") or ()))
+                                   for net in outside])
             except EngineError:
                 pass
         with contextlib.suppress(EngineError):

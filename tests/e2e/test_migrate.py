@@ -87,6 +87,7 @@ services:
 LOAD_LIMIT_S = 150.0
 LOAD_MAX = 40000
 CONCURRENCY = 4
+HANDOVER_SLACK_S = 2.0
 
 
 def compose(h: Host, *args: str, timeout: float = 180) -> str:
@@ -167,7 +168,7 @@ def test_migrate_from_compose_keeps_data_and_rolls_back(compose_stack: tuple[Hos
     assert "Backups" in dry.stdout and "db: volume copy" in dry.stdout
     # the edge's holder takes compose's edge's ports over, the edge starts in its namespace
     assert f"nginx.net: stop {h.project}_nginx_1, then start ours" in dry.stdout, dry.stdout
-    assert "nginx: start ours right after nginx.net" in dry.stdout, dry.stdout
+    assert "nginx: start ours in nginx.net" in dry.stdout, dry.stdout
     assert dry.stdout.index("nginx.net: stop") < dry.stdout.index("nginx: start ours")
     assert "api-gateway: start ours" in dry.stdout
     assert sorted(compose_running(h)) == before and h.containers() == []  # nothing changed
@@ -183,6 +184,12 @@ def test_migrate_from_compose_keeps_data_and_rolls_back(compose_stack: tuple[Hos
     assert handover is not None, res.stdout
     print(f"[migrate] edge hand-over (stop returned -> port answers): {handover.group(1)} ms")
     assert load.total > 0 and load.ok > 0
+    # failed requests only in the edge's hand-over: none further than HANDOVER_SLACK_S from
+    # the longest gap (the db's stop-first move and compose's gateway stopping fail nothing)
+    start, end = load.gap_window
+    away = [t for t in load.outside_gap_at
+            if t < start - HANDOVER_SLACK_S or t > end + HANDOVER_SLACK_S]
+    assert away == [], (load.summary(), figures(load))
     # compose's containers are all stopped (kept), ours run: 0 orphaned containers
     assert compose_running(h) == []
     stopped = docker("ps", "-aq", "--filter",

@@ -73,7 +73,7 @@ def test_the_edge_holder_takes_compose_edges_ports_and_the_edge_starts_in_it(
     assert migrate.leftovers(d, found) == []
     text = migrate.sequence_text(d, found, backed_up=[])
     assert "nginx.net: stop shop_nginx_1, then start ours" in text
-    assert "nginx: start ours right after nginx.net" in text
+    assert "nginx: start ours in nginx.net" in text
     assert text.index("nginx.net: stop") < text.index("nginx: start ours")
 
 
