@@ -310,8 +310,10 @@ class _Migrating(Executor):
             if made is None:
                 continue
             cid, body = made
-            if step.service in handing and svc.joins is None and step.service not in held:
-                holding = await self._hold(cid, body, desired)
+            outside = (self._holdable(body, desired) if step.service in handing
+                       and svc.joins is None and step.service not in held else [])
+            if outside:
+                holding = await self._hold(cid, body, outside)
                 if holding is None:
                     continue  # removed again: the executor creates it after the stop
                 held[step.service] = holding
@@ -336,6 +338,7 @@ class _Migrating(Executor):
             began = time.monotonic()
             marks: list[tuple[str, float]] = []
             stops: asyncio.Task[None] | None = None
+            ours = m.service in held or bool(created.get(m.service))
             if m.service in held:
                 stops, restarted = await self._hand_over(m, held[m.service], grace,
                                                          desired.project, marks)
@@ -343,7 +346,7 @@ class _Migrating(Executor):
                     for cid in [c for name in joining for c in created.pop(name, [])]:
                         with contextlib.suppress(EngineError):
                             await self.rt.remove_container(cid)
-                    continue
+                    ours = False
                 created.pop(m.service, None)
                 if restarted:  # a new namespace: what joined the old one joins it again
                     for name in joining:
@@ -364,7 +367,7 @@ class _Migrating(Executor):
                     marks.append((f"{name} started", time.monotonic()))
             if stops is not None:
                 await stops
-            if ports and m.compose:
+            if ports and m.compose and ours:  # else the executor starts ours, gated as usual
                 await self._port_back(m.compose[0].service, ports, began, marks)
         await super()._tier(steps, desired, outcome)
 
@@ -414,27 +417,33 @@ class _Migrating(Executor):
         except (EngineError, OSError, ValueError, StepFailed):
             return None
 
-    async def _hold(self, cid: str, body: JSON, desired: Desired) -> _Held | None:
-        """Detach the new port owner from its networks that are not internal (an internal
-        network binds no published port) and start it: no port bound yet. None (the
-        container removed again) when the runtime cannot, or an endpoint needs more than
-        aliases (a fixed address)."""
+    def _holdable(self, body: JSON, desired: Desired) -> list[str]:
+        """The networks to detach a new port owner from before the hand-over: those not
+        internal (an internal network binds no published port). Empty (the plain order)
+        when the runtime cannot detach, or an endpoint needs more than aliases."""
         endpoints = ((body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {})
-        plain = endpoints and all(set(e or {}) <= {"Aliases"} for e in endpoints.values())
-        outside = [net for net in endpoints
-                   if net not in desired.networks or not desired.networks[net].internal]
-        if plain and outside and isinstance(self.rt, _Rewiring):
-            try:
-                for net in outside:
-                    await self.rt.disconnect_network(cid, net)
-                await self.rt.start_container(cid)
-                return _Held(cid, [(net, list((endpoints[net] or {}).get("Aliases") or ()))
-                                   for net in outside])
-            except EngineError:
-                pass
-        with contextlib.suppress(EngineError):
-            await self.rt.remove_container(cid)
-        return None
+        if not isinstance(self.rt, _Rewiring) or not all(
+                set(e or {}) <= {"Aliases"} for e in endpoints.values()):
+            return []
+        return [net for net in endpoints
+                if net not in desired.networks or not desired.networks[net].internal]
+
+    async def _hold(self, cid: str, body: JSON, outside: list[str]) -> _Held | None:
+        """Detach the new port owner from `outside` and start it: running, no port bound.
+        None (the container removed again: the executor creates it after the stop) when
+        the engine refuses."""
+        endpoints = ((body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {})
+        assert isinstance(self.rt, _Rewiring)
+        try:
+            for net in outside:
+                await self.rt.disconnect_network(cid, net)
+            await self.rt.start_container(cid)
+            return _Held(cid, [(net, list((endpoints[net] or {}).get("Aliases") or ()))
+                               for net in outside])
+        except EngineError:
+            with contextlib.suppress(EngineError):
+                await self.rt.remove_container(cid)
+            return None
 
     async def _connect(self, held: _Held) -> bool:
         """Connect the held container to the networks it is not on yet; False on a refusal
