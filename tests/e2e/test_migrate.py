@@ -182,7 +182,7 @@ def test_migrate_from_compose_keeps_data_and_rolls_back(compose_stack: tuple[Hos
     # was polled until it answered HTTP (the migrator's own measure of the gap)
     handover = re.search(rf"hand-over nginx: 127\.0\.0\.1:{port} answered (\d+) ms", res.stdout)
     assert handover is not None, res.stdout
-    print(f"[migrate] edge hand-over (stop returned -> port answers): {handover.group(1)} ms")
+    print(f"[migrate] edge hand-over (stop sent -> port answers): {handover.group(1)} ms")
     assert load.total > 0 and load.ok > 0
     # failed requests only in the edge's hand-over: none further than HANDOVER_SLACK_S from
     # the longest gap (the db's stop-first move and compose's gateway stopping fail nothing)
@@ -210,6 +210,9 @@ def test_migrate_from_compose_keeps_data_and_rolls_back(compose_stack: tuple[Hos
     assert docker("volume", "ls", "-q", "--filter",
                   f"label=reconciler.project={h.project}").split() == []
     assert get(f"http://127.0.0.1:{port}/v1/x")[0] == 200
+    # the containers created and started by the hand-over are exactly what the spec wants
+    again = h.cli("--dry-run")
+    assert again.returncode == 0, again.stdout + again.stderr
     listed = h.cli("backups", "--json")
     assert any(e["service"] == "db" and e["checksum_ok"] for e in json.loads(listed.stdout))
     scripts = list((h.state / "migrations").glob(f"{h.project}-*/restore.sh"))
