@@ -103,12 +103,10 @@ def moves(desired: Desired, found: list[ComposeContainer]) -> list[Move]:
                    if stop_first else "start-first: ours is healthy before compose's stops")
             if svc.name == holder:
                 stop_first = True
-                why = (f"holds {edge}'s networks and published ports; started beforehand "
-                       f"without its networks, connected the moment compose's {edge} exits")
+                why = f"holds {edge}'s networks, aliases and published ports"
             elif svc.name == edge:
                 stop_first = True
-                why = (f"runs in {holder}'s network namespace, started and health-checked "
-                       "there before the hand-over")
+                why = f"runs in {holder}'s network namespace"
             out.append(Move(svc.name, tier, stop_first, theirs, why))
     return out
 
@@ -156,9 +154,15 @@ def sequence_text(desired: Desired, found: list[ComposeContainer], *,
             if desired.services[m.service].service.job and not m.compose:
                 lines.append(f"   {m.service}: run once to completion (job; what waits on it "
                              "starts after exit 0)")
+            elif m.service == desired.edge_holder and m.compose:
+                lines.append(f"   {m.service}: start ours with no network; stop {names}; the "
+                             "moment it exited, connect ours to its networks, which binds the "
+                             f"published ports ({m.why})")
             elif m.stop_first and not m.compose and desired.services[m.service].joins:
                 lines.append(f"   {m.service}: start ours in "
-                             f"{desired.services[m.service].joins}, health-gated ({m.why})")
+                             f"{desired.services[m.service].joins}'s network namespace before "
+                             "the hand-over (it listens when the ports are bound), "
+                             "health-gated")
             elif m.stop_first:
                 lines.append(f"   {m.service}: stop {names}, then start ours, health-gated "
                              f"({m.why})")

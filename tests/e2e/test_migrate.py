@@ -167,9 +167,10 @@ def test_migrate_from_compose_keeps_data_and_rolls_back(compose_stack: tuple[Hos
     assert dry.returncode == 0, dry.stdout + dry.stderr
     assert "Backups" in dry.stdout and "db: volume copy" in dry.stdout
     # the edge's holder takes compose's edge's ports over, the edge starts in its namespace
-    assert f"nginx.net: stop {h.project}_nginx_1, then start ours" in dry.stdout, dry.stdout
-    assert "nginx: start ours in nginx.net" in dry.stdout, dry.stdout
-    assert dry.stdout.index("nginx.net: stop") < dry.stdout.index("nginx: start ours")
+    assert (f"nginx.net: start ours with no network; stop {h.project}_nginx_1; the moment it "
+            "exited, connect ours") in dry.stdout, dry.stdout
+    assert "nginx: start ours in nginx.net's network namespace" in dry.stdout, dry.stdout
+    assert dry.stdout.index("nginx.net: start") < dry.stdout.index("nginx: start ours")
     assert "api-gateway: start ours" in dry.stdout
     assert sorted(compose_running(h)) == before and h.containers() == []  # nothing changed
 

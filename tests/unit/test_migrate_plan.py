@@ -72,9 +72,10 @@ def test_the_edge_holder_takes_compose_edges_ports_and_the_edge_starts_in_it(
     assert migrate.published(d.services["nginx"]) == []  # nginx publishes nothing itself
     assert migrate.leftovers(d, found) == []
     text = migrate.sequence_text(d, found, backed_up=[])
-    assert "nginx.net: stop shop_nginx_1, then start ours" in text
-    assert "nginx: start ours in nginx.net" in text
-    assert text.index("nginx.net: stop") < text.index("nginx: start ours")
+    assert ("nginx.net: start ours with no network; stop shop_nginx_1; the moment it exited, "
+            "connect ours") in text
+    assert "nginx: start ours in nginx.net's network namespace" in text
+    assert text.index("nginx.net: start") < text.index("nginx: start ours")
 
 
 def test_restore_script_removes_ours_and_starts_the_running_ones_in_order() -> None:
