@@ -369,10 +369,10 @@ class _Migrating(Executor):
                     with contextlib.suppress(EngineError):  # the executor's start reports it
                         await self.rt.start_container(cid)
                     marks.append((f"{name} started", time.monotonic()))
-            if stops is not None:
-                await stops
             if ports and m.compose and ours:  # else the executor starts ours, gated as usual
                 await self._port_back(m.compose[0].service, ports, began, marks)
+            if stops is not None:  # the stop calls return a little after the exit
+                await stops
         await super()._tier(steps, desired, outcome)
 
     async def _warm(self, cid: str, limit_s: float) -> bool:
