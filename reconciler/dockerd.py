@@ -673,6 +673,13 @@ class DockerRuntime:
                               aliases: Sequence[str]) -> None:
         await self._connect(container_id, network, {"Aliases": list(aliases)})
 
+    async def disconnect_network(self, container_id: str, network: str) -> None:
+        """Detach a container from a network (`reconciler migrate` starts the edge's holder
+        with no network, so its published ports are bound only when it is connected)."""
+        await self._json(
+            f"disconnect {container_id} from network {network}", f"networks/{network}/disconnect",
+            method="POST", body={"Container": container_id, "Force": False})
+
     async def start_container(self, container_id: str) -> None:
         # 304 (already running) is success.
         await self._json(f"start container {container_id}",

@@ -6,8 +6,10 @@ Instead of `docker compose down` + install (the whole site down for a cold start
 and compose's containers stop around each tier: a service that can run twice (no fixed host
 port, no named volume: start-first) starts ours first and stops compose's once ours is
 healthy; the others (databases on a volume, the edge on its port) stop compose's first. The
-edge is in the last tier, so it moves last, with the gap of one stop + start. Everything is
-backed up first (the service's `backup` hook, else a copy of its named volumes).
+edge is in the last tier, so it moves last; its hand-over is compose's edge exiting and our
+edge's holder joining its networks (our edge already runs in the holder's namespace, see
+`_Migrating`). Everything is backed up first (the service's `backup` hook, else a copy of
+its named volumes).
 
 Compose's containers are foreign to the reconciler: this module is the ONLY place that
 stops them, and only those labelled `com.docker.compose.project=<NAME>`. It never removes
@@ -29,16 +31,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from reconciler.backupstore import BackupError, BackupStore
 from reconciler.core import backups, labels
 from reconciler.core.blueprint import container_config
 from reconciler.core.desired import Desired, DesiredService, build
+from reconciler.core.health import health_command
 from reconciler.core.plans import Action, Step
 from reconciler.core.specs import Backup, UpdateOrder, parse_port
 from reconciler.edges import edge_dir
-from reconciler.execute import ExecutionReport, Executor
+from reconciler.execute import ExecutionReport, Executor, StepFailed
 from reconciler.persistence import State, atomic_write
 from reconciler.runtimes import JSON, EngineError, Runtime
 
@@ -81,14 +84,29 @@ class Move:
 
 
 def moves(desired: Desired, found: list[ComposeContainer]) -> list[Move]:
-    """Per service in tier order: stop compose's first or start ours first. Pure."""
+    """Per service in tier order: stop compose's first or start ours first. Pure.
+
+    With an edge holder (`Desired.edge_holder`, see `core.desired._split_edge`) the holder
+    owns the published ports, so it takes over from compose's edge containers (stop-first);
+    the edge itself runs in the holder's network namespace and starts right after it."""
+    holder = desired.edge_holder
+    edge = desired.edge_service if holder is not None else None
     out = []
     for tier in desired.tiers:
-        for svc in desired.in_tier(tier):
-            theirs = tuple(c for c in found if c.service == svc.name and c.running)
+        # a service joining another's network namespace comes right after it
+        for svc in sorted(desired.in_tier(tier), key=lambda s: (s.joins is not None, s.name)):
+            own = edge if svc.name == holder and edge is not None else svc.name
+            theirs = () if svc.name == edge else tuple(
+                c for c in found if c.service == own and c.running)
             stop_first = svc.order is UpdateOrder.STOP_FIRST
             why = ("stop-first: a fixed host port or a named volume cannot be shared"
                    if stop_first else "start-first: ours is healthy before compose's stops")
+            if svc.name == holder:
+                stop_first = True
+                why = f"holds {edge}'s networks, aliases and published ports"
+            elif svc.name == edge:
+                stop_first = True
+                why = f"runs in {holder}'s network namespace"
             out.append(Move(svc.name, tier, stop_first, theirs, why))
     return out
 
@@ -136,6 +154,15 @@ def sequence_text(desired: Desired, found: list[ComposeContainer], *,
             if desired.services[m.service].service.job and not m.compose:
                 lines.append(f"   {m.service}: run once to completion (job; what waits on it "
                              "starts after exit 0)")
+            elif m.service == desired.edge_holder and m.compose:
+                lines.append(f"   {m.service}: start ours with no network; stop {names}; the "
+                             "moment it exited, connect ours to its networks, which binds the "
+                             f"published ports ({m.why})")
+            elif m.stop_first and not m.compose and desired.services[m.service].joins:
+                lines.append(f"   {m.service}: start ours in "
+                             f"{desired.services[m.service].joins}'s network namespace before "
+                             "the hand-over (it listens when the ports are bound), "
+                             "health-gated")
             elif m.stop_first:
                 lines.append(f"   {m.service}: stop {names}, then start ours, health-gated "
                              f"({m.why})")
@@ -168,6 +195,8 @@ def backup_plan(desired: Desired, found: list[ComposeContainer]) -> list[
 EDGE_STOP_S = 1.0  # compose's edge: SIGQUIT lets in-flight requests finish, for this long
 PORT_POLL_S = 0.01  # how often the hand-over polls the published port
 PORT_WAIT_S = 15.0  # ... and for how long at most
+WARM_POLL_S = 0.1  # how often the edge, started before the hand-over, is health-checked
+WARM_SETTLE_S = 0.5  # an edge without a health check: still running after this long
 
 
 def published(svc: DesiredService) -> list[tuple[str, int]]:
@@ -206,16 +235,49 @@ async def answers(host: str, port: int, *, timeout_s: float = 0.5) -> bool:
             await writer.wait_closed()
 
 
+@runtime_checkable
+class _Rewiring(Protocol):
+    """A runtime that can detach a container from a network (Docker's)."""
+
+    async def disconnect_network(self, container_id: str, network: str) -> None: ...
+
+
+@dataclass
+class _Held:
+    """A port-owning container of ours (the edge's holder), started with no network: Docker
+    binds its published ports when it is connected to its first network. Started before
+    compose's container stops, so the hand-over is one network connect, not a start."""
+
+    cid: str
+    endpoints: list[tuple[str, list[str]]]  # (network, aliases) in connect order
+    connected: int = 0  # how many of them are connected
+
+
 class _Migrating(Executor):
     """The executor with compose's containers stopped around each tier (see module doc).
 
-    A stop-first service (a database on its volume, the edge on its fixed port) has ours
-    created (image present, config and upstreams rendered) before compose's stops; right after
-    the stop ours starts, here, without the executor's steps in between, and a service that
-    publishes a host port (the edge) is polled until the port answers HTTP again: that gap is
-    the hand-over, printed. The executor then adopts the running container by its labels and
-    gates it on health as usual. Compose's edge gets `EDGE_STOP_S` to finish in-flight
-    requests; a service with a volume gets its full stop grace period.
+    A stop-first service (a database on its volume, the edge's holder on its fixed ports) has
+    ours created (image present, config staged) before compose's stops; right after the stop
+    ours starts, here, without the executor's steps in between, and a service that publishes
+    a host port is polled until the port answers HTTP again: that gap is the hand-over,
+    printed with its timeline. The executor then adopts the containers by their labels and
+    gates them on health as usual.
+
+    The edge's hand-over (`_hand_over`): its holder is created, detached from its networks
+    that are not internal and started before compose's edge stops (running, but no port
+    bound: Docker binds published ports when a container joins its first such network); our
+    edge is created and started in the holder's namespace and passes its own health check
+    by exec there (`_warm`). Compose's edge gets its stop signal (SIGQUIT for nginx;
+    `EDGE_STOP_S` to finish in-flight requests); the moment it exits (its `die` event:
+    Docker has released the port by then) the holder is connected to its networks, which
+    binds the ports to an edge that already listens. The gap is compose's edge exiting plus
+    one network connect. Starting the holder and the edge only after the stop costs two
+    container starts in the gap, and Docker's proxy listens on the port before the new
+    namespace is wired: a client connecting in between waits for an ARP retry (1 s).
+    Fallbacks: an edge that does not come up before the hand-over (a config that needs DNS
+    at start) starts right after the connect; a refused connect (the port not yet released)
+    restarts the holder once the stop returned and connects again; a runtime that cannot
+    detach networks gets the plain order (stop, start holder, start edge).
     """
 
     def __init__(self, *args: Any, tier_moves: list[Move], stop: Callable[[ComposeContainer,
@@ -231,18 +293,44 @@ class _Migrating(Executor):
                     outcome: ExecutionReport) -> None:
         tier = steps[0].tier
         first = {m.service for m in self.tier_moves if m.tier == tier and m.stop_first}
+        handing = {m.service for m in self.tier_moves
+                   if m.service in first and m.compose
+                   and published(desired.services[m.service])}
         created: dict[str, list[str]] = {}
-        # create ours before compose's stops (creating binds no port and runs nothing)
-        for step in steps:
+        held: dict[str, _Held] = {}
+        # create ours before compose's stops (creating binds no port and runs nothing); a
+        # service joining another's network namespace (the edge in its holder's) is created
+        # in the namespace of that one's new container, so both start right after the stop
+        for step in sorted(steps, key=lambda s: s.service in desired.services
+                           and desired.services[s.service].joins is not None):
             svc = desired.services.get(step.service)
-            if step.service in first and step.action is Action.CREATE and step.new_name \
-                    and svc is not None and svc.joins is None:
-                with contextlib.suppress(EngineError, OSError, ValueError):
-                    if svc.files and self.files is not None:
-                        self.files.materialise(svc)  # its read-only binds must exist
-                    cid = await self.rt.create_container(step.new_name, container_config(
-                        svc, step.replica or 1))
-                    created.setdefault(step.service, []).append(cid)
+            if svc is None or step.service not in first or step.action is not Action.CREATE \
+                    or not step.new_name:
+                continue
+            joins = created.get(svc.joins, [None])[0] if svc.joins is not None else None
+            if svc.joins is not None and joins is None:
+                continue  # the one it joins was not created here: the executor does both
+            made = await self._precreate(step, svc, desired, joins=joins)
+            if made is None:
+                continue
+            cid, body = made
+            outside = (self._holdable(body, desired) if step.service in handing
+                       and svc.joins is None and step.service not in held else [])
+            if outside:
+                holding = await self._hold(cid, body, outside)
+                if holding is None:
+                    continue  # removed again: the executor creates it after the stop
+                held[step.service] = holding
+            created.setdefault(step.service, []).append(cid)
+        # what joins a held container starts now, in its namespace without a network, and is
+        # health-checked by exec: at the hand-over it already listens (an edge whose config
+        # needs DNS to start exits here and starts after the hand-over instead)
+        warm: set[str] = set()
+        for name, cids in created.items():
+            joined = desired.services[name].joins
+            if joined in held and len(cids) == 1 and await self._warm(
+                    cids[0], desired.services[name].service.update.deadline):
+                warm.add(name)
         for m in self.tier_moves:
             if m.service not in first:
                 continue
@@ -250,29 +338,208 @@ class _Migrating(Executor):
             ports = published(svc)
             grace = (EDGE_STOP_S if ports and not backups.named_volumes(svc)
                      else svc.service.stop_grace_period)
-            for c in m.compose:
-                await self.stop_compose(c, grace)
-            stopped = time.monotonic()
-            for cid in created.get(m.service, []):
-                with contextlib.suppress(EngineError):  # the executor's start reports it
-                    await self.rt.start_container(cid)
-            if ports and m.compose:
-                await self._port_back(m.service, ports, stopped, time.monotonic() - stopped)
+            joining = [s.name for s in desired.in_tier(tier) if s.joins == m.service]
+            began = time.monotonic()
+            marks: list[tuple[str, float]] = []
+            stops: asyncio.Task[None] | None = None
+            ours = m.service in held or bool(created.get(m.service))
+            if m.service in held:
+                stops, restarted = await self._hand_over(m, held[m.service], grace,
+                                                         desired.project, marks)
+                if stops is None:  # could not connect it: the executor creates them all
+                    for cid in [c for name in joining for c in created.pop(name, [])]:
+                        with contextlib.suppress(EngineError):
+                            await self.rt.remove_container(cid)
+                    ours = False
+                created.pop(m.service, None)
+                if restarted:  # a new namespace: what joined the old one joins it again
+                    for name in joining:
+                        warm.discard(name)
+                        for cid in created.get(name, []):
+                            with contextlib.suppress(EngineError):
+                                await self.rt.stop_container(cid, timeout_s=0)
+            else:
+                for c in m.compose:
+                    await self.stop_compose(c, grace)
+                marks.append(("compose's stopped", time.monotonic()))
+            for name in (m.service, *joining):
+                for cid in created.pop(name, []):
+                    if name in warm:
+                        continue  # already serving in the namespace
+                    with contextlib.suppress(EngineError):  # the executor's start reports it
+                        await self.rt.start_container(cid)
+                    marks.append((f"{name} started", time.monotonic()))
+            if ports and m.compose and ours:  # else the executor starts ours, gated as usual
+                await self._port_back(m.compose[0].service, ports, began, marks)
+            if stops is not None:  # the stop calls return a little after the exit
+                await stops
         await super()._tier(steps, desired, outcome)
 
+    async def _warm(self, cid: str, limit_s: float) -> bool:
+        """Start a container in a held namespace; True once it runs and its own health check
+        passes by exec (without one: still running after WARM_SETTLE_S). False (stopped
+        again) when it exits or does not pass within `limit_s`."""
+        end = time.monotonic() + limit_s
+        try:
+            await self.rt.start_container(cid)
+            while time.monotonic() < end:
+                info = await self.rt.inspect_container(cid)
+                state = info.get("State") or {}
+                if not state.get("Running") or state.get("Restarting"):
+                    break
+                command = health_command(info)
+                if command is None:
+                    await asyncio.sleep(WARM_SETTLE_S)
+                    info = await self.rt.inspect_container(cid)
+                    if (info.get("State") or {}).get("Running"):
+                        return True
+                    break
+                if await self._exec_probe(cid, *command):
+                    return True
+                await asyncio.sleep(WARM_POLL_S)
+        except EngineError:
+            pass
+        with contextlib.suppress(EngineError):
+            await self.rt.stop_container(cid, timeout_s=0)
+        return False
+
+    async def _precreate(self, step: Step, svc: DesiredService, desired: Desired, *,
+                         joins: str | None) -> tuple[str, JSON] | None:
+        """Create the step's container (config staged, files written) as the executor would;
+        the executor adopts it by its labels. None when anything fails: the executor's own
+        step then does it and reports why."""
+        assert step.new_name is not None
+        try:
+            if svc.staged and self.edge is not None:
+                await self.edge.stage(desired, svc)
+            if svc.files and self.files is not None:
+                self.files.materialise(svc)  # its read-only binds must exist
+            body = container_config(svc, step.replica or 1)
+            if joins is not None:
+                body["HostConfig"] = {**body["HostConfig"], "NetworkMode": f"container:{joins}"}
+            return await self.rt.create_container(step.new_name, body), body
+        except (EngineError, OSError, ValueError, StepFailed):
+            return None
+
+    def _holdable(self, body: JSON, desired: Desired) -> list[str]:
+        """The networks to detach a new port owner from before the hand-over: those not
+        internal (an internal network binds no published port). Empty (the plain order)
+        when the runtime cannot detach, or an endpoint needs more than aliases."""
+        endpoints = ((body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {})
+        if not isinstance(self.rt, _Rewiring) or not all(
+                set(e or {}) <= {"Aliases"} for e in endpoints.values()):
+            return []
+        return [net for net in endpoints
+                if net not in desired.networks or not desired.networks[net].internal]
+
+    async def _hold(self, cid: str, body: JSON, outside: list[str]) -> _Held | None:
+        """Detach the new port owner from `outside` and start it: running, no port bound.
+        None (the container removed again: the executor creates it after the stop) when
+        the engine refuses."""
+        endpoints = ((body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {})
+        assert isinstance(self.rt, _Rewiring)
+        try:
+            for net in outside:
+                await self.rt.disconnect_network(cid, net)
+            await self.rt.start_container(cid)
+            return _Held(cid, [(net, list((endpoints[net] or {}).get("Aliases") or ()))
+                               for net in outside])
+        except EngineError:
+            with contextlib.suppress(EngineError):
+                await self.rt.remove_container(cid)
+            return None
+
+    async def _connect(self, held: _Held) -> bool:
+        """Connect the held container to the networks it is not on yet; False on a refusal
+        (the port still bound by compose's container)."""
+        try:
+            for net, aliases in held.endpoints[held.connected:]:
+                await self.rt.connect_network(held.cid, net, aliases=aliases)
+                held.connected += 1
+        except EngineError:
+            return False
+        return True
+
+    async def _hand_over(self, m: Move, held: _Held, grace: float, project: str,
+                         marks: list[tuple[str, float]]
+                         ) -> tuple[asyncio.Task[None] | None, bool]:
+        """Stop compose's containers of the move and connect the held one the moment they
+        exited (their `die` events; the stop calls' return, without an event stream).
+        Returns the task of the stops (still finishing; None when the held container could
+        not be connected: then removed, the executor creates it) and whether the held
+        container was restarted (a new network namespace)."""
+        ids = {c.id for c in m.compose}
+        exited: set[str] = set()
+        gone = asyncio.Event()
+        stream = self.rt.events(label=f"{COMPOSE_PROJECT}={project}")
+        try:
+            await stream.connect()
+        except EngineError:
+            gone.set()  # no events: the stops' return says it
+
+        async def watch() -> bool:
+            with contextlib.suppress(EngineError):
+                async for ev in stream:
+                    if ev.action == "die" and ev.container_id in ids:
+                        exited.add(ev.container_id)
+                        if exited >= ids:
+                            return True
+            return False  # the stream ended: the stops' return says it
+
+        async def stop_all() -> None:
+            for c in m.compose:
+                await self.stop_compose(c, grace)
+
+        marks.append(("stop sent", time.monotonic()))
+        stops = asyncio.create_task(stop_all())
+        watcher = asyncio.create_task(watch()) if not gone.is_set() else None
+        try:
+            await asyncio.wait([t for t in (stops, watcher) if t is not None],
+                               return_when=asyncio.FIRST_COMPLETED)
+            if watcher is not None and watcher.done() and not watcher.result():
+                await stops
+            if stops.done():
+                stops.result()  # a failed stop fails the migration, as before
+            marks.append(("compose's exited", time.monotonic()))
+            restarted = False
+            if not await self._connect(held):
+                restarted = True
+                # refused (the port not yet released): the engine leaves that network's
+                # interface in the namespace, so restart the holder (a fresh namespace with
+                # the networks connected so far) once the stops returned, and connect again
+                await stops
+                with contextlib.suppress(EngineError):
+                    await self.rt.stop_container(held.cid, timeout_s=0)
+                    await self.rt.start_container(held.cid)
+                if not await self._connect(held):
+                    with contextlib.suppress(EngineError):
+                        await self.rt.remove_container(held.cid)
+                    self.say(f"hand-over {m.service}: could not connect it to its networks; "
+                             "the executor creates it")
+                    return None, True
+            marks.append((f"{m.service} connected (ports bound)", time.monotonic()))
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+        return stops, restarted
+
     async def _port_back(self, service: str, ports: list[tuple[str, int]],
-                         stopped: float, start_s: float) -> None:
+                         began: float, marks: list[tuple[str, float]]) -> None:
         """Poll the service's published ports (every PORT_POLL_S, at most PORT_WAIT_S) until
-        each answers; record and print the gap since compose's container stopped."""
-        deadline = stopped + PORT_WAIT_S
+        each answers; record and print the gap since compose's container was told to stop,
+        with the timeline."""
+        deadline = began + PORT_WAIT_S
         for host, port in ports:
             while not await answers(host, port) and time.monotonic() < deadline:
                 await asyncio.sleep(PORT_POLL_S)
-        gap = time.monotonic() - stopped
+        gap = time.monotonic() - began
         self.handovers[service] = gap
         where = ", ".join(f"{h}:{p}" for h, p in ports)
+        steps = ", ".join(f"{what} +{(t - began) * 1000:.0f}" for what, t in marks)
         self.say(f"hand-over {service}: {where} answered {gap * 1000:.0f} ms after compose's "
-                 f"container stopped (start {start_s * 1000:.0f} ms)"
+                 f"container was told to stop ({steps} ms)"
                  + ("" if time.monotonic() < deadline else
                     " (gave up polling: the health gate decides)"))
 

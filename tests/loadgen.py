@@ -44,6 +44,13 @@ class LoadResult:
     longest_gap_s: float = 0.0
     versions_seen_in_order: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # when the longest gap was (time.time() of the success before and after it), how many
+    # requests failed outside it, and the longest any one request took (a request that
+    # hangs, e.g. on a SYN or ARP retry, shows here)
+    gap_window: tuple[float, float] = (0.0, 0.0)
+    failed_outside_gap: int = 0
+    slowest_request_s: float = 0.0
+    outside_gap_at: list[float] = field(default_factory=list)  # when those failed (time.time)
 
     def summary(self) -> str:
         return (f"{self.total} requests in {self.seconds:.1f}s, {self.failed} failed "
@@ -79,11 +86,16 @@ async def run_load(url: str, *, seconds: float, max_requests: int, concurrency: 
     counts = {"total": 0, "ok": 0}
     last_ok = [started]
     gap = [0.0]
+    window = [started, started]
     versions: list[str] = []
+    failed_at: list[float] = []
+    slowest = [0.0]
 
     def success(version: str | None) -> None:
         now = time.monotonic()
-        gap[0] = max(gap[0], now - last_ok[0])
+        if now - last_ok[0] > gap[0]:
+            gap[0] = now - last_ok[0]
+            window[:] = [last_ok[0], now]
         last_ok[0] = now
         counts["ok"] += 1
         if version is not None and (not versions or versions[-1] != version) and len(
@@ -95,19 +107,26 @@ async def run_load(url: str, *, seconds: float, max_requests: int, concurrency: 
                 stop is not None and stop.is_set() and counts["total"] >= min_requests):
             budget[0] -= 1
             counts["total"] += 1
+            sent = time.monotonic()
             try:
                 async with session.get(url, headers=headers) as resp:
                     body = await resp.read()
                     if resp.status != 200:
                         errors[f"status {resp.status}"] += 1
+                        failed_at.append(time.monotonic())
                         continue
                     success(_version(body))
             except TimeoutError:
                 errors["timeout"] += 1
+                failed_at.append(time.monotonic())
             except aiohttp.ClientError as exc:
                 errors[type(exc).__name__] += 1
+                failed_at.append(time.monotonic())
             except OSError as exc:
                 errors[type(exc).__name__] += 1
+                failed_at.append(time.monotonic())
+            finally:
+                slowest[0] = max(slowest[0], time.monotonic() - sent)
 
     timeout = aiohttp.ClientTimeout(total=request_timeout, sock_connect=min(5.0,
                                                                              request_timeout))
@@ -116,11 +135,17 @@ async def run_load(url: str, *, seconds: float, max_requests: int, concurrency: 
         await asyncio.gather(*(client(session) for _ in range(concurrency)))
     end = time.monotonic()
     # the time from the last success to the end of the run is a gap as well
-    gap[0] = max(gap[0], end - last_ok[0]) if counts["ok"] else end - started
+    if end - last_ok[0] > gap[0] or not counts["ok"]:
+        gap[0], window[:] = end - last_ok[0], [last_ok[0], end]
+    wall = time.time() - end  # monotonic -> wall clock
+    outside = [t for t in failed_at if not window[0] <= t <= window[1]]
     return LoadResult(total=counts["total"], ok=counts["ok"],
                       failed=counts["total"] - counts["ok"], errors_by_kind=dict(errors),
                       longest_gap_s=gap[0], versions_seen_in_order=versions,
-                      seconds=end - started)
+                      seconds=end - started, gap_window=(window[0] + wall, window[1] + wall),
+                      failed_outside_gap=len(outside),
+                      outside_gap_at=[t + wall for t in outside[:MAX_VERSIONS]],
+                      slowest_request_s=slowest[0])
 
 
 def _version(body: bytes) -> str | None:

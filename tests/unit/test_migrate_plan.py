@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from reconciler import migrate
-from tests.specfactory import desired_from
+from reconciler.core.desired import build
+from tests.specfactory import KEY, desired_from, load_text
 from tests.unit.test_planner import BASE
 
 SPEC = BASE
@@ -44,6 +45,37 @@ def test_a_job_is_shown_as_run_once(tmp_path: Path) -> None:
     text = migrate.sequence_text(d, migrate.compose_containers([listed("db", 1)], "shop"),
                                  backed_up=[])
     assert "migrate: run once to completion (job" in text
+
+
+EDGE = SPEC + """  nginx:
+    tier: external
+    image: nginx:1
+    ports: ["80:80"]
+    networks: [backend]
+edge: {service: nginx, upstreams_file: /etc/nginx/conf.d/upstreams.conf}
+"""
+
+
+def test_the_edge_holder_takes_compose_edges_ports_and_the_edge_starts_in_it(
+        tmp_path: Path) -> None:
+    """One host: `nginx.net` holds the edge's published ports, so it is what stops compose's
+    nginx first; our nginx (in its namespace) has no compose container and starts right
+    after it, and the dry run says so in that order."""
+    d = build(load_text(tmp_path, EDGE), KEY, edge_holder=True)
+    assert d.edge_holder == "nginx.net"
+    found = migrate.compose_containers([listed("db", 1), listed("api", 1), listed("nginx", 1)],
+                                       "shop")
+    ext = [m for m in migrate.moves(d, found) if m.tier == "external"]
+    assert [(m.service, m.stop_first, [c.name for c in m.compose]) for m in ext] == [
+        ("nginx.net", True, ["shop_nginx_1"]), ("nginx", True, [])]
+    assert migrate.published(d.services["nginx.net"]) == [("127.0.0.1", 80)]
+    assert migrate.published(d.services["nginx"]) == []  # nginx publishes nothing itself
+    assert migrate.leftovers(d, found) == []
+    text = migrate.sequence_text(d, found, backed_up=[])
+    assert ("nginx.net: start ours with no network; stop shop_nginx_1; the moment it exited, "
+            "connect ours") in text
+    assert "nginx: start ours in nginx.net's network namespace" in text
+    assert text.index("nginx.net: start") < text.index("nginx: start ours")
 
 
 def test_restore_script_removes_ours_and_starts_the_running_ones_in_order() -> None:
