@@ -18,6 +18,7 @@ Exit status 0 when every check passed; the table of checks and the wall time are
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -43,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.loading import load
+from tests.loadgen import run_load
 from tests.monitoring import dashboard, dashboard_queries, substitute
 
 REPO = Path(__file__).resolve().parent.parent
@@ -733,6 +735,41 @@ def check_backup_restore(r: Rehearsal, timings: dict[str, float]) -> None:
               roles.stdout.strip())
 
 
+EDGE_CHANGE = ("    resources: {memory: 128m, cpus: 0.5}\n",
+               "    resources: {memory: 160m, cpus: 0.5}\n")
+
+
+def check_edge_swap(r: Rehearsal) -> None:
+    """A container-level change of the Metro edge (its memory limit) under load through it:
+    a new nginx starts next to the old one in the holder's namespace (nginx.conf listens
+    with reuseport), 0 failed requests, the holder (the published port) untouched."""
+    rep = r.report
+    external = r.spec / "40-external.yaml"
+    text = external.read_text()
+    if text.count(EDGE_CHANGE[0]) != 1:
+        raise RuntimeError(f"40-external.yaml: {EDGE_CHANGE[0]!r} not found once")
+    holder = r.containers("nginx.net")
+    external.write_text(text.replace(*EDGE_CHANGE))
+    plan = r.cli("--dry-run")
+
+    async def under_load() -> tuple[Any, subprocess.CompletedProcess[str]]:
+        load = asyncio.create_task(run_load(
+            f"http://127.0.0.1:{r.edge_port}/v1/discovery", seconds=60, max_requests=20000,
+            concurrency=4, stop=(stop := asyncio.Event()), min_requests=500))
+        await asyncio.sleep(1)
+        res = await asyncio.to_thread(r.cli, "apply")
+        await asyncio.sleep(1)
+        stop.set()
+        return await load, res
+
+    result, res = asyncio.run(under_load())  # (main runs everything without a proxy)
+    rep.check("an edge change under load: start-first next to the old nginx in its holder's "
+              "namespace, 0 failed requests, the holder kept",
+              res.returncode == 0 and "start-first" in plan.stdout and result.failed == 0
+              and result.total >= 500 and r.containers("nginx.net") == holder,
+              f"{result.summary()}; {(res.stdout + res.stderr).strip()[-200:]}")
+
+
 def rehearse(*, keep: bool = False) -> int:
     started = time.monotonic()
     ipam = json.loads(docker("network", "inspect", "bridge"))[0]["IPAM"]["Config"][0]
@@ -782,6 +819,9 @@ def rehearse(*, keep: bool = False) -> int:
         t0 = time.monotonic()
         check_admin(r)
         timings["admin"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        check_edge_swap(r)
+        timings["edge"] = time.monotonic() - t0
     except Exception as exc:  # report, clean up, fail
         rep.check("rehearsal ran to the end", False, f"{type(exc).__name__}: {exc}"[:2000])
     finally:
