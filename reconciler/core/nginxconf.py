@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 NGINX_PREFIX = "/etc/nginx"
 MAX_DEPTH = 16  # include nesting
+MAX_READS = 2000  # files read in all, includes included (a glob fan-out nests exponentially)
 MAIN_CONF = "/etc/nginx/nginx.conf"
 # where images keep their own `server` blocks (Debian's default site, the official image's
 # default.conf, Alpine's http.d)
@@ -108,8 +109,9 @@ def reuseport(files: Mapping[str, str], mounted_dirs: tuple[str, ...] = (),
         return Reuse(False, f"{MAIN_CONF} is not mounted from the spec (the image's own "
                             "configuration cannot be read)")
     groups: dict[tuple[str, str], bool] = {}
+    reads = [MAX_READS]
     try:
-        _walk(MAIN_CONF, files, mounted_dirs, own_dirs, groups, [], 0)
+        _walk(MAIN_CONF, files, mounted_dirs, own_dirs, groups, [], 0, reads)
     except _Unknown as exc:
         return Reuse(False, str(exc))
     if not groups:
@@ -122,11 +124,14 @@ def reuseport(files: Mapping[str, str], mounted_dirs: tuple[str, ...] = (),
 
 def _walk(path: str, files: Mapping[str, str], mounted_dirs: tuple[str, ...],
           own_dirs: tuple[str, ...], groups: dict[tuple[str, str], bool],
-          stack: list[list[str]], depth: int) -> None:
+          stack: list[list[str]], depth: int, reads: list[int]) -> None:
     """Read one file's directives with `stack` the enclosing blocks (each: block name, and
-    whether a `listen` was seen)."""
+    whether a `listen` was seen). `reads[0]`: files left to read."""
     if depth > MAX_DEPTH:
         raise _Unknown(f"include nesting deeper than {MAX_DEPTH}")
+    reads[0] -= 1
+    if reads[0] < 0:
+        raise _Unknown(f"more than {MAX_READS} files read through includes")
     toks = tokens(files[path])
     words: list[str] = []
     for tok in toks:
@@ -143,7 +148,8 @@ def _walk(path: str, files: Mapping[str, str], mounted_dirs: tuple[str, ...],
             words = []
         elif tok == ";":
             if words:
-                _directive(words, path, files, mounted_dirs, own_dirs, groups, stack, depth)
+                _directive(words, path, files, mounted_dirs, own_dirs, groups, stack, depth,
+                           reads)
             words = []
         else:
             words.append(tok)
@@ -152,7 +158,7 @@ def _walk(path: str, files: Mapping[str, str], mounted_dirs: tuple[str, ...],
 def _directive(words: list[str], path: str, files: Mapping[str, str],
                mounted_dirs: tuple[str, ...], own_dirs: tuple[str, ...],
                groups: dict[tuple[str, str], bool], stack: list[list[str]],
-               depth: int) -> None:
+               depth: int, reads: list[int]) -> None:
     name, args = words[0], words[1:]
     if name == "listen" and args and stack and stack[-1][0] == "server":
         stack[-1][1] = "yes"
@@ -167,7 +173,7 @@ def _directive(words: list[str], path: str, files: Mapping[str, str],
         pattern = posixpath.normpath(pattern)
         matched = sorted(p for p in files if fnmatch.fnmatchcase(p, pattern))
         for inc in matched:
-            _walk(inc, files, mounted_dirs, own_dirs, groups, stack, depth + 1)
+            _walk(inc, files, mounted_dirs, own_dirs, groups, stack, depth + 1, reads)
         if matched:
             return
         where = posixpath.dirname(pattern)

@@ -337,3 +337,14 @@ def test_upstreams_use_the_address_on_a_network_the_holder_shares(tmp_path: Path
     snap = snapshots.parse(d.project, [item])
     text = render_upstreams(d, snap.containers)
     assert "server 10.0.1.5:8080" in text and "10.0.9.9" not in text
+
+
+def test_an_include_fan_out_is_bounded() -> None:
+    """Three layers of 50 files, each including the whole next layer: 125,000 reads at a
+    nesting of only 3, refused after MAX_READS."""
+    files = {MAIN: "http { include /etc/nginx/l1/*.conf; }"}
+    for layer in (1, 2, 3):
+        body = f"include /etc/nginx/l{layer + 1}/*.conf;" if layer < 3 else "server { }"
+        files.update({f"/etc/nginx/l{layer}/{i}.conf": body for i in range(50)})
+    result = reuseport(files)
+    assert not result.ok and "files read" in result.reason
