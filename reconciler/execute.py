@@ -12,6 +12,7 @@ Time and sleep are injected: component tests run it on a fake clock without real
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -50,7 +51,7 @@ from reconciler.runtimes import (
 )
 
 LOG_TAIL = 15
-EXEC_FIRST_S = 0.25  # exec probes until the first success: this cadence (start to start)...
+EXEC_FIRST_S = 0.1  # exec probes until the first success: this cadence (start to start)...
 EXEC_FAST_S = 4.0  # ...for this long after the gate began, then backing off by 1.25x...
 EXEC_MAX_S = 1.0  # ...to at most this
 EVENTS_CONNECT_S = 5.0  # the run's event subscription; without it, gates only poll
@@ -168,6 +169,7 @@ class Executor:
         self._retiring: dict[str, list[asyncio.Task[None]]] = {}  # service -> background stops
         self._wake = _Wakeups()
         self._exec_slots = asyncio.Semaphore(EXEC_CONCURRENCY)
+        self._ahead = _Ahead()
 
     async def run(self, plan: Plan, desired: Desired, *,
                   edge: EdgeHook | None = None) -> ExecutionReport:
@@ -192,14 +194,20 @@ class Executor:
                 await self.edge.prepare(desired)
             for step in plan.objects():
                 await self._timed(step, desired, outcome)
-            for tier in plan.tiers:
-                steps = plan.in_tier(tier)
-                if not steps:
-                    continue
+            tiers = [(tier, plan.in_tier(tier)) for tier in plan.tiers if plan.in_tier(tier)]
+            # an executor that runs tiers its own way (the migration stops compose's
+            # containers around them and creates ours there) creates nothing ahead
+            early = creatable_ahead(plan, desired) if type(self)._tier is Executor._tier else set()
+            for i, (tier, steps) in enumerate(tiers):
                 await self._windows_passed(wait=False)
                 started = self.clock()
                 self.report(Progress("tier-start", tier=tier, message=f"{len(steps)} step(s)"))
-                await self._tier(steps, desired, outcome)
+                # created while this tier starts up: what waits in it, then the next tier
+                # (what starts there at once first)
+                following = tiers[i + 1][1] if i + 1 < len(tiers) else []
+                ahead = ([s for s in steps if s.after] + [s for s in following if not s.after]
+                         + [s for s in following if s.after])
+                await self._tier_ahead(steps, desired, outcome, [s for s in ahead if s.id in early])
                 outcome.tier_seconds[tier] = self.clock() - started
                 self.report(Progress("tier-done", tier=tier, seconds=outcome.tier_seconds[tier]))
             await self._windows_passed(wait=True)
@@ -225,6 +233,7 @@ class Executor:
             # a stop in flight is finished either way (the host is left clean)
             retiring, self._retiring = [t for ts in self._retiring.values() for t in ts], {}
             await asyncio.gather(*retiring, return_exceptions=True)
+            await self._ahead_cleared()
         return outcome
 
     async def _watch(self, project: str) -> asyncio.Task[None] | None:
@@ -357,6 +366,21 @@ class Executor:
             for service_steps in by_service.values()
         ])
 
+    async def _tier_ahead(self, steps: list[Step], desired: Desired, outcome: ExecutionReport,
+                          ahead: list[Step]) -> None:
+        """`_tier`, with the containers of `ahead` (the tier's steps that wait, then the next
+        tier's) created meanwhile (`_create_ahead`) until the tier ends."""
+        if not ahead:
+            await self._tier(steps, desired, outcome)
+            return
+        first = {s.id for s in steps if not s.after and s.action in _STARTS}
+        loop = asyncio.create_task(self._create_ahead(ahead, desired, first))
+        self._ahead.loops.append(loop)
+        try:
+            await self._tier(steps, desired, outcome)
+        finally:
+            loop.cancel()  # a create in flight goes on (shielded): its step takes it
+
     async def _service(self, steps: list[Step], desired: Desired,
                        outcome: ExecutionReport) -> None:
         """One service's steps, each in the lane the planner put it in, once the services
@@ -475,7 +499,7 @@ class Executor:
             for old in step.old:
                 await self._retire(step, old)
         if cid is None:
-            cid = await self._create(step, svc)
+            cid = await self._new_container(step, svc)
         await self._start(step, cid)
         await self._ready(step, svc, cid, outcome)
         if edge is not None:
@@ -554,6 +578,52 @@ class Executor:
         crash_point("container-create:after")
         return cid
 
+    async def _new_container(self, step: Step, svc: DesiredService) -> str:
+        """The step's new container: the one created ahead for it, or one created now."""
+        self._ahead.claimed.add(step.id)
+        early = self._ahead.tasks.get(step.id)
+        if early is None:
+            return await self._create(step, svc)
+        return await asyncio.shield(early)  # a cancelled step leaves it to `_ahead_cleared`
+
+    async def _create_ahead(self, steps: list[Step], desired: Desired, first: set[str]) -> None:
+        """Create the containers of `steps` before their turn, one at a time, once the steps
+        `first` started theirs (a create never competes with those starts); a step that gets
+        there first creates its own. Creating runs no code and binds no port: gates,
+        `depends_on` and tiers still decide when each container starts. A failed create stops
+        the look-ahead; the step meets the failure when it needs it."""
+        while not first <= self._ahead.started:
+            self._ahead.wake.clear()
+            await self._ahead.wake.wait()
+        for step in steps:
+            if step.id in self._ahead.claimed or step.id in self._ahead.tasks:
+                continue
+            task = asyncio.ensure_future(self._create_early(step, desired.services[step.service]))
+            self._ahead.tasks[step.id] = task
+            try:
+                await asyncio.shield(task)
+            except StepFailed:
+                return
+
+    async def _create_early(self, step: Step, svc: DesiredService) -> str:
+        cid = await self._create(step, svc)
+        self._ahead.unstarted[cid] = step.new_name or cid
+        return cid
+
+    async def _ahead_cleared(self) -> None:
+        """End of a run: the look-ahead stops; containers it created that no step started (the
+        run failed before their turn) are removed while still just created (best effort; one
+        left behind is a created container the next plan starts)."""
+        ahead, self._ahead = self._ahead, _Ahead()
+        for loop in ahead.loops:
+            loop.cancel()
+        await asyncio.gather(*ahead.loops, *ahead.tasks.values(), return_exceptions=True)
+        for cid in ahead.unstarted:
+            with contextlib.suppress(EngineError):
+                info = await self.rt.inspect_container(cid)
+                if (info.get("State") or {}).get("Status") == "created":
+                    await self.rt.remove_container(cid)
+
     async def _joined(self, step: Step, *, desired_fp: str | None, project: str,
                       service: str) -> str:
         """The id of the running container of `service` (its desired generation, lowest
@@ -569,9 +639,12 @@ class Executor:
         return min(found, key=lambda c: (c.replica or 0, c.name)).id
 
     async def _start(self, step: Step, cid: str) -> None:
+        self._ahead.unstarted.pop(cid, None)
         crash_point("container-start:before")
         await self._call(step.id, self.rt.start_container(cid))
         crash_point("container-start:after")
+        self._ahead.started.add(step.id)
+        self._ahead.wake.set()
         marks = self._marks.get(step.service)
         if marks is not None:
             marks.starting -= 1
@@ -818,6 +891,36 @@ class BackupHook:
 
     async def take(self, desired: Desired, step: Step) -> None:
         raise NotImplementedError
+
+
+def creatable_ahead(plan: Plan, desired: Desired) -> set[str]:
+    """The steps whose container may be created before the step's turn: plain creates of
+    services the plan only creates containers for (nothing of theirs stops or retires), with
+    no staged edge config and no joined network namespace (those need the moment itself)."""
+    only_new: dict[str, bool] = {}
+    for s in plan.steps:
+        if s.phase is Phase.TIER:
+            fresh = s.action is Action.CREATE and not s.old and s.adopt is None
+            only_new[s.service] = only_new.get(s.service, True) and fresh
+    return {s.id for s in plan.steps
+            if s.phase is Phase.TIER and only_new.get(s.service) and s.new_name
+            and not s.stage_config and s.service in desired.services
+            and desired.services[s.service].joins is None}
+
+
+@dataclass(slots=True)
+class _Ahead:
+    """The run's look-ahead creates: step id -> its create, the steps that took over their
+    own create, containers created ahead and not started yet (id -> name), the loops (one
+    per tier, cancelled when the tier ends), the steps that started their container (`wake`
+    is set at each)."""
+
+    tasks: dict[str, asyncio.Task[str]] = field(default_factory=dict)
+    claimed: set[str] = field(default_factory=set)
+    unstarted: dict[str, str] = field(default_factory=dict)
+    loops: list[asyncio.Task[None]] = field(default_factory=list)
+    started: set[str] = field(default_factory=set)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(slots=True)

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
-
-import structlog
 
 from reconciler import edgeconf, faults
 from reconciler.backupstore import BackupStore
@@ -234,8 +233,12 @@ class Reconciler:
             return PassResult(PassStatus.INVALID_SPEC, "the spec is invalid; nothing was changed",
                               problems=[str(p) for p in exc.problems],
                               seconds=self.clock() - started)
-        structlog.contextvars.bind_contextvars(
-            revision=(candidate.revision or candidate.fingerprint)[:12])
+        # the revision of structured log lines: structlog is in use where logging was set up
+        # (the `run` loop); a one-shot `apply` does not pay for importing it
+        log_context = sys.modules.get("structlog.contextvars")
+        if log_context is not None:
+            log_context.bind_contextvars(
+                revision=(candidate.revision or candidate.fingerprint)[:12])
         try:
             res = await self._reconcile(candidate, kind=kind)
         except EngineError as exc:  # observing failed: nothing was decided or changed

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -116,19 +116,38 @@ def chain_levels(stack: Stack) -> tuple[dict[str, int], int]:
     over the whole graph ignoring tiers). Every dependency here is health-gated (the
     reconciler's default, `service_healthy` in the compose file), so one level costs one
     start plus the app's readiness whoever deploys it."""
-    by_name = {s.name: s for s in stack.services}
-    memo_tier: dict[str, int] = {}
-    memo_all: dict[str, int] = {}
+    per_tier, graph = _heaviest_chains(stack, lambda s: 1)
+    return {t: int(v) for t, v in per_tier.items()}, int(graph)
 
-    def depth(name: str, memo: dict[str, int], same_tier: bool) -> int:
+
+def chain_delays(stack: Stack) -> tuple[float, float]:
+    """The readiness a cold start cannot beat, in HEALTH_DELAY seconds: tier by tier (Σ over
+    tiers of the slowest same-tier chain, as the reconciler's health-gated tiers run it), and
+    the slowest chain over the bare graph (compose, which has no tiers). Each level also
+    costs one start, and the demo app counts HEALTH_DELAY in whole wall-clock seconds (ready
+    at a second boundary), so a level whose start plus detection stays under a second costs
+    exactly its delay."""
+    per_tier, graph = _heaviest_chains(stack, lambda s: s.health_delay)
+    return sum(per_tier.values()), graph
+
+
+def _heaviest_chains(stack: Stack, weight: Callable[[Svc], float]
+                     ) -> tuple[dict[str, float], float]:
+    """(per tier: the heaviest same-tier `depends_on` chain, the heaviest over the graph)."""
+    by_name = {s.name: s for s in stack.services}
+    memo_tier: dict[str, float] = {}
+    memo_all: dict[str, float] = {}
+
+    def depth(name: str, memo: dict[str, float], same_tier: bool) -> float:
         if name not in memo:
             svc = by_name[name]
             deps = [d for d in svc.depends_on if d in by_name
                     and (not same_tier or by_name[d].tier == svc.tier)]
-            memo[name] = 1 + max((depth(d, memo, same_tier) for d in deps), default=0)
+            memo[name] = weight(svc) + max((depth(d, memo, same_tier) for d in deps),
+                                           default=0)
         return memo[name]
 
-    per_tier: dict[str, int] = {}
+    per_tier: dict[str, float] = {}
     for s in stack.services:
         per_tier[s.tier] = max(per_tier.get(s.tier, 0), depth(s.name, memo_tier, True))
     return per_tier, max((depth(n, memo_all, False) for n in by_name), default=0)

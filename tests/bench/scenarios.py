@@ -275,6 +275,11 @@ def b1(bench: Bench) -> None:
                   extra={"probe_aware_lower_bound_s": probe_lb, "start_s": start_s}))
     bench.add(Row("B1", "probe-aware lower bound (first probe after one 0.5 s interval)", "s",
                   rec=[probe_lb]))
+    tiered, graph = gen.chain_delays(stack)
+    per_tier, graph_levels = gen.chain_levels(stack)
+    bench.add(Row("B1", f"critical path, Σ HEALTH_DELAY (reconciler: tiers, "
+                        f"{sum(per_tier.values())} levels; compose: graph, {graph_levels})", "s",
+                  rec=[tiered], cmp=[graph]))
     cold = bench.add(Row("B1", f"cold start to all healthy ({n} containers)", "s",
                          rec=samples[REC], cmp=samples[CMP], target="<= compose"))
     cold.met = cold.ratio is not None and cold.ratio <= 1.0

@@ -108,6 +108,13 @@ def test_chain_levels_count_health_gated_chains_inside_tiers_and_over_the_graph(
     assert gen.chain_levels(flat) == ({t: 1 for t in gen.TIERS}, 4)
 
 
+def test_chain_delays_weigh_the_chains_by_readiness() -> None:
+    # B1: tiers 2 (infra) + 1 + 1 (auth -> user) + 1 + 1 + 1 + 1 (catalog ... gateway) + 0 (web);
+    # the bare graph: db 2 -> catalog -> order -> payment -> gateway -> web 0
+    assert gen.chain_delays(gen.demo_stack("x")) == (8, 6)
+    assert gen.chain_delays(gen.demo_stack("x", ready_s=2)) == (16, 12)
+
+
 def test_ab_alternation() -> None:
     assert order(0) == ("reconciler", "compose") and order(1) == ("compose", "reconciler")
 
