@@ -186,9 +186,13 @@ def test_favicon_is_local_and_with_no_upstream_the_client_gets_a_friendly_503(
     status, _, body = get(base + "/favicon.ico")
     assert status == 204 and body == ""
     assert get(base + "/v1/after-icon")[0] == 200
-    logs = subprocess.run(["docker", "logs", app["Id"]], capture_output=True, text=True,
-                          timeout=30, check=False).stderr  # the app logs requests to stderr
-    assert "GET /v1/after-icon" in logs  # requests are logged by the app ...
+    def app_log() -> str:  # the app logs each request to stderr once it has answered it
+        return subprocess.run(["docker", "logs", app["Id"]], capture_output=True, text=True,
+                              timeout=30, check=False).stderr
+
+    wait_until(lambda: "GET /v1/after-icon" in app_log(), timeout=10,
+               what="the app logged the request")  # requests are logged by the app ...
+    logs = app_log()
     assert "favicon.ico" not in logs  # ... and the favicon never reached it
 
     docker("stop", "-t", "1", app["Id"])  # every upstream container of the service stopped

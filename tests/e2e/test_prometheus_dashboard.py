@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -42,9 +43,18 @@ JOB = "reconciler"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port on 127.0.0.1 below the kernel's ephemeral range (32768-60999): a port
+    from that range can be taken again, before the controller binds it, as the source port
+    of one of the many connections the parallel tests' load generators open."""
+    for _ in range(200):
+        candidate = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return candidate
+    raise RuntimeError("no free port in 20000-32000 on 127.0.0.1")
 
 
 def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
