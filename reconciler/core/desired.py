@@ -102,6 +102,7 @@ class Desired:
     spec_fingerprint: str
     tier_parallelism: Mapping[str, int] = field(default_factory=dict)
     edge_holder: str | None = None  # the service holding the edge's network namespace
+    edge_note: str = ""  # why a held edge is replaced stop-first (shown when it is replaced)
 
     def in_tier(self, tier: str) -> list[DesiredService]:
         """The services of one tier, by name."""
@@ -259,6 +260,17 @@ def _split_edge(spec: Spec, loaded: LoadedSpec, services: dict[str, Service]
     return {**services, edge: joined, name: holder}, name, order
 
 
+def _edge_note(loaded: LoadedSpec, edge: str, order: UpdateOrder | None) -> str:
+    if order is not UpdateOrder.STOP_FIRST:
+        return ""
+    why = (loaded.edge_reuse.reason if loaded.edge_reuse is not None
+           and not loaded.edge_reuse.ok else "a named volume is mounted writable"
+           if loaded.spec.services[edge].update.order is UpdateOrder.AUTO
+           else "update.order: stop-first")
+    return (f"{edge} is replaced stop-first in {edge}{HOLDER_SUFFIX}'s namespace (a short gap): "
+            f"{why[:200]}; with `reuseport` on every listen it starts next to the old one")
+
+
 def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None,
           edge_log_dir: str | None = None, edge_conf_dir: str | None = None,
           files_dir: str | None = None, edge_holder: bool = False) -> Desired:
@@ -365,4 +377,6 @@ def build(loaded: LoadedSpec, key: bytes, *, edge_dir: str | None = None,
         spec_fingerprint=loaded.fingerprint,
         tier_parallelism=dict(spec.tier_parallelism),
         edge_holder=holder,
+        edge_note=(_edge_note(loaded, spec.edge.service, edge_order)
+                   if holder is not None and spec.edge is not None else ""),
     )

@@ -550,7 +550,10 @@ def compute(desired: Desired, snapshot: Snapshot, *, hold: Iterable[str] = (),
                 images=tuple(images), builds=tuple(builds[n] for n in sorted(builds)),
                 engine_available=snapshot.engine_available,
                 upstreams=upstream_changes(steps), edge=desired.edge_service,
-                held=tuple(held.items()), notes=_held_notes(held))
+                held=tuple(held.items()), notes=_held_notes(held) + (
+                    (desired.edge_note,) if desired.edge_note and any(
+                        s.service == desired.edge_service and s.action in _NEW_CONTAINER
+                        for s in steps) else ()))
 
 
 _NEW_CONTAINER = (Action.CREATE, Action.REPLACE, Action.RECREATE)

@@ -348,3 +348,13 @@ def test_an_include_fan_out_is_bounded() -> None:
         files.update({f"/etc/nginx/l{layer}/{i}.conf": body for i in range(50)})
     result = reuseport(files)
     assert not result.ok and "files read" in result.reason
+
+
+def test_the_plan_says_why_a_held_edge_goes_stop_first(tmp_path: Path) -> None:
+    old = desired(tmp_path, conf=PLAIN_CONF)
+    new = desired(tmp_path, SPEC.replace('REV: "1"', 'REV: "2"'), PLAIN_CONF)
+    plan = compute(new, host(new, edge_fp=old.services["nginx"].fingerprint))
+    assert any("nginx is replaced stop-first" in n and "*:80" in n for n in plan.notes)
+    assert not compute(new, host(new)).notes  # nothing to replace: nothing said
+    start_first = desired(tmp_path, SPEC.replace('REV: "1"', 'REV: "2"'))
+    assert start_first.edge_note == ""
