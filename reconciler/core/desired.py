@@ -29,7 +29,7 @@ from reconciler.core.specs import (
     active_services,
     joined_service,
     parse_mount,
-    parse_port,
+    publishes_fixed_port,
     resolved_order,
 )
 
@@ -204,15 +204,11 @@ def holder_name(edge: str, taken: Mapping[str, object]) -> str:
     return name
 
 
-def _holds(spec: Spec, svc: Service) -> bool:
+def _holds(svc: Service) -> bool:
     """The edge gets a network holder when it publishes a fixed host port and owns its
     network namespace (no `network_mode`, nothing exposed, one replica)."""
-    try:
-        fixed = any(parse_port(p).host_port for p in svc.ports)
-    except ValueError:
-        return False
-    return (fixed and not svc.network_mode and svc.expose is None and svc.replicas <= 1
-            and not svc.job)
+    return (publishes_fixed_port(svc) and not svc.network_mode and svc.expose is None
+            and svc.replicas <= 1 and not svc.job)
 
 
 def _split_edge(spec: Spec, loaded: LoadedSpec, services: dict[str, Service]
@@ -228,7 +224,7 @@ def _split_edge(spec: Spec, loaded: LoadedSpec, services: dict[str, Service]
     edge's update order (`auto`: start-first when reuseport is proven and no named volume is
     mounted writable, else stop-first)."""
     edge = spec.edge.service if spec.edge is not None else None
-    if edge is None or edge not in services or not _holds(spec, services[edge]):
+    if edge is None or edge not in services or not _holds(services[edge]):
         return services, None, None
     svc = services[edge]
     name = holder_name(edge, spec.services)

@@ -671,7 +671,7 @@ def resolved_order(spec: Spec, service: Service) -> UpdateOrder:
     """`auto` -> stop-first with published host ports or named volumes, else start-first."""
     if service.update.order is not UpdateOrder.AUTO:
         return service.update.order
-    if any(parse_port(p).host_port for p in service.ports if _port_ok(p)):
+    if publishes_fixed_port(service):
         return UpdateOrder.STOP_FIRST
     if any(parse_mount(v).named and parse_mount(v).source for v in service.volumes):
         return UpdateOrder.STOP_FIRST
@@ -686,6 +686,11 @@ def _port_ok(entry: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def publishes_fixed_port(service: Service) -> bool:
+    """True when the service publishes a fixed host port (invalid entries never count)."""
+    return any(_port_ok(p) and parse_port(p).host_port for p in service.ports)
 
 
 def active_services(spec: Spec, profiles: Iterable[str] = ()) -> dict[str, Service]:
@@ -824,7 +829,7 @@ def validate(
                 findings.append(Finding((*base, "update", "order"), "start-first cannot mount a "
                                         "named volume writable (two writers on one volume)"))
         elif order is UpdateOrder.START_FIRST:
-            if any(_port_ok(p) and parse_port(p).host_port for p in svc.ports):
+            if publishes_fixed_port(svc):
                 findings.append(Finding((*base, "update", "order"), "start-first cannot publish a "
                                         "fixed host port (two containers would need it)"))
             if any(parse_mount(v).named and parse_mount(v).source for v in svc.volumes):
@@ -833,7 +838,7 @@ def validate(
             if svc.ipv4_address:
                 findings.append(Finding((*base, "update", "order"), "start-first cannot keep a "
                                         "fixed ipv4_address (two containers would need it)"))
-        if svc.replicas > 1 and any(_port_ok(p) and parse_port(p).host_port for p in svc.ports):
+        if svc.replicas > 1 and publishes_fixed_port(svc):
             findings.append(Finding((*base, "replicas"), "more than one replica cannot publish a "
                                     "fixed host port"))
         findings.extend(_check_security(name, svc, policy, spec.services))

@@ -49,6 +49,7 @@ from reconciler.core.specs import (
     active_services,
     parse_mount,
     parse_port,
+    publishes_fixed_port,
 )
 
 NANO = 1_000_000_000
@@ -79,13 +80,6 @@ def endpoint_mode_for(*, ipvs: bool) -> EndpointMode:
 # --- the spec: rules that hold only on Swarm ---------------------------------------------------
 
 
-def _fixed_port(entry: str) -> bool:
-    try:
-        return bool(parse_port(entry).host_port)
-    except ValueError:
-        return False
-
-
 def findings(spec: Spec, profiles: Iterable[str] = ()) -> list[Finding]:
     """What a spec asks for that Swarm cannot do (errors), and what works differently there
     (warnings). Each names the key and says how to write it for Swarm."""
@@ -110,8 +104,7 @@ def findings(spec: Spec, profiles: Iterable[str] = ()) -> list[Finding]:
                 out.append(Finding((*base, "ports", i), (
                     f"{entry!r} publishes a random host port: Swarm in host mode needs the "
                     f"port written out (e.g. '8080:{port.container_port}')")))
-        if svc.update.order is UpdateOrder.START_FIRST and any(
-                _fixed_port(p) for p in svc.ports):
+        if svc.update.order is UpdateOrder.START_FIRST and publishes_fixed_port(svc):
             out.append(Finding((*base, "update", "order"), (
                 "start-first cannot publish a fixed host port on Swarm (the new task would "
                 "need the port the old one holds on its node)")))
@@ -143,14 +136,6 @@ def _is_bind(entry: str) -> bool:
     except ValueError:
         return False
     return bool(mount.source) and not mount.named
-
-
-def _port_ok(entry: str) -> bool:
-    try:
-        parse_port(entry)
-    except ValueError:
-        return False
-    return True
 
 
 # --- a desired service -> a Swarm ServiceSpec --------------------------------------------------
