@@ -842,9 +842,6 @@ async def _connect_with_retry(log: Any) -> Runtime:
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
-    import asyncio
-    import signal
-
     from reconciler import logs
     from reconciler.controller import Controller
     from reconciler.core.specs import parse_duration
@@ -857,8 +854,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     state = State(state_dir(args))
     with state.lock():
         runtime = await _connect_with_retry(log)
-        metrics = runner = None
-        controller: Controller | None = None
+        metrics = None
         try:
             if args.metrics_addr:
                 from prometheus_client import CollectorRegistry
@@ -866,29 +862,43 @@ async def cmd_run(args: argparse.Namespace) -> int:
                 from reconciler import telemetry
 
                 metrics = telemetry.Metrics(CollectorRegistry(), version=version())
-                host, _, port = args.metrics_addr.rpartition(":")
             rec = Reconciler(spec_dir=spec_dir(args), state=state, runtime=runtime,
                              profiles=tuple(args.profile), policy=load_policy(),
                              report=progress_logger(log))
             controller = Controller(rec, resync_s=resync, git_pull_s=git_pull,
                                     metrics=metrics, log=log)
-            if metrics is not None:
-                runner = await telemetry.serve(metrics, host or "127.0.0.1", int(port),
-                                               healthy=controller.healthy,
-                                               ready=controller.ready)
-            loop = asyncio.get_running_loop()
-            loop.add_signal_handler(signal.SIGTERM, controller.stop.set)
-            loop.add_signal_handler(signal.SIGINT, controller.stop.set)
-            loop.add_signal_handler(signal.SIGHUP, controller.trigger, "signal")
-            log.info("controller started", spec=str(spec_dir(args)), resync_s=resync,
-                     git_pull_s=git_pull, metrics=args.metrics_addr)
-            await controller.run()
-            log.info("controller stopped")
+            await drive(controller, metrics, args.metrics_addr, log, spec=str(spec_dir(args)),
+                        resync_s=resync, git_pull_s=git_pull, metrics=args.metrics_addr)
         finally:
-            if runner is not None:
-                await runner.cleanup()
             await runtime.close()
     return EXIT_OK
+
+
+async def drive(controller: Any, metrics: Any, metrics_addr: str | None, log: Any, /,
+                **started: Any) -> None:
+    """Run a controller (either engine's) until SIGTERM/SIGINT: its metrics, /healthz and
+    /readyz served on `metrics_addr` when it has metrics, SIGHUP triggering a pass."""
+    import asyncio
+    import signal
+
+    runner = None
+    try:
+        if metrics is not None and metrics_addr:
+            from reconciler import telemetry
+
+            host, _, port = metrics_addr.rpartition(":")
+            runner = await telemetry.serve(metrics, host or "127.0.0.1", int(port),
+                                           healthy=controller.healthy, ready=controller.ready)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, controller.stop.set)
+        loop.add_signal_handler(signal.SIGINT, controller.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, controller.trigger, "signal")
+        log.info("controller started", **started)
+        await controller.run()
+        log.info("controller stopped")
+    finally:
+        if runner is not None:
+            await runner.cleanup()
 
 
 def progress_logger(log: Any) -> Callable[[Progress], None]:

@@ -247,7 +247,6 @@ def run_command(command: str, args: argparse.Namespace) -> int:
 
 async def cmd_run(args: argparse.Namespace) -> int:
     """The controller loop on the cluster (same flags as `run` on one host)."""
-    import signal
 
     from reconciler import logs
     from reconciler.core.specs import parse_duration
@@ -260,7 +259,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     state = State(cli.state_dir(args))
     with state.lock():
         rt = await _connect()
-        metrics = swarm_metrics = runner = None
+        metrics = swarm_metrics = None
         try:
             if args.metrics_addr:
                 from prometheus_client import CollectorRegistry
@@ -274,24 +273,10 @@ async def cmd_run(args: argparse.Namespace) -> int:
             controller = SwarmController(rec, docker=rt.docker, resync_s=resync,
                                          git_pull_s=git_pull, metrics=metrics, log=log,
                                          swarm_metrics=swarm_metrics)
-            if metrics is not None:
-                from reconciler import telemetry
-
-                host, _, port = args.metrics_addr.rpartition(":")
-                runner = await telemetry.serve(metrics, host or "127.0.0.1", int(port),
-                                               healthy=controller.healthy,
-                                               ready=controller.ready)
-            loop = asyncio.get_running_loop()
-            loop.add_signal_handler(signal.SIGTERM, controller.stop.set)
-            loop.add_signal_handler(signal.SIGINT, controller.stop.set)
-            loop.add_signal_handler(signal.SIGHUP, controller.trigger, "signal")
             mode, why = endpoint_mode()
-            log.info("controller started", engine="swarm", endpoint_mode=mode.value,
-                     endpoint_mode_reason=why, spec=str(cli.spec_dir(args)))
-            await controller.run()
-            log.info("controller stopped")
+            await cli.drive(controller, metrics, args.metrics_addr, log, engine="swarm",
+                            endpoint_mode=mode.value, endpoint_mode_reason=why,
+                            spec=str(cli.spec_dir(args)))
         finally:
-            if runner is not None:
-                await runner.cleanup()
             await rt.close()
     return cli.EXIT_OK
