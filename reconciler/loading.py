@@ -16,7 +16,7 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -322,6 +322,21 @@ def _load(
         contents=file_contents, edge_reuse=edge_reuse,
         tcp_migrate_req=os.path.exists("/proc/sys/net/ipv4/tcp_migrate_req"),
     )
+
+
+def spec_locations(loaded: LoadedSpec, *, show: Callable[[str], str] = os.path.normpath,
+                   ) -> dict[KeyPath, Location]:
+    """file:line of every key, each file shown as `show(path)` (a valid spec is loaded by
+    the fast path without lines: this reads its files again, with lines)."""
+    out: dict[KeyPath, Location] = {}
+    for name in sorted(loaded.files):
+        try:
+            _data, locs = read_yaml(Path(name), show(name), lines=True)
+        except SpecError:
+            continue
+        for path, loc in locs.items():
+            out.setdefault(path, loc)
+    return out
 
 
 def _spec_files(root: Path) -> tuple[dict[Path, bytes], list[Problem]]:

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from reconciler import cli
@@ -20,7 +19,7 @@ from reconciler.core import swarm
 from reconciler.core.desired import build
 from reconciler.core.model import LoadedSpec, Location, Problem, SpecError, lookup
 from reconciler.core.swarm import EndpointMode, SwarmSnapshot
-from reconciler.loading import load_policy, read_yaml
+from reconciler.loading import load_policy, spec_locations
 from reconciler.persistence import State
 from reconciler.runtimes import EngineError
 from reconciler.swarmd import SwarmRuntime, ipvs_available
@@ -32,15 +31,7 @@ def swarm_problems(loaded: LoadedSpec) -> list[Problem]:
     found = swarm.findings(loaded.spec, loaded.profiles)
     if not found:
         return []
-    locations: dict[Any, Location] = dict(loaded.locations)
-    if not locations:
-        for path in sorted(loaded.files):
-            try:
-                _, locs = read_yaml(Path(path), os.path.relpath(path), lines=True)
-            except SpecError:
-                continue
-            for k, v in locs.items():
-                locations.setdefault(k, v)
+    locations = dict(loaded.locations) or spec_locations(loaded, show=os.path.relpath)
     fallback = Location(os.path.relpath(next(iter(sorted(loaded.files)), ".")), None)
     return [Problem(lookup(f.path, locations, fallback), f.path, f.message, warning=f.warning)
             for f in found]
