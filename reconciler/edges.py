@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from pathlib import Path
 
 from reconciler import edgeconf
+from reconciler.core import nginxconf
 from reconciler.core.desired import Desired, DesiredService
 from reconciler.core.snapshots import ContainerState, Health, Observed, parse
 from reconciler.execute import EdgeHook, FailureKind, StepFailed
@@ -417,3 +418,22 @@ def edge_conf_dir(state_dir: Path, project: str) -> Path:
 def edge_log_dir(state_dir: Path, project: str) -> Path:
     """Where the edge writes its JSON access log (mounted at /var/log/nginx/edge)."""
     return state_dir / "edge-log" / project
+
+
+async def reuse_facts(rt: Runtime, container_ids: Iterable[str]) -> dict[str, str]:
+    """What each running edge's whole config (`nginx -T`, everything nginx read, a volume's
+    TLS snippet too) says: container id -> "" when every listening socket has `reuseport`,
+    else why not (an `nginx -T` that cannot run counts as not proven)."""
+    out: dict[str, str] = {}
+    for cid in container_ids:
+        try:
+            res = await rt.exec_in_container(cid, ["nginx", "-T", "-q"])
+        except EngineError as exc:
+            out[cid] = f"nginx -T could not run: {exc}"
+            continue
+        if res.exit_code != 0:
+            out[cid] = f"nginx -T exited {res.exit_code}"
+        else:
+            out[cid] = nginxconf.reuseport(nginxconf.dumped_files(res.output),
+                                           complete=True).reason
+    return out

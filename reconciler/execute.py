@@ -16,12 +16,12 @@ import contextlib
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from reconciler import buildctx
-from reconciler.core import labels, nginxconf
+from reconciler.core import labels
 from reconciler.core.blueprint import container_config
 from reconciler.core.desired import Desired, DesiredService
 from reconciler.core.envfiles import Secret, redact
@@ -486,8 +486,6 @@ class Executor:
         # at most one surplus copy per service: an earlier replacement's old container
         # finishes stopping before this step adds a new one
         await self._retired(step.service)
-        if step.bind_check:
-            step = await self._bind_checked(step)
         if cid is None and step.action is Action.REPLACE:
             # a new generation has its own name: create it before the old one stops, so a
             # stop-first gap is only stop -> start (creating never binds ports or runs code)
@@ -514,31 +512,6 @@ class Executor:
             await self._retire_all(step)
         elif edge is not None:
             await edge.after_step(desired, svc)
-
-    async def _bind_checked(self, step: Step) -> Step:
-        """A start-first edge in its holder's namespace: the new nginx binds next to the old
-        one only if every listening socket has `reuseport`. The planner saw the files the spec
-        mounts; the running nginx's `nginx -T` shows everything it read (a TLS snippet in a
-        volume too). Anything short of proof: stop-first in the same namespace instead."""
-        running = [o for o in step.old if o.state is ContainerState.RUNNING]
-        if not running:
-            return step
-        reason = ""
-        try:
-            res = await self.rt.exec_in_container(running[0].id, ["nginx", "-T", "-q"])
-            if res.exit_code != 0:
-                reason = f"nginx -T exited {res.exit_code}"
-            else:
-                found = nginxconf.reuseport(nginxconf.dumped_files(res.output), complete=True)
-                reason = found.reason
-        except EngineError as exc:
-            reason = f"nginx -T could not run: {exc}"
-        if not reason:
-            return step
-        self.report(Progress("note", tier=step.tier, step=step.id,
-                             message=f"stop-first after all: the running edge's config "
-                                     f"cannot share its ports ({reason[:300]})"))
-        return replace(step, stop_first=True, retire_later=False, bind_check=False)
 
     async def _create(self, step: Step, svc: DesiredService) -> str:
         assert step.new_name is not None

@@ -26,9 +26,15 @@ from reconciler.core.desired import Desired, build
 from reconciler.core.labels import project_selector
 from reconciler.core.model import LoadedSpec, SpecError
 from reconciler.core.plans import Plan, compute, degraded_line
-from reconciler.core.snapshots import Snapshot, parse, with_applied
+from reconciler.core.snapshots import (
+    ContainerState,
+    Snapshot,
+    parse,
+    with_applied,
+    with_edge_reuse,
+)
 from reconciler.core.specs import HostPolicy
-from reconciler.edges import Edge, edge_conf_dir, edge_dir, edge_log_dir
+from reconciler.edges import Edge, edge_conf_dir, edge_dir, edge_log_dir, reuse_facts
 from reconciler.execute import (
     ExecutionReport,
     Executor,
@@ -209,8 +215,19 @@ class Reconciler:
                                                for c in snapshot.containers}
                              | {f"{s.name}-{s.fingerprint}"
                                 for s in desired.services.values()})
-        plan = (planner(desired, snapshot) if planner is not None
-                else compute(desired, snapshot, hold=hold, retry=retry))
+        def plan_for(snap: Snapshot) -> Plan:
+            return (planner(desired, snap) if planner is not None
+                    else compute(desired, snap, hold=hold, retry=retry))
+
+        plan = plan_for(snapshot)
+        checks = [o.id for s in plan.steps if s.bind_check for o in s.old
+                  if o.state is ContainerState.RUNNING]
+        if checks:  # the planner asks what the running edge's whole config says
+            snapshot = with_edge_reuse(snapshot, await reuse_facts(self.rt, checks))
+            before, plan = plan.notes, plan_for(snapshot)
+            for note in plan.notes:
+                if note not in before:  # what the facts changed (a stop-first edge), said
+                    self.report_line(note)
         edge = None
         if spec.edge is not None:
             edge = Edge(self.rt, directory, filename=os.path.basename(spec.edge.upstreams_file),

@@ -183,9 +183,11 @@ class Step:
     # BACKUP: a failure is noted and the run goes on (a revert to last-good: restoring the
     # known-good generation matters more than a copy of the failed one, `rollback.for_revert`)
     best_effort: bool = False
-    # the edge replaced start-first in its holder's namespace: the executor first reads the
-    # running nginx's whole config (`nginx -T`); a socket without `reuseport` there (a file
-    # the spec does not mount) makes the step stop-first, since the new nginx could not bind
+    # the edge replaced start-first in its holder's namespace, and the snapshot does not yet
+    # say whether the running nginx's whole config (`nginx -T`) has `reuseport` on every
+    # socket: the shell reads it (`Snapshot.edge_reuse`) and plans again; a socket without it
+    # (in a file the spec does not mount) makes the step stop-first, since the new nginx
+    # could not bind next to the old one
     bind_check: bool = False
 
     @property
@@ -533,6 +535,7 @@ def compute(desired: Desired, snapshot: Snapshot, *, hold: Iterable[str] = (),
 
     steps += _rejoin(desired, by_service, steps, held)
     steps = _hand_ports([_how(s, desired) for s in steps], desired, by_service)
+    steps, bind_notes = _bind_facts(steps, snapshot)
     steps = _order(steps, desired)
     steps = _backups(steps, desired) + steps
     needs: dict[str, PullPolicy] = {}
@@ -550,7 +553,7 @@ def compute(desired: Desired, snapshot: Snapshot, *, hold: Iterable[str] = (),
                 images=tuple(images), builds=tuple(builds[n] for n in sorted(builds)),
                 engine_available=snapshot.engine_available,
                 upstreams=upstream_changes(steps), edge=desired.edge_service,
-                held=tuple(held.items()), notes=_held_notes(held) + (
+                held=tuple(held.items()), notes=_held_notes(held) + bind_notes + (
                     (desired.edge_note,) if desired.edge_note and any(
                         s.service == desired.edge_service and s.action in _NEW_CONTAINER
                         for s in steps) else ()))
@@ -622,6 +625,27 @@ def _hand_ports(steps: list[Step], desired: Desired,
     out[creates[0]] = replace(first, old=(*first.old, *moved), stop_first=True,
                               lane=Lane.THROTTLED, stop_grace_s=grace)
     return out
+
+
+def _bind_facts(steps: list[Step], snapshot: Snapshot) -> tuple[list[Step], tuple[str, ...]]:
+    """A start-first edge step whose running nginx's config the snapshot knows: proven
+    (`reuseport` on every socket) it stays start-first; otherwise it becomes stop-first in the
+    holder's namespace, and the plan says why. Unknown: it keeps `bind_check` (the shell
+    reads the config and plans again)."""
+    out: list[Step] = []
+    notes: list[str] = []
+    for s in steps:
+        running = [o.id for o in s.old if o.state is ContainerState.RUNNING]
+        if not s.bind_check or not all(cid in snapshot.edge_reuse for cid in running):
+            out.append(s)
+            continue
+        why = "; ".join(snapshot.edge_reuse[cid] for cid in running if snapshot.edge_reuse[cid])
+        if why:
+            s = replace(s, stop_first=True, retire_later=False, order=UpdateOrder.STOP_FIRST)
+            notes.append(f"{s.service} is replaced stop-first after all: the running edge's "
+                         f"config cannot share its ports ({why[:300]})")
+        out.append(replace(s, bind_check=False))
+    return out, tuple(notes)
 
 
 def joined_deps(svc: DesiredService) -> dict[str, str]:

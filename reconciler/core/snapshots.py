@@ -71,6 +71,10 @@ class Snapshot:
     networks: frozenset[str] = frozenset()
     volumes: frozenset[str] = frozenset()
     engine_available: bool = True
+    # a running edge's whole config (`nginx -T`), read only when a plan would replace it
+    # start-first next to it: container id -> "" when every listening socket has
+    # `reuseport`, else why not
+    edge_reuse: Mapping[str, str] = field(default_factory=dict)
 
     def of_service(self, service: str) -> list[Observed]:
         """The containers of one service."""
@@ -168,6 +172,11 @@ def with_applied(snapshot: Snapshot, applied: Mapping[str, str]) -> Snapshot:
     return replace(snapshot, containers=tuple(
         replace(c, config_digest=applied[c.id]) if c.id in applied and c.config_digest else c
         for c in snapshot.containers))
+
+
+def with_edge_reuse(snapshot: Snapshot, facts: Mapping[str, str]) -> Snapshot:
+    """The snapshot with what the running edges' configs say about `reuseport`."""
+    return replace(snapshot, edge_reuse={**snapshot.edge_reuse, **facts})
 
 
 def empty(project: str, *, engine_available: bool = True) -> Snapshot:

@@ -358,3 +358,22 @@ def test_the_plan_says_why_a_held_edge_goes_stop_first(tmp_path: Path) -> None:
     assert not compute(new, host(new)).notes  # nothing to replace: nothing said
     start_first = desired(tmp_path, SPEC.replace('REV: "1"', 'REV: "2"'))
     assert start_first.edge_note == ""
+
+
+def test_the_running_edges_config_decides_the_order(tmp_path: Path) -> None:
+    """The shell reads the running nginx's whole config only when the plan asks
+    (`bind_check`); with that fact in the snapshot the planner decides: proven reuseport keeps
+    start-first, a socket without it makes the step stop-first and the plan says why."""
+    from reconciler.core.snapshots import with_edge_reuse
+    old = desired(tmp_path)
+    new = desired(tmp_path, SPEC.replace('REV: "1"', 'REV: "2"'))
+    snap = host(new, edge_fp=old.services["nginx"].fingerprint)
+    proven = compute(new, with_edge_reuse(snap, {"n1": ""}))
+    (edge,) = [s for s in proven.steps if s.service == "nginx"]
+    assert (edge.id, edge.bind_check, edge.stop_first) == (
+        "replace nginx[1] start-first", False, False)
+    refused = compute(new, with_edge_reuse(snap, {"n1": "listen without reuseport: http *:443"}))
+    (edge,) = [s for s in refused.steps if s.service == "nginx"]
+    assert (edge.id, edge.bind_check, edge.stop_first, edge.retire_later) == (
+        "replace nginx[1] stop-first", False, True, False)
+    assert any("stop-first after all" in n and "*:443" in n for n in refused.notes)
